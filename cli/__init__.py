@@ -1,0 +1,1 @@
+"""tsemu.cli: the typer command line; thin, it parses options and calls the emulator."""

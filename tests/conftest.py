@@ -1,0 +1,31 @@
+"""Shared test set-up: deterministic hypothesis, the golden capture, host-kernel detection."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+# Deterministic everywhere: CI derandomized with no example database, local runs seeded too.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", derandomize=True, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+GOLDEN = Path(__file__).parent / "golden" / "kernel.json"
+
+
+@pytest.fixture(scope="session")
+def golden() -> dict[str, Any]:
+    """The host kernel's replies captured by scripts/capture_golden.py."""
+    return json.loads(GOLDEN.read_text())
+
+
+@pytest.fixture(scope="session")
+def golden_cases(golden: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in golden["cases"]}

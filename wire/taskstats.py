@@ -1,0 +1,251 @@
+"""Messages of the TASKSTATS family: GET requests, NEW replies and exit events, CGROUPSTATS.
+
+What lives here: the request policies (taskstats_cmd_get_policy, cgroupstats_cmd_get_policy),
+decoding a request into what it asks, and the shape of a NEW message: one AGGR_PID or
+AGGR_TGID nest per record, each holding the PID or TGID (u32) then STATS (struct taskstats).
+On architectures that need 64-bit alignment the kernel's `nla_reserve_64bit` puts a NULL
+attribute before STATS when its payload would be misaligned (never on x86_64); `align64` asks
+for that, and decoders skip NULL attributes wherever they are.
+What must not: which fields a record holds (the emulator's accounting rules), cpulist syntax
+(`cpulist`), the struct's layout (`taskstats_struct`).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .attributes import (
+    Attr,
+    AttrPolicy,
+    encode_attr,
+    encode_u32,
+    get_u32,
+    iter_attrs,
+    parse_attrs,
+)
+from .constants import (
+    CGROUPSTATS_CMD_ATTR_FD,
+    CGROUPSTATS_TYPE_CGROUP_STATS,
+    NLA_HDRLEN,
+    NLMSG_HDRLEN,
+    GENL_HDRLEN,
+    TASKSTATS_GENL_VERSION,
+    AttrType,
+    Flag,
+    TaskstatsCmd,
+    TaskstatsCmdAttr,
+    TaskstatsType,
+)
+from .errors import WireError
+from .netlink import GenlMessage, encode_genl, pack_header
+from .taskstats_struct import CGROUPSTATS_CODEC, TaskstatsLayout, layout_for
+
+#: taskstats_cmd_get_policy
+GET_POLICY = {
+    TaskstatsCmdAttr.PID: AttrPolicy(AttrType.U32),
+    TaskstatsCmdAttr.TGID: AttrPolicy(AttrType.U32),
+    TaskstatsCmdAttr.REGISTER_CPUMASK: AttrPolicy(AttrType.STRING),
+    TaskstatsCmdAttr.DEREGISTER_CPUMASK: AttrPolicy(AttrType.STRING),
+}
+GET_MAXATTR = int(TaskstatsCmdAttr.DEREGISTER_CPUMASK)
+
+#: cgroupstats_cmd_get_policy
+CGROUPSTATS_POLICY = {CGROUPSTATS_CMD_ATTR_FD: AttrPolicy(AttrType.U32)}
+CGROUPSTATS_MAXATTR = CGROUPSTATS_CMD_ATTR_FD
+
+
+@dataclass(frozen=True)
+class TaskstatsRequest:
+    """What a TASKSTATS_CMD_GET asks. Cpumasks are the raw attribute payloads, parsed by
+    `cpulist.parse_cpulist`, which needs the machine's CPU count (the kernel reports cpulist
+    errors without extended-ack details, so no offsets are kept)."""
+
+    pid: int | None = None
+    tgid: int | None = None
+    register: bytes | None = None
+    deregister: bytes | None = None
+
+
+def _parse(message: GenlMessage, policy: Mapping[int, AttrPolicy], maxattr: int) -> dict[int, Attr]:
+    try:
+        return parse_attrs(message.attrs, policy, maxattr)
+    except WireError as exc:
+        raise exc.at_offset(message.attrs_offset) from None
+
+
+def decode_taskstats_get(message: GenlMessage) -> TaskstatsRequest:
+    """The attributes of a TASKSTATS_CMD_GET, validated by its policy (WireError if not)."""
+    attrs = _parse(message, GET_POLICY, GET_MAXATTR)
+    pid = attrs.get(TaskstatsCmdAttr.PID)
+    tgid = attrs.get(TaskstatsCmdAttr.TGID)
+    reg = attrs.get(TaskstatsCmdAttr.REGISTER_CPUMASK)
+    dereg = attrs.get(TaskstatsCmdAttr.DEREGISTER_CPUMASK)
+    return TaskstatsRequest(
+        pid=get_u32(pid) if pid is not None else None,
+        tgid=get_u32(tgid) if tgid is not None else None,
+        register=reg.payload if reg is not None else None,
+        deregister=dereg.payload if dereg is not None else None,
+    )
+
+
+def encode_taskstats_get(
+    family_id: int, *, pid: int | None = None, tgid: int | None = None,
+    register: str | bytes | None = None, deregister: str | bytes | None = None,
+    seq: int = 0, portid: int = 0, flags: int = Flag.REQUEST, version: int = 1,
+) -> bytes:
+    """A TASKSTATS_CMD_GET request. Cpumask strings get a trailing NUL, as getdelays sends
+    them; pass bytes to send a payload exactly."""
+    attrs = b""
+    if pid is not None:
+        attrs += encode_u32(TaskstatsCmdAttr.PID, pid)
+    if tgid is not None:
+        attrs += encode_u32(TaskstatsCmdAttr.TGID, tgid)
+    for kind, mask in ((TaskstatsCmdAttr.REGISTER_CPUMASK, register),
+                       (TaskstatsCmdAttr.DEREGISTER_CPUMASK, deregister)):
+        if mask is not None:
+            attrs += encode_attr(kind, mask.encode() + b"\0" if isinstance(mask, str) else mask)
+    return encode_genl(family_id, flags, seq, portid, TaskstatsCmd.GET, version, attrs)
+
+
+def decode_cgroupstats_get(message: GenlMessage) -> int | None:
+    """The descriptor number a CGROUPSTATS_CMD_GET names, or None when it names none."""
+    attrs = _parse(message, CGROUPSTATS_POLICY, CGROUPSTATS_MAXATTR)
+    fd = attrs.get(CGROUPSTATS_CMD_ATTR_FD)
+    return get_u32(fd) if fd is not None else None
+
+
+def encode_cgroupstats_get(
+    family_id: int, fd: int | None, *, seq: int = 0, portid: int = 0,
+    flags: int = Flag.REQUEST, version: int = 1,
+) -> bytes:
+    """A CGROUPSTATS_CMD_GET naming descriptor `fd` (None: the attribute left out)."""
+    attrs = encode_u32(CGROUPSTATS_CMD_ATTR_FD, fd) if fd is not None else b""
+    return encode_genl(family_id, flags, seq, portid, TaskstatsCmd.CGROUPSTATS_GET, version,
+                       attrs)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One AGGR_PID or AGGR_TGID nest of a NEW message.
+
+    `stats` is the struct's raw bytes (any version); `values()` decodes them. `padded`
+    records whether a NULL attribute preceded STATS.
+    """
+
+    aggr: TaskstatsType  # AGGR_PID or AGGR_TGID
+    id: int
+    stats: bytes
+    padded: bool = False
+
+    def layout(self) -> TaskstatsLayout:
+        return layout_for(self.stats)
+
+    def values(self) -> dict[str, Any]:
+        """The struct's fields, read with the layout its version field names."""
+        return self.layout().parse(self.stats)
+
+
+_ID_TYPE = {TaskstatsType.AGGR_PID: TaskstatsType.PID, TaskstatsType.AGGR_TGID: TaskstatsType.TGID}
+_NULL_ATTR = encode_attr(TaskstatsType.NULL, b"")
+
+
+def encode_record(aggr: TaskstatsType, ident: int, stats: bytes, *, align64: bool = False,
+                  offset: int = NLMSG_HDRLEN + GENL_HDRLEN) -> bytes:
+    """An AGGR nest. `offset` is where the nest starts in its message: with `align64` the
+    NULL pad goes in when STATS' payload would otherwise not be 8-byte aligned."""
+    inner = encode_u32(_ID_TYPE[aggr], ident)
+    stats_payload_at = offset + NLA_HDRLEN + len(inner) + NLA_HDRLEN
+    if align64 and stats_payload_at % 8:
+        inner += _NULL_ATTR
+    inner += encode_attr(TaskstatsType.STATS, stats)
+    return encode_attr(aggr, inner)
+
+
+def encode_taskstats_new(
+    family_id: int, records: Sequence[tuple[TaskstatsType, int, bytes]], *, seq: int,
+    portid: int, flags: int = 0, align64: bool = False,
+) -> bytes:
+    """A TASKSTATS_CMD_NEW message: a GET reply (seq and port id of the request) or an exit
+    event (per-CPU seq, port id 0). Records are (AGGR_PID|AGGR_TGID, id, struct bytes)."""
+    body = b""
+    at = NLMSG_HDRLEN + GENL_HDRLEN
+    for aggr, ident, stats in records:
+        body += encode_record(aggr, ident, stats, align64=align64, offset=at + len(body))
+    return encode_genl(family_id, flags, seq, portid, TaskstatsCmd.NEW, TASKSTATS_GENL_VERSION,
+                       body)
+
+
+class ReplyTemplate:
+    """A TASKSTATS_CMD_NEW with one record, prebuilt so a reply costs one struct fill.
+
+    The hot path of a GET: header, genl header, the AGGR nest and the STATS attribute header
+    are fixed for a given struct size; only seq, port id, the id and the struct change. The
+    bytes are the same as `encode_taskstats_new` gives (the tests check it)."""
+
+    def __init__(self, family_id: int, aggr: TaskstatsType, stats_size: int) -> None:
+        probe = encode_taskstats_new(family_id, [(aggr, 0, b"\0" * stats_size)], seq=0, portid=0)
+        self.length = len(probe)
+        self._prefix_after_header = probe[NLMSG_HDRLEN : NLMSG_HDRLEN + GENL_HDRLEN + 2 * NLA_HDRLEN]
+        self._stats_hdr = probe[self.length - stats_size - NLA_HDRLEN : self.length - stats_size]
+        self._family = family_id
+        self._tail_pad = b"\0" * (-stats_size % 4)
+
+    def build(self, seq: int, portid: int, ident: int, stats: bytes, flags: int = 0) -> bytes:
+        return b"".join((
+            pack_header(self.length, self._family, flags, seq, portid),
+            self._prefix_after_header,
+            ident.to_bytes(4, "little"),
+            self._stats_hdr,
+            stats,
+            self._tail_pad,
+        ))
+
+
+def decode_taskstats_new(message: GenlMessage) -> list[Record]:
+    """The records of a NEW message, in order. NULL attributes are skipped; a nest without a
+    STATS attribute, or an id shorter than 4 bytes, is EINVAL."""
+    records: list[Record] = []
+    for nest in iter_attrs(message.attrs):
+        if nest.type == TaskstatsType.NULL:
+            continue
+        if nest.type not in _ID_TYPE:
+            raise WireError(errno.EINVAL, f"unexpected attribute {nest.type} in a taskstats "
+                            "message (AGGR_PID 4 or AGGR_TGID 5 expected)")
+        aggr = TaskstatsType(nest.type)
+        ident: int | None = None
+        stats: bytes | None = None
+        padded = False
+        for attr in iter_attrs(nest.payload):
+            if attr.type == TaskstatsType.NULL:
+                padded = True
+            elif attr.type == _ID_TYPE[aggr] and len(attr.payload) >= 4:
+                ident = get_u32(attr)
+            elif attr.type == TaskstatsType.STATS:
+                stats = attr.payload
+        if ident is None or stats is None:
+            raise WireError(errno.EINVAL, f"{aggr.name} nest lacks its id or its STATS")
+        records.append(Record(aggr, ident, stats, padded))
+    return records
+
+
+def encode_cgroupstats_new(family_id: int, values: Mapping[str, int], *, seq: int, portid: int,
+                           flags: int = 0, version: int = TASKSTATS_GENL_VERSION) -> bytes:
+    """A CGROUPSTATS_CMD_NEW reply holding one struct cgroupstats."""
+    attrs = encode_attr(CGROUPSTATS_TYPE_CGROUP_STATS, CGROUPSTATS_CODEC.build(values))
+    return encode_genl(family_id, flags, seq, portid, TaskstatsCmd.CGROUPSTATS_NEW, version,
+                       attrs)
+
+
+def decode_cgroupstats_new(message: GenlMessage) -> dict[str, int]:
+    """The struct cgroupstats of a CGROUPSTATS_CMD_NEW; EINVAL when it is missing or short."""
+    for attr in iter_attrs(message.attrs):
+        if attr.type == CGROUPSTATS_TYPE_CGROUP_STATS:
+            if len(attr.payload) < CGROUPSTATS_CODEC.size:
+                raise WireError(errno.EINVAL, f"cgroupstats of {len(attr.payload)} bytes, "
+                                f"{CGROUPSTATS_CODEC.size} expected")
+            return CGROUPSTATS_CODEC.parse(attr.payload)
+    raise WireError(errno.EINVAL, "CGROUPSTATS_CMD_NEW without CGROUPSTATS_TYPE_CGROUP_STATS")
+
