@@ -12,7 +12,6 @@ import select
 import socket
 
 import pytest
-
 from tsemu.wire import Flag, decode_genl, decode_newfamily, encode_getfamily, split_datagram
 from tsemu.wire.constants import SOL_NETLINK, SockOpt
 
@@ -42,8 +41,30 @@ class HostNetlink:
             out.append(self.sock.recv(1 << 20))
         return out
 
+    def answer(self, request: bytes, timeout: float = 2.0) -> bytes:
+        """The NLMSG_ERROR (error or ACK) answering `request`, which must ask for an ACK.
+
+        Exit events that arrive meanwhile (a registered socket gets them) are passed over."""
+        seq = split_datagram(request)[0].header.seq
+        self.sock.send(request)
+        while select.select([self.sock], [], [], timeout)[0]:
+            datagram = self.sock.recv(1 << 20)
+            for msg in split_datagram(datagram):
+                if msg.header.type == 2 and msg.header.seq == seq:
+                    return msg.raw
+        raise TimeoutError(f"the host kernel did not answer seq {seq}")
+
     def close(self) -> None:
         self.sock.close()
+
+
+def host_cpu_counts() -> tuple[int, int]:
+    """(nr_cpu_ids, NR_CPUS): the possible CPUs, which bound a cpulist, and the kernel's
+    compile-time maximum, which bounds the cpumask string's length."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        last = max(int(part.split("-")[-1]) for part in f.read().strip().split(","))
+    with open("/sys/devices/system/cpu/kernel_max") as f:
+        return last + 1, int(f.read()) + 1
 
 
 def require_host_taskstats() -> HostNetlink:

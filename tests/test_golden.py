@@ -13,7 +13,6 @@ import json
 from typing import Any
 
 import pytest
-
 from tsemu.wire import (
     AcFlag,
     ErrorMessage,
@@ -36,8 +35,6 @@ from tsemu.wire import (
 from tsemu.wire.constants import GENL_ID_CTRL
 
 from .conftest import GOLDEN
-
-
 
 CASES = json.loads(GOLDEN.read_text())["cases"]
 NAMES = [c["name"] for c in CASES]

@@ -33,8 +33,14 @@ from .constants import (
     TaskstatsCmdAttr,
     TaskstatsType,
 )
-from .controller import Family, GetFamily, decode_getfamily, decode_newfamily, encode_getfamily
-from .controller import encode_newfamily
+from .controller import (
+    Family,
+    GetFamily,
+    decode_getfamily,
+    decode_newfamily,
+    encode_getfamily,
+    encode_newfamily,
+)
 from .cpulist import cpumask_maxlen, parse_cpulist
 from .errors import WireError
 from .messages import (

@@ -20,9 +20,24 @@ from dataclasses import dataclass, field
 
 import construct as cs
 
-from .attributes import Attr, encode_attr, encode_string, encode_u32, get_string, get_u32
-from .attributes import iter_attrs
-from .constants import NLA_F_NESTED, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLMSG_HDRLEN, ErrAttr, Flag, MsgType
+from .attributes import (
+    Attr,
+    encode_attr,
+    encode_string,
+    encode_u32,
+    get_string,
+    get_u32,
+    iter_attrs,
+)
+from .constants import (
+    NLA_F_NESTED,
+    NLM_F_ACK_TLVS,
+    NLM_F_CAPPED,
+    NLMSG_HDRLEN,
+    ErrAttr,
+    Flag,
+    MsgType,
+)
 from .derive import FastCodec
 from .errors import WireError
 from .netlink import NLMSGHDR, NLMSGHDR_CODEC, Header, Message, align4, encode_message

@@ -26,8 +26,14 @@ from typing import NamedTuple
 
 import construct as cs
 
-from .constants import NLA_F_NESTED, NLA_F_NET_BYTEORDER, NLA_HDRLEN, NLA_TYPE_MASK
-from .constants import AttrType, PolicyTypeAttr
+from .constants import (
+    NLA_F_NESTED,
+    NLA_F_NET_BYTEORDER,
+    NLA_HDRLEN,
+    NLA_TYPE_MASK,
+    AttrType,
+    PolicyTypeAttr,
+)
 from .derive import FastCodec
 from .errors import WireError
 

@@ -33,7 +33,7 @@ from .netlink import GenlMessage, encode_genl
 GENL_NAMSIZ = 16
 
 #: ctrl_policy_family: the policy of GETFAMILY's attributes.
-GETFAMILY_POLICY = {
+GETFAMILY_POLICY: dict[int, AttrPolicy] = {
     CtrlAttr.FAMILY_ID: AttrPolicy(AttrType.U16),
     CtrlAttr.FAMILY_NAME: AttrPolicy(AttrType.NUL_STRING, GENL_NAMSIZ - 1),
 }
@@ -111,8 +111,9 @@ def family_attrs(family: Family) -> bytes:
         )))
     if family.mcast_groups:
         parts.append(encode_nest(CtrlAttr.MCAST_GROUPS, (
-            encode_nest(i, (encode_u32(CtrlMcastAttr.ID, gid), encode_string(CtrlMcastAttr.NAME, n)))
-            for i, (gid, n) in enumerate(family.mcast_groups, 1)
+            encode_nest(i, (encode_u32(CtrlMcastAttr.ID, gid),
+                            encode_string(CtrlMcastAttr.NAME, name)))
+            for i, (gid, name) in enumerate(family.mcast_groups, 1)
         )))
     return b"".join(parts)
 

@@ -30,7 +30,7 @@ def nul_padded(size: int) -> cs.Construct:
     a task's comm may hold any bytes, and a decoder must not fail on them.
     """
     field = cs.FixedSized(size, cs.NullStripped(cs.GreedyBytes))
-    field.tsemu_nul_padded = size  # type: ignore[attr-defined]  # read by the deriver below
+    field.tsemu_nul_padded = size  # read by the deriver below
     return field
 
 
@@ -94,7 +94,7 @@ class FastCodec:
         self._strip = tuple(i for i, leaf in enumerate(self.leaves) if leaf.strip_nul)
         self._flat = all(len(leaf.path) == 1 for leaf in self.leaves)
         self._zeros = tuple(b"" if leaf.fmt.endswith("s") else 0 for leaf in self.leaves)
-        self._name_zero = tuple(zip(self.names, self._zeros))
+        self._name_zero = tuple(zip(self.names, self._zeros, strict=True))
 
     def flat_values(self, values: Mapping[str, Any]) -> list[Any]:
         """Leaf values in struct order from a nested mapping; absent values are zero."""
@@ -102,7 +102,7 @@ class FastCodec:
             get = values.get
             return [get(name, zero) for name, zero in self._name_zero]
         out: list[Any] = []
-        for leaf, zero in zip(self.leaves, self._zeros):
+        for leaf, zero in zip(self.leaves, self._zeros, strict=True):
             node: Any = values
             for key in leaf.path:
                 node = node.get(key) if isinstance(node, Mapping) else None
@@ -125,9 +125,9 @@ class FastCodec:
                 raw_list[i] = raw_list[i].rstrip(b"\0")
             raw = tuple(raw_list)
         if self._flat:
-            return dict(zip(self.names, raw))
+            return dict(zip(self.names, raw, strict=True))
         out: dict[str, Any] = {}
-        for leaf, value in zip(self.leaves, raw):
+        for leaf, value in zip(self.leaves, raw, strict=True):
             node = out
             for key in leaf.path[:-1]:
                 node = node.setdefault(key, {})

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
-from typing import Union
 
 from .acks import ErrorMessage, decode_error, encode_done
 from .constants import GENL_ID_CTRL, CtrlCmd, MsgType, TaskstatsCmd
-from .controller import Family, GetFamily, decode_getfamily, decode_newfamily, encode_getfamily
-from .controller import family_attrs
+from .controller import (
+    Family,
+    GetFamily,
+    decode_getfamily,
+    decode_newfamily,
+    encode_getfamily,
+    family_attrs,
+)
 from .errors import WireError
 from .netlink import Header, Message, decode_genl, encode_genl
 from .taskstats import (
@@ -28,8 +33,8 @@ from .taskstats import (
     decode_taskstats_new,
     encode_cgroupstats_get,
     encode_cgroupstats_new,
-    encode_taskstats_get,
     encode_record,
+    encode_taskstats_get,
 )
 
 
@@ -65,8 +70,8 @@ class FamilyRequest:
 
     def encode(self) -> bytes:
         h = self.header
-        return encode_getfamily(name=self.lookup.name, family_id=self.lookup.id, seq=h.seq, pid=h.pid,
-                                flags=h.flags, version=self.version)
+        return encode_getfamily(name=self.lookup.name, family_id=self.lookup.id, seq=h.seq,
+                                pid=h.pid, flags=h.flags, version=self.version)
 
 
 @dataclass(frozen=True)
@@ -123,8 +128,8 @@ class CgroupstatsReply:
                                       version=self.version)
 
 
-Decoded = Union[Done, ErrorMessage, FamilyReply, FamilyRequest, TaskstatsReply, TaskstatsGet,
-                CgroupstatsGet, CgroupstatsReply]
+Decoded = (Done | ErrorMessage | FamilyReply | FamilyRequest | TaskstatsReply | TaskstatsGet
+           | CgroupstatsGet | CgroupstatsReply)
 
 
 def decode_message(message: Message, taskstats_family: int) -> Decoded:

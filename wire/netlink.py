@@ -12,6 +12,7 @@ for the error echo.
 
 from __future__ import annotations
 
+import errno
 from typing import NamedTuple
 
 import construct as cs
@@ -19,7 +20,6 @@ import construct as cs
 from .constants import GENL_HDRLEN, NLMSG_HDRLEN
 from .derive import FastCodec
 from .errors import WireError
-import errno
 
 #: struct nlmsghdr
 NLMSGHDR = cs.Struct(

@@ -29,9 +29,9 @@ from .attributes import (
 from .constants import (
     CGROUPSTATS_CMD_ATTR_FD,
     CGROUPSTATS_TYPE_CGROUP_STATS,
+    GENL_HDRLEN,
     NLA_HDRLEN,
     NLMSG_HDRLEN,
-    GENL_HDRLEN,
     TASKSTATS_GENL_VERSION,
     AttrType,
     Flag,
@@ -44,7 +44,7 @@ from .netlink import GenlMessage, encode_genl, pack_header
 from .taskstats_struct import CGROUPSTATS_CODEC, TaskstatsLayout, layout_for
 
 #: taskstats_cmd_get_policy
-GET_POLICY = {
+GET_POLICY: dict[int, AttrPolicy] = {
     TaskstatsCmdAttr.PID: AttrPolicy(AttrType.U32),
     TaskstatsCmdAttr.TGID: AttrPolicy(AttrType.U32),
     TaskstatsCmdAttr.REGISTER_CPUMASK: AttrPolicy(AttrType.STRING),
@@ -53,7 +53,7 @@ GET_POLICY = {
 GET_MAXATTR = int(TaskstatsCmdAttr.DEREGISTER_CPUMASK)
 
 #: cgroupstats_cmd_get_policy
-CGROUPSTATS_POLICY = {CGROUPSTATS_CMD_ATTR_FD: AttrPolicy(AttrType.U32)}
+CGROUPSTATS_POLICY: dict[int, AttrPolicy] = {CGROUPSTATS_CMD_ATTR_FD: AttrPolicy(AttrType.U32)}
 CGROUPSTATS_MAXATTR = CGROUPSTATS_CMD_ATTR_FD
 
 
@@ -188,7 +188,8 @@ class ReplyTemplate:
     def __init__(self, family_id: int, aggr: TaskstatsType, stats_size: int) -> None:
         probe = encode_taskstats_new(family_id, [(aggr, 0, b"\0" * stats_size)], seq=0, portid=0)
         self.length = len(probe)
-        self._prefix_after_header = probe[NLMSG_HDRLEN : NLMSG_HDRLEN + GENL_HDRLEN + 2 * NLA_HDRLEN]
+        fixed_end = NLMSG_HDRLEN + GENL_HDRLEN + 2 * NLA_HDRLEN  # genl hdr, AGGR, PID headers
+        self._prefix_after_header = probe[NLMSG_HDRLEN:fixed_end]
         self._stats_hdr = probe[self.length - stats_size - NLA_HDRLEN : self.length - stats_size]
         self._family = family_id
         self._tail_pad = b"\0" * (-stats_size % 4)
