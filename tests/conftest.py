@@ -29,3 +29,28 @@ def golden() -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def golden_cases(golden: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in golden["cases"]}
+
+
+@pytest.fixture
+def short_tmp() -> Any:
+    """A short private directory (Unix socket paths must stay under 108 bytes)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="ts", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def tsemu(short_tmp: Path) -> Any:
+    """A live tsemu server (profile 6.18, 2 CPUs, virtual clock, empty process table) on a
+    socket in a private directory; yields the Server (`.tasks` is its ProcessTable)."""
+    from tsemu.emulator.clock import VirtualClock
+    from tsemu.emulator.profiles import DEFAULT_PROFILE
+    from tsemu.emulator.server import running_server
+    from tsemu.emulator.tasks import ProcessTable
+
+    table = ProcessTable(VirtualClock(), DEFAULT_PROFILE, 2)
+    async with running_server(short_tmp / "genl.sock", table, nr_cpus=2) as server:
+        yield server

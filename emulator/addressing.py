@@ -1,0 +1,121 @@
+"""Where tsemu's sockets live, and how a client's socket maps to a netlink port id.
+
+Netlink addresses a socket by a 32-bit port id; the kernel gives a process's first socket its
+tgid and later ones unique negative ids. tsemu's clients are Unix datagram sockets, and a
+client in another network namespace (a container beside tsemu's) shares only a directory with
+the server, so abstract Unix addresses cannot be used. Instead:
+
+- the server binds `SOCKET` (by default `$TSEMU_SOCKET`, else
+  `$XDG_RUNTIME_DIR/tsemu/genl.sock`, else `/tmp/tsemu-<uid>/genl.sock`);
+- each client binds a socket in the directory `SOCKET.ports/` named after its port id in
+  decimal (`4242`, `-4096`): the file system makes port ids unique, and the server reads the
+  sender's port id from the sender's address;
+- a client that binds with nl_pid 0 takes its tgid if that name is free, else the next free
+  negative id from -4096 down, as the kernel's autobind does. A name whose socket nobody
+  listens on any more (its process died) is stale and may be taken over.
+
+The C shim follows the same rules (shim/); this module is their reference.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+PORTS_SUFFIX = ".ports"
+#: The first id the kernel's autobind hands out when the tgid is taken.
+AUTOBIND_START = -4096
+
+
+def default_socket_path(environ: dict[str, str] | None = None) -> Path:
+    """The server socket path when none is given: TSEMU_SOCKET, XDG_RUNTIME_DIR, or /tmp."""
+    env = os.environ if environ is None else environ
+    if env.get("TSEMU_SOCKET"):
+        return Path(env["TSEMU_SOCKET"])
+    if env.get("XDG_RUNTIME_DIR"):
+        return Path(env["XDG_RUNTIME_DIR"]) / "tsemu" / "genl.sock"
+    return Path(f"/tmp/tsemu-{os.getuid()}") / "genl.sock"
+
+
+def ports_dir(server_socket: Path) -> Path:
+    """The directory holding the clients' sockets for the server at `server_socket`."""
+    return server_socket.with_name(server_socket.name + PORTS_SUFFIX)
+
+
+def port_path(server_socket: Path, port: int) -> Path:
+    return ports_dir(server_socket) / str(port)
+
+
+def port_of(address: str | bytes) -> int | None:
+    """The port id a client address names, or None for an address that is not a client's
+    (unnamed, abstract, or a file name that is not a signed 32-bit integer)."""
+    if isinstance(address, bytes):
+        address = address.decode(errors="replace")
+    if not address or address.startswith("\0"):
+        return None
+    name = os.path.basename(address)
+    try:
+        port = int(name, 10)
+    except ValueError:
+        return None
+    if str(port) != name or not -(2**31) <= port < 2**32:
+        return None
+    return port & 0xFFFFFFFF
+
+
+def is_stale(path: Path) -> bool:
+    """Whether a Unix datagram socket file at `path` has no live socket behind it."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return False
+
+
+def bind_port(sock: socket.socket, server_socket: Path, port: int = 0) -> int:
+    """Bind `sock` as netlink port `port` (0: autobind) of the server at `server_socket`.
+
+    Returns the port id as the kernel reports it (an unsigned 32-bit value; negative ids wrap).
+    Raises OSError(EADDRINUSE) when an explicit port is taken, as netlink's bind does.
+    """
+    directory = ports_dir(server_socket)
+    if port:
+        _bind_name(sock, directory / str(_signed(port)), explicit=True)
+        return port & 0xFFFFFFFF
+    candidates = [os.getpid()] + list(range(AUTOBIND_START, AUTOBIND_START - 65536, -1))
+    for candidate in candidates:
+        try:
+            _bind_name(sock, directory / str(candidate), explicit=False)
+        except FileExistsError:
+            continue
+        return candidate & 0xFFFFFFFF
+    raise OSError(98, "no free netlink port id")
+
+
+def _signed(port: int) -> int:
+    port &= 0xFFFFFFFF
+    return port - 2**32 if port >= 2**31 else port
+
+
+def _bind_name(sock: socket.socket, path: Path, *, explicit: bool) -> None:
+    try:
+        sock.bind(str(path))
+        return
+    except OSError as exc:
+        if exc.errno != 98:  # EADDRINUSE
+            raise
+    if not is_stale(path):
+        if explicit:
+            raise OSError(98, f"netlink port {path.name} is in use ({path})")
+        raise FileExistsError(str(path))
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    sock.bind(str(path))

@@ -1,0 +1,272 @@
+"""The emulated kernel's answer to a datagram: a pure function of (state, datagram, sender).
+
+Everything that decides what a request earns lives here, in the order the kernel decides it:
+
+1. `netlink_rcv_skb`: the datagram is cut into messages (`wire.split_datagram`); a message
+   without NLM_F_REQUEST, or of a control type (< 0x10), is not handed to a family but still
+   acknowledged if it asks for an ACK; every error, and every success with NLM_F_ACK, gets an
+   NLMSG_ERROR after the replies (none after a dump, which ends with NLMSG_DONE instead).
+2. `genl_rcv_msg`: unknown family id: ENOENT; no room for the genl header: EINVAL; no such
+   command, or a dump of a command without one, or a request of a dump-only command:
+   EOPNOTSUPP; ADMIN_PERM without CAP_NET_ADMIN: EPERM; then the op's policy (`wire`).
+3. the family's handler: nlctrl's GETFAMILY (by name over id, else EINVAL; unknown: ENOENT;
+   dump: every family then DONE), TASKSTATS_CMD_GET (register, deregister, pid, tgid in that
+   order; none: EINVAL), CGROUPSTATS_CMD_GET (no FD: EINVAL; FD not open: nothing; not a
+   cgroup the table knows: EINVAL).
+
+Nothing here does I/O or awaits: the result is a list of actions (`Send`, `Listen`) that the
+trio shell carries out in order, so a REGISTER's ACK leaves only after the listener is in place.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tsemu.wire import (
+    ExtAck,
+    Flag,
+    GenlMessage,
+    Message,
+    TaskstatsType,
+    WireError,
+    decode_cgroupstats_get,
+    decode_genl,
+    decode_getfamily,
+    decode_taskstats_get,
+    encode_cgroupstats_new,
+    encode_done,
+    encode_error,
+    encode_newfamily,
+    layout,
+    parse_cpulist,
+    split_datagram,
+)
+from tsemu.wire.constants import NLMSG_MIN_TYPE, CtrlCmd, OpFlag, TaskstatsCmd
+from tsemu.wire.taskstats import ReplyTemplate, encode_taskstats_new
+
+from .families import FamilyTable
+from .profiles import KernelProfile
+
+
+class TaskSource(Protocol):
+    """What the kernel model reads from the process table. `pid_stats` and `tgid_stats`
+    raise LookupError for an id no task has (answered ESRCH); `cgroup_counts` returns None
+    for a cgroup the table does not know."""
+
+    def pid_stats(self, tid: int) -> Mapping[str, Any]: ...
+
+    def tgid_stats(self, tgid: int) -> Mapping[str, Any]: ...
+
+    def cgroup_counts(self, path: str) -> Mapping[str, int] | None: ...
+
+
+@dataclass(frozen=True)
+class CgroupRef:
+    """A descriptor a CGROUPSTATS request passed along: what it is on the server's side."""
+
+    path: str
+    is_dir: bool
+
+
+@dataclass
+class Sender:
+    """Who sent a datagram, and the socket options that shape its answers."""
+
+    port: int
+    admin: bool = False
+    cap_ack: bool = False
+    ext_ack: bool = False
+    #: descriptors passed with the datagram (SCM_RIGHTS), in the order of the CGROUPSTATS
+    #: requests naming them; None where the client's descriptor was not open.
+    cgroup_refs: list[CgroupRef | None] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Send:
+    """Queue these bytes for the sender, as one datagram."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Listen:
+    """Register (or deregister) the sender as a listener for these CPUs."""
+
+    cpus: frozenset[int]
+    register: bool
+
+
+Action = Send | Listen
+
+
+class _Refused(Exception):
+    """An errno a handler answers with, and any extended-ack details."""
+
+    def __init__(self, err: int, ext: ExtAck | None = None) -> None:
+        self.err = err
+        self.ext = ext
+
+
+class Kernel:
+    """The kernel model: families, the process table's answers, the machine's CPUs."""
+
+    def __init__(self, tasks: TaskSource, *, profile: KernelProfile, nr_cpus: int,
+                 families: FamilyTable | None = None,
+                 cgroup_roots: tuple[str, ...] = ("/sys/fs/cgroup",)) -> None:
+        self.tasks = tasks
+        self.profile = profile
+        self.nr_cpus = nr_cpus
+        self.families = families or FamilyTable.default()
+        self.taskstats = self.families.families[1]
+        self.cgroup_roots = cgroup_roots
+        self.layout = layout(profile.taskstats_version)
+        self._pid_reply = ReplyTemplate(self.taskstats.id, TaskstatsType.AGGR_PID,
+                                        self.layout.size)
+        self._tgid_reply = ReplyTemplate(self.taskstats.id, TaskstatsType.AGGR_TGID,
+                                         self.layout.size)
+
+    # -- netlink_rcv_skb -------------------------------------------------------------------
+
+    def handle(self, datagram: bytes, sender: Sender) -> list[Action]:
+        """The actions answering one datagram from `sender`, in order."""
+        actions: list[Action] = []
+        refs = iter(sender.cgroup_refs)
+        for message in split_datagram(datagram):
+            h = message.header
+            err, ext = 0, None
+            if h.flags & Flag.REQUEST and h.type >= NLMSG_MIN_TYPE:
+                try:
+                    if self._family_message(message, sender, refs, actions):
+                        continue  # a dump: DONE ends it, no ACK
+                except _Refused as refused:
+                    err, ext = refused.err, refused.ext
+            if h.flags & Flag.ACK or err:
+                actions.append(Send(encode_error(message, -err, sender.port,
+                                                 cap_ack=sender.cap_ack,
+                                                 ext_ack=sender.ext_ack, ext=ext)))
+        return actions
+
+    # -- genl_rcv_msg ----------------------------------------------------------------------
+
+    def _family_message(self, message: Message, sender: Sender, refs: Any,
+                        actions: list[Action]) -> bool:
+        """Handle one request; True when it was a dump. Raises _Refused for an errno."""
+        family = self.families.by_id(message.header.type)
+        if family is None:
+            raise _Refused(errno.ENOENT)
+        try:
+            genl = decode_genl(message, family.hdrsize)
+        except WireError as exc:
+            raise _Refused(exc.errno) from None
+        flags = self.families.op_flags(family, genl.cmd)
+        dump = message.header.flags & Flag.DUMP == Flag.DUMP
+        if flags is None or not flags & (OpFlag.CMD_CAP_DUMP if dump else OpFlag.CMD_CAP_DO):
+            raise _Refused(errno.EOPNOTSUPP)
+        if flags & OpFlag.ADMIN_PERM and not sender.admin:
+            raise _Refused(errno.EPERM)
+        try:
+            if family.id == self.taskstats.id:
+                if genl.cmd == TaskstatsCmd.GET:
+                    self._taskstats_get(genl, sender, actions)
+                else:
+                    self._cgroupstats_get(genl, sender, next(refs, None), actions)
+            elif dump:
+                if genl.cmd != CtrlCmd.GETFAMILY:
+                    # GETPOLICY dumps are not emulated: answered as if the op were absent.
+                    raise _Refused(errno.EOPNOTSUPP)
+                self._ctrl_dump(genl, sender, actions)
+                return True
+            else:
+                self._ctrl_getfamily(genl, sender, actions)
+        except WireError as exc:
+            raise _Refused(exc.errno, ExtAck.of(exc)) from None
+        return False
+
+    # -- nlctrl ----------------------------------------------------------------------------
+
+    def _ctrl_getfamily(self, genl: GenlMessage, sender: Sender, actions: list[Action]) -> None:
+        lookup = decode_getfamily(genl)
+        if lookup.name is not None:
+            found = self.families.by_name(lookup.name)
+        elif lookup.id is not None:
+            found = self.families.by_id(lookup.id)
+        else:
+            raise _Refused(errno.EINVAL)
+        if found is None:
+            raise _Refused(errno.ENOENT)
+        actions.append(Send(encode_newfamily(found, seq=genl.header.seq, pid=sender.port)))
+
+    def _ctrl_dump(self, genl: GenlMessage, sender: Sender, actions: list[Action]) -> None:
+        """Every family, then NLMSG_DONE, in one datagram as the kernel fills one skb."""
+        seq = genl.header.seq
+        parts = [encode_newfamily(f, seq=seq, pid=sender.port, flags=Flag.MULTI)
+                 for f in self.families.families]
+        actions.append(Send(b"".join(parts) + encode_done(seq, sender.port)))
+
+    # -- TASKSTATS -------------------------------------------------------------------------
+
+    def _taskstats_get(self, genl: GenlMessage, sender: Sender, actions: list[Action]) -> None:
+        request = decode_taskstats_get(genl)
+        for mask, register in ((request.register, True), (request.deregister, False)):
+            if mask is not None:
+                cpus = parse_cpulist(mask, self.nr_cpus, self.profile.nr_cpus_config)
+                actions.append(Listen(cpus, register))
+                return
+        seq, port = genl.header.seq, sender.port
+        if request.pid is not None:
+            values = self._stats(self.tasks.pid_stats, request.pid)
+            actions.append(Send(self._pid_reply.build(seq, port, request.pid, values)))
+        elif request.tgid is not None:
+            values = self._stats(self.tasks.tgid_stats, request.tgid)
+            actions.append(Send(self._tgid_reply.build(seq, port, request.tgid, values)))
+        else:
+            raise _Refused(errno.EINVAL)
+
+    def _stats(self, source: Any, ident: int) -> bytes:
+        try:
+            values = source(ident)
+        except LookupError:
+            raise _Refused(errno.ESRCH) from None
+        return self.layout.build(values)
+
+    def _cgroupstats_get(self, genl: GenlMessage, sender: Sender, ref: CgroupRef | None,
+                         actions: list[Action]) -> None:
+        fd = decode_cgroupstats_get(genl)
+        if fd is None:
+            raise _Refused(errno.EINVAL)
+        if ref is None:
+            return  # the descriptor is not open in the client: the kernel answers nothing
+        counts = self._cgroup_counts(ref)
+        if counts is None:
+            raise _Refused(errno.EINVAL)
+        actions.append(Send(encode_cgroupstats_new(self.taskstats.id, counts,
+                                                   seq=genl.header.seq, portid=sender.port)))
+
+    def _cgroup_counts(self, ref: CgroupRef) -> Mapping[str, int] | None:
+        """The counts of the table's cgroup at `ref`: a directory under a cgroup root, named
+        by its path below that root ("/sys/fs/cgroup/cpu/jobs" is "/jobs" under the root
+        "/sys/fs/cgroup/cpu"); None for anything else."""
+        if not ref.is_dir:
+            return None
+        for root in self.cgroup_roots:
+            root = root.rstrip("/")
+            if ref.path == root or ref.path.startswith(root + "/"):
+                counts = self.tasks.cgroup_counts(ref.path[len(root):] or "/")
+                if counts is not None:
+                    return counts
+        return None
+
+    # -- exit events -----------------------------------------------------------------------
+
+    def exit_event(self, seq: int, pid: int, pid_values: Mapping[str, Any], tgid: int,
+                   tgid_values: Mapping[str, Any] | None) -> bytes:
+        """The TASKSTATS_CMD_NEW a CPU's listeners get for one exit: nlmsg_pid 0, that CPU's
+        sequence number, the AGGR_PID record and, when due, the AGGR_TGID record."""
+        records = [(TaskstatsType.AGGR_PID, pid, self.layout.build(pid_values))]
+        if tgid_values is not None:
+            records.append((TaskstatsType.AGGR_TGID, tgid, self.layout.build(tgid_values)))
+            return encode_taskstats_new(self.taskstats.id, records, seq=seq, portid=0)
+        return self._pid_reply.build(seq, 0, pid, records[0][2])
