@@ -393,6 +393,8 @@ class ProcessTable:
         self._tasks: dict[int, Task] = {}
         self._groups: dict[int, ThreadGroup] = {}
         self._by_cgroup: dict[str, dict[int, None]] = {}
+        #: cgroups that exist: declared with `add_cgroup`, or ever given a task
+        self._cgroups: set[str] = {"/"}
         self._children: dict[int, set[int]] = {}
 
     # --- pids -------------------------------------------------------------------------------
@@ -473,6 +475,7 @@ class ProcessTable:
 
     def _index_cgroup(self, task: Task) -> None:
         if task.cgroup is not None:
+            self._cgroups.add(task.cgroup)
             self._by_cgroup.setdefault(task.cgroup, {})[task.tid] = None
 
     def _unindex_cgroup(self, task: Task) -> None:
@@ -678,9 +681,23 @@ class ProcessTable:
         """The live tasks in cgroup `path` itself (not its descendants), oldest first."""
         return [self._tasks[tid] for tid in self._by_cgroup.get(path, ())]
 
-    def cgroup_counts(self, path: str) -> dict[str, int]:
+    def add_cgroup(self, path: str) -> None:
+        """Declare cgroup `path` (and its ancestors), so it exists while empty."""
+        path = self._check_cgroup(path) or "/"
+        while path not in self._cgroups:
+            self._cgroups.add(path)
+            path = path.rsplit("/", 1)[0] or "/"
+
+    def cgroups(self) -> list[str]:
+        """Every cgroup the table knows, sorted."""
+        return sorted(self._cgroups)
+
+    def cgroup_counts(self, path: str) -> dict[str, int] | None:
         """struct cgroupstats for cgroup `path`, counted as cgroupstats_build counts (see
-        `TaskState` and `CGROUPSTATS_COUNTER`)."""
+        `TaskState` and `CGROUPSTATS_COUNTER`); None for a cgroup the table does not know
+        (the kernel answers EINVAL for a directory that is no cgroup)."""
+        if path not in self._cgroups:
+            return None
         counts = dict.fromkeys(CGROUPSTATS_FIELDS, 0)
         for tid in self._by_cgroup.get(path, ()):
             field = CGROUPSTATS_COUNTER[self._tasks[tid].state]

@@ -315,8 +315,11 @@ def test_cgroup_counts_by_state(table: ProcessTable) -> None:
     assert table.cgroup_counts(path) == {"nr_sleeping": 3, "nr_running": 2, "nr_stopped": 1,
                                          "nr_uninterruptible": 1, "nr_io_wait": 2}
     assert len(table.cgroup_tasks(path)) == len(states)
-    assert table.cgroup_counts("/nowhere") == dict.fromkeys(
+    assert table.cgroup_counts("/nowhere") is None, "a cgroup the table does not know"
+    table.add_cgroup("/empty/child")
+    assert table.cgroup_counts("/empty/child") == dict.fromkeys(
         ("nr_sleeping", "nr_running", "nr_stopped", "nr_uninterruptible", "nr_io_wait"), 0)
+    assert "/empty" in table.cgroups(), "ancestors are declared too"
 
 
 def test_cgroup_membership_follows_set_and_exit(table: ProcessTable) -> None:
