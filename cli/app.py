@@ -1,0 +1,290 @@
+"""The `tsemu` command line: thin wrappers that parse options and call the emulator.
+
+Every verb's --help shows examples. Errors go to stderr as one line starting with "tsemu:",
+with exit status 1 for a failure of the operation and 2 for bad usage (typer's convention).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from tsemu.emulator.addressing import default_socket_path
+
+app = typer.Typer(
+    name="tsemu",
+    help="The Linux taskstats interface (genetlink TASKSTATS, CGROUPSTATS, exit listeners), "
+         "emulated in user space.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+ctl_app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(ctl_app, name="ctl")
+
+SocketOption = Annotated[
+    Path | None,
+    typer.Option("--socket", "-s", help="The emulator's socket. Default: $TSEMU_SOCKET, else "
+                 "$XDG_RUNTIME_DIR/tsemu/genl.sock, else /tmp/tsemu-UID/genl.sock.",
+                 show_default=False),
+]
+
+
+def fail(message: str, status: int = 1) -> NoReturn:
+    typer.echo(f"tsemu: {message}", err=True)
+    raise typer.Exit(status)
+
+
+def socket_path(option: Path | None) -> Path:
+    return option if option is not None else default_socket_path()
+
+
+@app.command(epilog="Examples:\n\n  tsemu serve\n\n  tsemu serve --socket /run/tsemu/genl.sock "
+             "--scenario examples/burst.toml\n\n  tsemu serve --kernel 6.1 --cpus 4 --admin 0,1000")
+def serve(
+    socket: SocketOption = None,
+    scenario: Annotated[Path | None, typer.Option(
+        help="A scenario file (TOML). Default: the embedded default machine.",
+        show_default=False)] = None,
+    kernel: Annotated[str | None, typer.Option(
+        help="Kernel profile to emulate: 6.1, 6.18 or 7.2 (overrides the scenario's).",
+        show_default=False)] = None,
+    cpus: Annotated[int | None, typer.Option(
+        min=1, max=256, help="Number of CPUs (overrides the scenario's; at most NR_CPUS, 256).",
+        show_default=False)] = None,
+    family_id: Annotated[str | None, typer.Option(
+        help="TASKSTATS family id, e.g. 0x1f (overrides the scenario's).",
+        show_default=False)] = None,
+    admin: Annotated[str, typer.Option(
+        help="Who has CAP_NET_ADMIN for TASKSTATS_CMD_GET: auto (the sender's capabilities, "
+             "else uid 0), all, none, or a list of uids like 0,1000.")] = "auto",
+    cgroup_root: Annotated[list[str] | None, typer.Option(
+        help="A directory whose subdirectories stand for the scenario's cgroups in "
+             "CGROUPSTATS requests (repeatable). Default: /sys/fs/cgroup.",
+        show_default=False)] = None,
+) -> None:
+    """Serve the emulated kernel until SIGINT or SIGTERM.
+
+    Binds the socket, prints "tsemu: listening on PATH" on stderr, answers netlink clients
+    (through `tsemu run` or a native client) and control requests on PATH.ctl.
+    """
+    import signal
+
+    import trio
+
+    from tsemu.emulator.permissions import AdminPolicy
+    from tsemu.emulator.runner import Emulator
+    from tsemu.emulator.scenario import ScenarioError, default_scenario, load_scenario
+
+    try:
+        loaded = load_scenario(scenario) if scenario is not None else default_scenario()
+        loaded = loaded.with_overrides(kernel=kernel, cpus=cpus,
+                                       family_id=int(family_id, 0) if family_id else None)
+        policy = AdminPolicy.parse(admin)
+    except (ScenarioError, ValueError) as exc:
+        fail(str(exc), 2)
+    roots = tuple(cgroup_root) if cgroup_root else ("/sys/fs/cgroup",)
+    emulator = Emulator(loaded, socket_path(socket), admin=policy, cgroup_roots=roots)
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(lambda task_status: emulator.run(
+                    task_status=task_status, announce=True))
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+    try:
+        trio.run(main)
+    except OSError as exc:
+        fail(exc.strerror or str(exc))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             epilog="Examples:\n\n  tsemu run -- genl ctrl get name TASKSTATS\n\n"
+                    "  tsemu run --socket /run/tsemu/genl.sock -- ./getdelays -d -p 1")
+def run(
+    ctx: typer.Context,
+    socket: SocketOption = None,
+) -> None:
+    """Run CMD with the shim, so its netlink taskstats calls reach tsemu; exits with CMD's
+    status. Put `--` before CMD."""
+    from tsemu.cli.run import run_command
+
+    argv = list(ctx.args)
+    if not argv:
+        fail("run needs a command: tsemu run -- CMD [ARGS...]", 2)
+    raise typer.Exit(run_command(argv, socket_path(socket)))
+
+
+# -- ctl ------------------------------------------------------------------------------------
+
+#: `tsemu ctl --socket PATH VERB`: the socket given before the verb (a verb's own wins).
+_ctl_socket: list[Path | None] = [None]
+
+
+@ctl_app.callback(epilog="Examples:\n\n  tsemu ctl --socket /run/tsemu/genl.sock ps\n\n"
+                  "  tsemu ctl spawn --comm job --cpu 1\n\n  tsemu ctl exit 4242 --signal KILL")
+def ctl_main(socket: SocketOption = None) -> None:
+    """Drive the process table of a running `tsemu serve`: PATH is the same --socket given
+    to serve (its control socket is PATH.ctl)."""
+    _ctl_socket[0] = socket
+
+
+def _call(socket: Path | None, op: str, **args: Any) -> dict[str, Any]:
+    from tsemu.emulator.control import ControlClient, ControlError
+
+    try:
+        with ControlClient(socket_path(socket if socket is not None else _ctl_socket[0])
+                           ) as client:
+            return client.call(op, **args)
+    except ControlError as exc:
+        fail(str(exc))
+
+
+def _key_values(pairs: list[str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name:
+            fail(f"expected FIELD=VALUE, got {pair!r}", 2)
+        try:
+            values[name] = int(text, 0)
+        except ValueError:
+            values[name] = text
+    return values
+
+
+@ctl_app.command("spawn", epilog="Examples:\n\n  tsemu ctl spawn --comm worker --threads 4 "
+                 "--cpu 1\n\n  tsemu ctl spawn --comm db --counter blkio_delay_total=3ms "
+                 "--counter read_bytes=1048576")
+def ctl_spawn(
+    socket: SocketOption = None,
+    comm: Annotated[str, typer.Option(help="Command name (15 bytes at most).")] = "task",
+    pid: Annotated[int | None, typer.Option(help="Use this pid.", show_default=False)] = None,
+    threads: Annotated[int, typer.Option(min=1, help="Number of threads.")] = 1,
+    cpu: Annotated[int, typer.Option(min=0, help="The CPU it runs (and exits) on.")] = 0,
+    uid: Annotated[int, typer.Option(min=0)] = 0,
+    gid: Annotated[int, typer.Option(min=0)] = 0,
+    ppid: Annotated[int, typer.Option(min=0)] = 1,
+    cgroup: Annotated[str | None, typer.Option(show_default=False)] = None,
+    state: Annotated[str, typer.Option(help="running, sleeping, uninterruptible, stopped, "
+                                       "io_wait, ...")] = "running",
+    counter: Annotated[list[str] | None, typer.Option(
+        help="NAME=VALUE for a counter (repeatable); durations may carry a unit (3ms).",
+        show_default=False)] = None,
+) -> None:
+    """Create a process; prints its pid."""
+    reply = _call(socket, "spawn", comm=comm, pid=pid, threads=threads, cpu=cpu, uid=uid,
+                  gid=gid, ppid=ppid, cgroup=cgroup, state=state,
+                  counters=_key_values(counter or []))
+    typer.echo(reply["pid"])
+
+
+@ctl_app.command("exit", epilog="Examples:\n\n  tsemu ctl exit 4242\n\n  tsemu ctl exit 4242 "
+                 "--cpu 1 --signal SIGKILL\n\n  tsemu ctl exit 4242 --signal SEGV --core")
+def ctl_exit(
+    pid: Annotated[int, typer.Argument(help="A process (all its threads exit) or a thread.")],
+    socket: SocketOption = None,
+    cpu: Annotated[int | None, typer.Option(min=0, help="Exit on this CPU.",
+                                            show_default=False)] = None,
+    code: Annotated[int | None, typer.Option(min=0, max=255, help="Exit code.",
+                                             show_default=False)] = None,
+    signal: Annotated[str | None, typer.Option(help="Killed by this signal (9, KILL, SIGKILL).",
+                                               show_default=False)] = None,
+    core: Annotated[bool, typer.Option(help="Dumped core (with --signal).")] = False,
+) -> None:
+    """Make a process or thread exit now; its CPU's listeners get the event."""
+    if code is not None and signal is not None:
+        fail("give --code or --signal, not both", 2)
+    if core and signal is None:
+        fail("--core needs --signal (a core dump is a death by signal)", 2)
+    reply = _call(socket, "exit", pid=pid, cpu=cpu, code=code, signal=signal, core=core)
+    typer.echo(" ".join(str(t) for t in reply["exited"]))
+
+
+@ctl_app.command("set", epilog="Examples:\n\n  tsemu ctl set 4242 cpu_delay_total=5ms "
+                 "nvcsw=12\n\n  tsemu ctl set 4242 state=sleeping comm=renamed")
+def ctl_set(
+    pid: Annotated[int, typer.Argument()],
+    values: Annotated[list[str], typer.Argument(help="FIELD=VALUE pairs.")],
+    socket: SocketOption = None,
+) -> None:
+    """Set fields or counters of a task."""
+    _call(socket, "set", pid=pid, values=_key_values(values))
+
+
+@ctl_app.command("advance", epilog="Example:\n\n  tsemu ctl advance 2.5")
+def ctl_advance(
+    seconds: Annotated[float, typer.Argument(min=0, help="How far to move the virtual clock.")],
+    socket: SocketOption = None,
+) -> None:
+    """Move the virtual clock forward, running the timeline events that fall due."""
+    reply = _call(socket, "advance", seconds=seconds)
+    typer.echo(f"now {reply['now']:.6f} s; {len(reply['fired'])} event(s)")
+
+
+@ctl_app.command("ps")
+def ctl_ps(socket: SocketOption = None,
+           as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False) -> None:
+    """List the live tasks."""
+    tasks = _call(socket, "ps")["tasks"]
+    if as_json:
+        typer.echo(json.dumps(tasks, indent=1))
+        return
+    typer.echo(f"{'PID':>8} {'TGID':>8} {'PPID':>8} {'CPU':>3} {'STATE':<16} {'UID':>6} COMM")
+    for t in tasks:
+        typer.echo(f"{t['pid']:>8} {t['tgid']:>8} {t['ppid']:>8} {t['cpu']:>3} "
+                   f"{t['state']:<16} {t['uid']:>6} {t['comm']}")
+
+
+@ctl_app.command("listeners")
+def ctl_listeners(socket: SocketOption = None) -> None:
+    """Show the registered exit listeners, per CPU."""
+    listeners = _call(socket, "listeners")["listeners"]
+    if not listeners:
+        typer.echo("no listeners")
+    for cpu, ports in sorted(listeners.items(), key=lambda kv: int(kv[0])):
+        typer.echo(f"cpu {cpu}: " + " ".join(str(p) for p in ports))
+
+
+@ctl_app.command("stats")
+def ctl_stats(socket: SocketOption = None) -> None:
+    """Counters of the running emulator, as JSON."""
+    typer.echo(json.dumps(_call(socket, "stats"), indent=1))
+
+
+@ctl_app.command("storm", epilog="Example:\n\n  tsemu ctl storm --count 100000 --cpus 0-1")
+def ctl_storm(
+    count: Annotated[int, typer.Option(min=1, help="How many processes exit.")],
+    socket: SocketOption = None,
+    cpus: Annotated[str | None, typer.Option(help="cpulist to spread them over (default: "
+                                             "all).", show_default=False)] = None,
+    threads: Annotated[int, typer.Option(min=1, help="Threads per process.")] = 1,
+) -> None:
+    """N processes exit as fast as the server can send them (load tests)."""
+    reply = _call(socket, "storm", count=count, cpus=cpus, threads=threads)
+    typer.echo(f"{reply['exits']} exits in {reply['seconds']:.3f} s "
+               f"({reply['rate']:.0f}/s), {reply['deliveries']} deliveries")
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

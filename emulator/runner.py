@@ -1,0 +1,189 @@
+"""A whole emulated machine: a scenario's process table, its server, its timeline and its clock.
+
+`Emulator` is what `tsemu serve`, the control socket and the pytest plugin drive. It owns the
+one process table, and every change to it goes through here, so that each exit is broadcast
+exactly once, on its CPU, in the order it happened:
+
+- with a virtual clock, time moves only through `advance`: the timeline's events that fall
+  due are applied in order, the clock set to each event's time first, so every time-derived
+  field (ac_btime, ac_etime) is exactly reproducible;
+- with the real clock, a task applies each timeline event when its time comes.
+
+Direct operations (`spawn`, `exit`, `set`, `storm`) act at the clock's current time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .clock import NSEC_PER_SEC, VirtualClock
+from .families import FamilyTable
+from .permissions import AdminPolicy
+from .profiles import profile as profile_named
+from .scenario import Event, Scenario, apply_event, build_table
+from .server import Server
+from .tasks import ExitReport, ProcessTable
+
+
+@dataclass
+class StormResult:
+    exits: int
+    seconds: float
+    deliveries: int
+
+    @property
+    def rate(self) -> float:
+        return self.exits / self.seconds if self.seconds else float("inf")
+
+
+class Emulator:
+    """One emulated machine, built from a scenario, served on `socket_path`."""
+
+    def __init__(self, scenario: Scenario, socket_path: Path, *,
+                 admin: AdminPolicy | None = None,
+                 cgroup_roots: tuple[str, ...] = ("/sys/fs/cgroup",)) -> None:
+        machine = scenario.machine
+        self.scenario = scenario
+        self.table: ProcessTable = build_table(scenario)
+        self.server = Server(
+            socket_path, self.table, profile=profile_named(machine.kernel),
+            nr_cpus=machine.cpus, families=FamilyTable.default(machine.family_id),
+            admin=admin, cgroup_roots=cgroup_roots)
+        self.timeline: deque[Event] = deque(scenario.timeline)
+        self.start_ns = self.table.clock.monotonic_ns()
+        self._lock = trio.Lock()
+
+    @property
+    def socket_path(self) -> Path:
+        return self.server.socket_path
+
+    @property
+    def virtual(self) -> bool:
+        return isinstance(self.table.clock, VirtualClock)
+
+    def now_seconds(self) -> float:
+        """Scenario time: seconds since the scenario started."""
+        return (self.table.clock.monotonic_ns() - self.start_ns) / NSEC_PER_SEC
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED,
+                  announce: bool = False) -> None:
+        """Serve until cancelled (and, with the real clock, play the timeline)."""
+        from .control import serve_control
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(lambda task_status: self.server.serve(
+                task_status=task_status, announce=False))
+            await nursery.start(serve_control, self)
+            if self.virtual:
+                await self.advance(0)  # events due at the start happen at the start
+            else:
+                nursery.start_soon(self._play_in_real_time)
+            if announce:
+                import sys
+
+                print(f"tsemu: listening on {self.socket_path}", file=sys.stderr, flush=True)
+            task_status.started(self)
+
+    async def _play_in_real_time(self) -> None:
+        start = trio.current_time()
+        while self.timeline:
+            event = self.timeline[0]
+            await trio.sleep_until(start + event.at_ns / NSEC_PER_SEC)
+            async with self._lock:
+                self.timeline.popleft()
+                await self._broadcast(apply_event(self.table, event))
+
+    async def _broadcast(self, reports: list[ExitReport]) -> None:
+        for report in reports:
+            await self.server.broadcast(report)
+
+    # -- operations ------------------------------------------------------------------------
+
+    async def advance(self, seconds: float) -> list[Event]:
+        """Move the virtual clock forward, applying the timeline events that fall due."""
+        if not self.virtual:
+            raise ValueError("the clock is real: advance works only with clock = \"virtual\"")
+        if seconds < 0:
+            raise ValueError(f"cannot move the clock back ({seconds} s)")
+        clock = self.table.clock
+        assert isinstance(clock, VirtualClock)
+        target = clock.monotonic_ns() + round(seconds * NSEC_PER_SEC)
+        fired: list[Event] = []
+        async with self._lock:
+            while self.timeline and self.start_ns + self.timeline[0].at_ns <= target:
+                event = self.timeline.popleft()
+                clock.advance_ns(max(0, self.start_ns + event.at_ns - clock.monotonic_ns()))
+                await self._broadcast(apply_event(self.table, event))
+                fired.append(event)
+            clock.advance_ns(target - clock.monotonic_ns())
+        await self.server.settle()
+        return fired
+
+    async def spawn(self, **spec: Any) -> list[int]:
+        """Create a process now; returns its tids, the leader's (the pid) first."""
+        async with self._lock:
+            task = self.table.spawn(**spec)
+            return list(self.table.group(task.tid).tids)
+
+    async def exit(self, pid: int, *, code: int = 0, signal: int | None = None,
+                   core: bool = False, cpu: int | None = None) -> list[ExitReport]:
+        """Exit `pid` now: a whole process when `pid` leads one, else the one thread."""
+        async with self._lock:
+            group = self._group_led_by(pid)
+            if group is not None and len(group) > 1:
+                if cpu is not None:
+                    for tid in group.tids:
+                        self.table.move(tid, cpu)
+                reports = self.table.exit_group(pid, code=code, signal=signal, core=core)
+            else:
+                reports = [self.table.exit_task(pid, code=code, signal=signal, core=core,
+                                                cpu=cpu)]
+            await self._broadcast(reports)
+        await self.server.settle()
+        return reports
+
+    def _group_led_by(self, pid: int) -> Any:
+        try:
+            group = self.table.group(pid)
+        except LookupError:
+            return None
+        return group if group.leader_tid == pid else None
+
+    async def set(self, pid: int, values: Mapping[str, Any]) -> None:
+        async with self._lock:
+            self.table.set(pid, **values)
+
+    async def storm(self, count: int, cpus: list[int], threads: int = 1) -> StormResult:
+        """`count` processes exit as fast as the server sends them (for load tests)."""
+        if count < 0 or threads < 1 or not cpus:
+            raise ValueError("storm needs count >= 0, threads >= 1 and at least one CPU")
+        deliveries_before = sum(c.stats.deliveries for c in self.server.listeners.cpus)
+        started = time.perf_counter()
+        async with self._lock:
+            for i in range(count):
+                task = self.table.spawn(comm="storm", cpu=cpus[i % len(cpus)], threads=threads)
+                if threads > 1:
+                    await self._broadcast(self.table.exit_group(task.tid))
+                else:
+                    await self.server.broadcast(self.table.exit_task(task.tid))
+        await self.server.settle()
+        seconds = time.perf_counter() - started
+        deliveries = sum(c.stats.deliveries for c in self.server.listeners.cpus)
+        return StormResult(count, seconds, deliveries - deliveries_before)
+
+    async def wait_for_listener(self, cpus: set[int] | None = None) -> None:
+        """Return once some listener is registered (on one of `cpus`, if given)."""
+        while True:
+            listening = self.server.listeners.listeners()
+            if any(cpus is None or cpu in cpus for cpu in listening):
+                return
+            await trio.sleep(0.005)

@@ -1,0 +1,188 @@
+"""pytest plugin: a live tsemu for the test, and a handle to script it.
+
+Installed with tsemu (entry point `pytest11`), it provides the fixture `tsemu`:
+
+```python
+def test_my_exporter_counts_exits(tsemu):
+    proc = tsemu.popen(["my-exporter", "--listen", "0-1"])     # runs through the shim
+    tsemu.wait_for_listener()
+    pid = tsemu.spawn(comm="job", cpu=1)
+    tsemu.exit(pid, code=3)
+    ...
+```
+
+The emulator runs in a child process (`tsemu serve`) on a socket in a private temporary
+directory, so the fixture works the same in plain pytest and with pytest-trio, and a crash
+of the code under test cannot take it down. The scenario is the fixture `tsemu_scenario`
+(override it, or mark the test with `@pytest.mark.tsemu_scenario("path/to.toml")`); by
+default an empty two-CPU machine on a virtual clock.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+#: The default scenario: nothing but init, two CPUs, a clock that moves only when told.
+EMPTY_VIRTUAL_MACHINE = """\
+[machine]
+cpus = 2
+clock = "virtual"
+
+[[process]]
+pid = 1
+comm = "init"
+state = "sleeping"
+"""
+
+
+class TsemuHandle:
+    """A running tsemu: where it listens, how to run clients through it, how to script it."""
+
+    def __init__(self, socket_path: Path, process: subprocess.Popen[bytes]) -> None:
+        from tsemu.emulator.control import ControlClient
+
+        self.socket_path = socket_path
+        self.process = process
+        self._control = ControlClient(socket_path)
+        self._children: list[subprocess.Popen[Any]] = []
+        self.env = dict(os.environ)
+        self.env["TSEMU_SOCKET"] = str(socket_path)
+        try:
+            from tsemu.shim import shim_path
+
+            preload = str(shim_path())
+            existing = os.environ.get("LD_PRELOAD")
+            self.env["LD_PRELOAD"] = f"{preload}:{existing}" if existing else preload
+        except (ImportError, FileNotFoundError, OSError):
+            pass  # no shim built: native clients still work
+
+    # -- clients ---------------------------------------------------------------------------
+
+    def run(self, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+        """Run a client to completion through the shim (subprocess.run's keywords)."""
+        kwargs.setdefault("env", self.env)
+        kwargs.setdefault("timeout", 60)
+        return subprocess.run(argv, **kwargs)
+
+    def popen(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start a client through the shim; the test stops it (or the fixture does)."""
+        kwargs.setdefault("env", self.env)
+        proc = subprocess.Popen(argv, **kwargs)
+        self._children.append(proc)
+        return proc
+
+    # -- control ---------------------------------------------------------------------------
+
+    def call(self, op: str, **args: Any) -> dict[str, Any]:
+        return self._control.call(op, **args)
+
+    def spawn(self, comm: str = "task", **spec: Any) -> int:
+        """Create a process (keywords as `tsemu ctl spawn`); returns its pid."""
+        return int(self.call("spawn", comm=comm, **spec)["pid"])
+
+    def exit(self, pid: int, **how: Any) -> list[int]:
+        """Exit a process or thread now (code=, signal=, core=, cpu=); returns the tids."""
+        return list(self.call("exit", pid=pid, **how)["exited"])
+
+    def set(self, pid: int, **values: Any) -> None:
+        self.call("set", pid=pid, values=values)
+
+    def advance(self, seconds: float) -> float:
+        """Move the virtual clock; returns the scenario time afterwards."""
+        return float(self.call("advance", seconds=seconds)["now"])
+
+    def ps(self) -> list[dict[str, Any]]:
+        return list(self.call("ps")["tasks"])
+
+    def listeners(self) -> dict[int, list[int]]:
+        return {int(cpu): ports for cpu, ports in self.call("listeners")["listeners"].items()}
+
+    def stats(self) -> dict[str, Any]:
+        return self.call("stats")
+
+    def wait_for_listener(self, cpus: str | None = None, timeout: float = 10) -> None:
+        """Block until the client under test has registered a cpumask (on `cpus`)."""
+        self.call("wait_listener", cpus=cpus, timeout=timeout)
+
+    def close(self) -> None:
+        for child in self._children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        self._control.close()
+
+
+def start_tsemu(scenario_text: str, directory: Path, *, timeout: float = 20
+                ) -> TsemuHandle:
+    """Start `tsemu serve` on `scenario_text` in `directory`; return once it listens."""
+    scenario_file = directory / "scenario.toml"
+    scenario_file.write_text(scenario_text)
+    socket_path = directory / "genl.sock"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tsemu.cli.app", "serve", "--socket", str(socket_path),
+         "--scenario", str(scenario_file)],
+        stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert process.stderr is not None
+    line = b""
+    try:
+        import select
+
+        if select.select([process.stderr], [], [], timeout)[0]:
+            line = process.stderr.readline()
+    finally:
+        if b"listening on" not in line:
+            process.kill()
+            rest = process.communicate()[1]
+            raise RuntimeError(f"tsemu did not start: {(line + rest).decode(errors='replace')}")
+    return TsemuHandle(socket_path, process)
+
+
+@pytest.fixture
+def tsemu_scenario(request: pytest.FixtureRequest) -> str:
+    """The scenario the `tsemu` fixture serves: TOML text. Override this fixture, or mark
+    the test `@pytest.mark.tsemu_scenario(path_or_text)`."""
+    marker = request.node.get_closest_marker("tsemu_scenario")
+    if marker is None:
+        return EMPTY_VIRTUAL_MACHINE
+    value = str(marker.args[0])
+    path = Path(value)
+    if "\n" not in value and path.suffix == ".toml":
+        if not path.is_absolute():
+            path = Path(request.node.path).parent / path
+        return path.read_text()
+    return value
+
+
+@pytest.fixture
+def tsemu(tsemu_scenario: str) -> Iterator[TsemuHandle]:
+    """A tsemu server for this test, stopped (and its files removed) afterwards."""
+    directory = Path(tempfile.mkdtemp(prefix="tsemu-", dir="/tmp"))
+    os.chmod(directory, 0o755)
+    handle = start_tsemu(tsemu_scenario, directory)
+    try:
+        yield handle
+    finally:
+        handle.close()
+        handle.process.terminate()
+        try:
+            handle.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            handle.process.kill()
+            handle.process.wait()
+        if handle.process.stderr is not None:
+            handle.process.stderr.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "tsemu_scenario(path_or_toml): the scenario the tsemu fixture serves")
