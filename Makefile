@@ -1,5 +1,5 @@
 # tsemu: every target installs what it needs into a local venv (.venv) first.
-#   make run    start the emulator on its embedded default scenario
+#   make run    start the emulator on its embedded default scenario (socket: see README)
 #   make test   install and run the test suite
 #   make bench  run the benchmarks (results in bench/results/)
 #   make lint   ruff and mypy
@@ -10,12 +10,29 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Debian packages the tests use: a C compiler for the shim and the test clients, iproute2
+# for `genl`, procps for `pgrep`: installed when missing and when we may (root, apt-get).
 
-.PHONY: install run test bench lint golden clean
+.PHONY: install system-deps run test bench lint golden clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+system-deps:
+	@missing=""; \
+	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
+	command -v genl >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	command -v pgrep >/dev/null 2>&1 || missing="$$missing procps"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "note: missing$$missing (install them for the shim and the client tests)"; \
+	  fi; \
+	fi
+
+$(STAMP): pyproject.toml setup.py $(wildcard shim/*.c shim/*.h)
+	@$(MAKE) -s system-deps
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,dev]'
@@ -31,11 +48,11 @@ bench: install
 	$(PY) -m bench
 
 lint: install
-	$(VENV)/bin/ruff check wire emulator cli tsemu tests bench scripts
-	$(VENV)/bin/mypy wire
+	$(VENV)/bin/ruff check wire emulator cli tsemu tests bench scripts setup.py
+	$(VENV)/bin/mypy wire emulator cli tsemu
 
 golden: install
 	$(PY) scripts/capture_golden.py tests/golden/kernel.json
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis tsemu/libtsemu-shim.so

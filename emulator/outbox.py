@@ -81,7 +81,10 @@ class Outbox:
         self.gone = False
         self._queue: deque[bytes] = deque()
         self._queued = 0  # truesize held here
-        self._inflight: deque[int] = deque()  # truesizes sent, maybe not read yet
+        # Datagrams sent, maybe not read yet: (size in the client's Unix queue, size charged
+        # to the emulated netlink buffer; 0 for an ENOBUFS notice, which netlink never queues).
+        self._inflight: deque[tuple[int, int]] = deque()
+        self._inflight_unix = 0
         self._inflight_total = 0
         self._sending = 0  # truesize of the message whose send is under way
         self._wakeup = trio.Event()
@@ -98,11 +101,13 @@ class Outbox:
             outstanding = unread_bytes(self.sock)
         except OSError:
             outstanding = 0
-        while self._inflight and self._inflight_total - self._inflight[0] >= outstanding:
-            self._inflight_total -= self._inflight.popleft()
+        while self._inflight and self._inflight_unix - self._inflight[0][0] >= outstanding:
+            unix, charged = self._inflight.popleft()
+            self._inflight_unix -= unix
+            self._inflight_total -= charged
         if outstanding == 0:
             self._inflight.clear()
-            self._inflight_total = 0
+            self._inflight_unix = self._inflight_total = 0
 
     def _fits(self, size: int) -> bool:
         charged = self._charged()
@@ -153,16 +158,27 @@ class Outbox:
             self._sending = size  # still charged while the send waits for room
             try:
                 await self.sock.send(data)
+            except trio.ClosedResourceError:
+                return
             except (ConnectionRefusedError, FileNotFoundError, ConnectionResetError,
                     NotADirectoryError, PermissionError):
                 self._mark_gone()
                 return
             finally:
                 self._sending = 0
+            unix = truesize(len(data))
+            self._inflight.append((unix, size))
+            self._inflight_unix += unix
+            self._inflight_total += size
             if not notice:
-                self._inflight.append(size)
-                self._inflight_total += size
                 self.delivered += 1
+
+    def close(self) -> None:
+        """The client's socket was replaced by a new one on the same port: drop what is
+        queued for the old one and end `drain`."""
+        if not self.gone:
+            self._mark_gone()
+        self._wakeup.set()
 
     def _mark_gone(self) -> None:
         self.gone = True

@@ -65,6 +65,9 @@ class ClientConn:
     outbox: Outbox
     cap_ack: bool = False
     ext_ack: bool = False
+    #: (inode, ctime) of the client's socket file: a new socket on the same port id (the
+    #: kernel reuses a process's tgid and freed negative ids) is a new client
+    identity: tuple[int, int] = (-1, -1)
     admin_cache: dict[tuple[int, int], bool] = field(default_factory=dict)
 
 
@@ -201,9 +204,12 @@ class Server:
             client.outbox.no_enobufs = bool(control.value)
 
     async def _client(self, port: int, address: Any) -> ClientConn | None:
+        identity = _file_identity(address)
         client = self.clients.get(port)
         if client is not None and not client.outbox.gone:
-            return client
+            if client.identity == identity:
+                return client
+            client.outbox.close()  # the port's old socket is gone: forget what it had
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             await sock.connect(address)
@@ -212,7 +218,7 @@ class Server:
             return None
         outbox = Outbox(sock, self.profile.rmem_default,
                         on_gone=lambda: self._client_gone(port, sock))
-        client = ClientConn(port, sock, outbox)
+        client = ClientConn(port, sock, outbox, identity=identity)
         self.clients[port] = client
         assert self._nursery is not None
         self._nursery.start_soon(outbox.drain)
@@ -259,6 +265,15 @@ def _ancillary(ancdata: list[tuple[int, int, bytes]]) -> tuple[Credentials, list
             usable = len(payload) - len(payload) % 4
             fds.extend(array.array("i", payload[:usable]))
     return creds, fds
+
+
+def _file_identity(address: Any) -> tuple[int, int]:
+    """(inode, ctime) of a client's socket file; inode numbers alone are reused at once."""
+    try:
+        st = os.stat(address)
+    except (OSError, TypeError, ValueError):
+        return (-1, -1)
+    return (st.st_ino, st.st_ctime_ns)
 
 
 def _cgroup_ref(fd: int) -> CgroupRef | None:

@@ -43,7 +43,7 @@ def short_tmp() -> Any:
 
 
 @pytest.fixture
-async def tsemu(short_tmp: Path) -> Any:
+async def server(short_tmp: Path) -> Any:
     """A live tsemu server (profile 6.18, 2 CPUs, virtual clock, empty process table) on a
     socket in a private directory; yields the Server (`.tasks` is its ProcessTable)."""
     from tsemu.emulator.clock import VirtualClock

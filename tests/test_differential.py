@@ -1,4 +1,4 @@
-"""Differential test: the same requests to the host kernel and to tsemu, live.
+"""Differential test: the same requests to the host kernel and to server, live.
 
 For each request of the KERNEL-FACTS error table (and the successful ones beside them), the
 host kernel's replies and tsemu's are compared by what a client can observe: message types,
@@ -116,7 +116,7 @@ def host() -> HostNetlink:
 @pytest.mark.host
 @pytest.mark.parametrize("name", list(REQUESTS))
 async def test_same_answers_as_the_host_kernel(name: str, host: HostNetlink,
-                                               tsemu: Server) -> None:
+                                               server: Server) -> None:
     build, cap_ack, ext_ack = REQUESTS[name]
     nr_cpus, _ = host_cpu_counts()
     if nr_cpus != 2:
@@ -124,8 +124,8 @@ async def test_same_answers_as_the_host_kernel(name: str, host: HostNetlink,
     host.options(cap_ack, ext_ack)
     kernel_said = await trio.to_thread.run_sync(host.ask, build(host.family, os.getpid()))
     host.ask(encode_taskstats_get(host.family, deregister=b"0-1\0", seq=99))
-    task = tsemu.tasks.spawn(comm="probe")
-    async with await Client.connect(tsemu.socket_path) as client:
+    task = server.tasks.spawn(comm="probe")
+    async with await Client.connect(server.socket_path) as client:
         await client.set_option(SockOpt.CAP_ACK, int(cap_ack))
         await client.set_option(SockOpt.EXT_ACK, int(ext_ack))
         await client.send(build(await client.family_id(), task.tid))

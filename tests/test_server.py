@@ -24,11 +24,11 @@ async def exit_and_settle(server: Server, tid: int, **kw: Any) -> None:
     await server.settle()
 
 
-async def test_get_pid_returns_the_tasks_record(tsemu: Server) -> None:
-    task = tsemu.tasks.spawn(comm="worker", uid=1000, gid=100, cpu=1,
+async def test_get_pid_returns_the_tasks_record(server: Server) -> None:
+    task = server.tasks.spawn(comm="worker", uid=1000, gid=100, cpu=1,
                              counters={"cpu_count": 4, "cpu_delay_total": 9000,
                                        "read_bytes": 5000, "utime_ns": 2_500_000})
-    async with await Client.connect(tsemu.socket_path) as c:
+    async with await Client.connect(server.socket_path) as c:
         record = await c.get_pid(task.tid)
     values = record.values()
     assert record.aggr == TaskstatsType.AGGR_PID and record.id == task.tid
@@ -39,29 +39,29 @@ async def test_get_pid_returns_the_tasks_record(tsemu: Server) -> None:
     assert values["ac_utime"] == 2500
 
 
-async def test_get_unknown_pid_is_esrch(tsemu: Server) -> None:
-    async with await Client.connect(tsemu.socket_path) as c:
+async def test_get_unknown_pid_is_esrch(server: Server) -> None:
+    async with await Client.connect(server.socket_path) as c:
         with pytest.raises(NetlinkError) as raised:
             await c.get_pid(31337)
     assert raised.value.errno == errno.ESRCH
     assert len(raised.value.reply.encode()) == 48
 
 
-async def test_thread_group_exit_record_field_by_field(tsemu: Server) -> None:
-    leader = tsemu.tasks.spawn(comm="svc", cpu=0, threads=2,
+async def test_thread_group_exit_record_field_by_field(server: Server) -> None:
+    leader = server.tasks.spawn(comm="svc", cpu=0, threads=2,
                                counters={"cpu_count": 3, "cpu_delay_total": 300,
                                          "cpu_delay_max": 200, "cpu_delay_min": 10,
                                          "nvcsw": 5, "utime_ns": 4_000_000})
-    (worker_tid,) = [t for t in tsemu.tasks.group(leader.tid).tids if t != leader.tid]
-    tsemu.tasks.set(worker_tid, cpu_count=2, cpu_delay_total=50, cpu_delay_max=30,
+    (worker_tid,) = [t for t in server.tasks.group(leader.tid).tids if t != leader.tid]
+    server.tasks.set(worker_tid, cpu_count=2, cpu_delay_total=50, cpu_delay_max=30,
                     cpu_delay_min=20, nvcsw=1, nivcsw=7, blkio_count=1,
                     blkio_delay_total=1000)
-    tsemu.tasks.clock.advance(2.5)
-    async with await Client.connect(tsemu.socket_path) as c:
+    server.tasks.clock.advance(2.5)
+    async with await Client.connect(server.socket_path) as c:
         await c.register("0")
-        for report in tsemu.tasks.exit_group(leader.tid, code=3):
-            await tsemu.broadcast(report)
-        await tsemu.settle()
+        for report in server.tasks.exit_group(leader.tid, code=3):
+            await server.broadcast(report)
+        await server.settle()
         with trio.fail_after(2):
             first = await c.next_event()
             last = await c.next_event()
@@ -88,15 +88,15 @@ async def test_thread_group_exit_record_field_by_field(tsemu: Server) -> None:
     assert first.header.pid == last.header.pid == 0
 
 
-async def test_listeners_hear_only_their_cpus_in_sequence(tsemu: Server) -> None:
-    tasks = [tsemu.tasks.spawn(comm=f"job{i}", cpu=i % 2) for i in range(6)]
-    async with await Client.connect(tsemu.socket_path) as a, \
-            await Client.connect(tsemu.socket_path) as b:
+async def test_listeners_hear_only_their_cpus_in_sequence(server: Server) -> None:
+    tasks = [server.tasks.spawn(comm=f"job{i}", cpu=i % 2) for i in range(6)]
+    async with await Client.connect(server.socket_path) as a, \
+            await Client.connect(server.socket_path) as b:
         await a.register("0")
         await b.register("1")
         for task in tasks:
-            await tsemu.broadcast(tsemu.tasks.exit_task(task.tid))
-        await tsemu.settle()
+            await server.broadcast(server.tasks.exit_task(task.tid))
+        await server.settle()
         with trio.fail_after(2):
             got_a = [await a.next_event() for _ in range(3)]
             got_b = [await b.next_event() for _ in range(3)]
@@ -110,16 +110,16 @@ async def test_listeners_hear_only_their_cpus_in_sequence(tsemu: Server) -> None
 
 
 async def test_register_twice_is_one_listener_and_deregister_is_idempotent(
-        tsemu: Server) -> None:
-    async with await Client.connect(tsemu.socket_path) as c:
+        server: Server) -> None:
+    async with await Client.connect(server.socket_path) as c:
         await c.register("0-1")
         await c.register("0")
-        assert tsemu.listeners.listeners() == {0: [c.port], 1: [c.port]}
+        assert server.listeners.listeners() == {0: [c.port], 1: [c.port]}
         await c.deregister("1")
         await c.deregister("1")
-        assert tsemu.listeners.listeners() == {0: [c.port]}
-        task = tsemu.tasks.spawn(comm="once", cpu=0)
-        await exit_and_settle(tsemu, task.tid)
+        assert server.listeners.listeners() == {0: [c.port]}
+        task = server.tasks.spawn(comm="once", cpu=0)
+        await exit_and_settle(server, task.tid)
         with trio.fail_after(2):
             event = await c.next_event()
         with trio.move_on_after(0.1):
@@ -129,21 +129,21 @@ async def test_register_twice_is_one_listener_and_deregister_is_idempotent(
 
 
 async def test_exit_on_a_cpu_without_listeners_takes_no_sequence_number(
-        tsemu: Server) -> None:
-    async with await Client.connect(tsemu.socket_path) as c:
+        server: Server) -> None:
+    async with await Client.connect(server.socket_path) as c:
         await c.register("0")
-        await exit_and_settle(tsemu, tsemu.tasks.spawn(comm="a", cpu=1).tid)
-        await exit_and_settle(tsemu, tsemu.tasks.spawn(comm="b", cpu=0).tid)
+        await exit_and_settle(server, server.tasks.spawn(comm="a", cpu=1).tid)
+        await exit_and_settle(server, server.tasks.spawn(comm="b", cpu=0).tid)
         with trio.fail_after(2):
             event = await c.next_event()
-    assert event.header.seq == 0 and tsemu.listeners.cpus[1].seq == 0
+    assert event.header.seq == 0 and server.listeners.cpus[1].seq == 0
 
 
 async def test_a_listener_that_stops_reading_gets_enobufs_the_other_loses_nothing(
-        tsemu: Server) -> None:
+        server: Server) -> None:
     count = 400
-    async with await Client.connect(tsemu.socket_path) as slow, \
-            await Client.connect(tsemu.socket_path) as fast:
+    async with await Client.connect(server.socket_path) as slow, \
+            await Client.connect(server.socket_path) as fast:
         await slow.register("0")
         await fast.register("0")
         received = 0
@@ -157,15 +157,15 @@ async def test_a_listener_that_stops_reading_gets_enobufs_the_other_loses_nothin
         async with trio.open_nursery() as nursery:
             nursery.start_soon(keep_reading)
             for i in range(count):
-                task = tsemu.tasks.spawn(comm=f"short{i}", cpu=0)
-                await tsemu.broadcast(tsemu.tasks.exit_task(task.tid))
+                task = server.tasks.spawn(comm=f"short{i}", cpu=0)
+                await server.broadcast(server.tasks.exit_task(task.tid))
                 if i % 20 == 0:
-                    await tsemu.settle()
+                    await server.settle()
                     await trio.sleep(0.001)
-            await tsemu.settle()
-        slow_outbox = tsemu.clients[slow.port].outbox
+            await server.settle()
+        slow_outbox = server.clients[slow.port].outbox
         assert received == count, "the listener that keeps up loses nothing"
-        assert tsemu.clients[fast.port].outbox.dropped == 0
+        assert server.clients[fast.port].outbox.dropped == 0
         # 596-byte events cost 1280 bytes of a 212992-byte buffer: 166 fit, as on 6.18.
         kept = count - slow_outbox.dropped
         assert kept == 166
@@ -191,14 +191,14 @@ async def test_a_listener_that_stops_reading_gets_enobufs_the_other_loses_nothin
 
 
 async def test_a_smaller_rcvbuf_holds_fewer_and_no_enobufs_hides_the_error(
-        tsemu: Server) -> None:
-    async with await Client.connect(tsemu.socket_path) as c:
+        server: Server) -> None:
+    async with await Client.connect(server.socket_path) as c:
         assert await c.set_rcvbuf(4096) == 8192
         await c.set_option(SockOpt.NO_ENOBUFS, 1)
         await c.register("0")
         for i in range(30):
-            await tsemu.broadcast(tsemu.tasks.exit_task(tsemu.tasks.spawn(comm="x", cpu=0).tid))
-        await tsemu.settle()
+            await server.broadcast(server.tasks.exit_task(server.tasks.spawn(comm="x", cpu=0).tid))
+        await server.settle()
         events = []
         with trio.move_on_after(0.2):
             while True:
@@ -206,28 +206,28 @@ async def test_a_smaller_rcvbuf_holds_fewer_and_no_enobufs_hides_the_error(
     assert len(events) == 6, "8192 // 1280 events fit; no ENOBUFS raised"
 
 
-async def test_a_dead_listener_is_removed(tsemu: Server) -> None:
-    gone = await Client.connect(tsemu.socket_path)
-    async with await Client.connect(tsemu.socket_path) as alive:
+async def test_a_dead_listener_is_removed(server: Server) -> None:
+    gone = await Client.connect(server.socket_path)
+    async with await Client.connect(server.socket_path) as alive:
         await gone.register("0")
         await alive.register("0")
         gone.close()
-        assert set(tsemu.listeners.listeners()[0]) == {gone.port, alive.port}
+        assert set(server.listeners.listeners()[0]) == {gone.port, alive.port}
         for _ in range(2):
-            await exit_and_settle(tsemu, tsemu.tasks.spawn(comm="x", cpu=0).tid)
+            await exit_and_settle(server, server.tasks.spawn(comm="x", cpu=0).tid)
             await trio.sleep(0.05)
         with trio.fail_after(2):
             await alive.next_event()
             await alive.next_event()
-        await tsemu.settle()
-        assert tsemu.listeners.listeners()[0] == [alive.port]
-        assert gone.port not in tsemu.clients
+        await server.settle()
+        assert server.listeners.listeners()[0] == [alive.port]
+        assert gone.port not in server.clients
 
 
 async def test_ack_follows_the_reply_and_several_requests_are_answered_in_order(
-        tsemu: Server) -> None:
-    task = tsemu.tasks.spawn(comm="t")
-    async with await Client.connect(tsemu.socket_path) as c:
+        server: Server) -> None:
+    task = server.tasks.spawn(comm="t")
+    async with await Client.connect(server.socket_path) as c:
         fid = await c.family_id()
         datagram = (encode_taskstats_get(fid, pid=task.tid, seq=10,
                                          flags=Flag.REQUEST | Flag.ACK)
@@ -241,15 +241,15 @@ async def test_ack_follows_the_reply_and_several_requests_are_answered_in_order(
     assert sizes == [596, 36, 48, 596] and seqs == [10, 10, 11, 12]
 
 
-async def test_cgroupstats_counts_the_tables_cgroup(tsemu: Server, short_tmp: Path) -> None:
+async def test_cgroupstats_counts_the_tables_cgroup(server: Server, short_tmp: Path) -> None:
     from tsemu.emulator.tasks import TaskState
 
     root = short_tmp / "cgroup"
     (root / "jobs").mkdir(parents=True)
-    tsemu.kernel.cgroup_roots = (str(root),)
+    server.kernel.cgroup_roots = (str(root),)
     for state in (TaskState.RUNNING, TaskState.SLEEPING, TaskState.SLEEPING):
-        tsemu.tasks.spawn(comm="j", cgroup="/jobs", state=state)
-    async with await Client.connect(tsemu.socket_path) as c:
+        server.tasks.spawn(comm="j", cgroup="/jobs", state=state)
+    async with await Client.connect(server.socket_path) as c:
         counts = await c.cgroupstats(root / "jobs")
         assert counts == {"nr_sleeping": 2, "nr_running": 1, "nr_stopped": 0,
                           "nr_uninterruptible": 0, "nr_io_wait": 0}
@@ -276,34 +276,34 @@ trio.run(main)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to an unprivileged uid needs root")
-async def test_unprivileged_sender_gets_eperm(tsemu: Server) -> None:
-    tsemu.tasks.spawn(comm="init", pid=1)
-    os.chmod(tsemu.socket_path.parent, 0o755)
+async def test_unprivileged_sender_gets_eperm(server: Server) -> None:
+    server.tasks.spawn(comm="init", pid=1)
+    os.chmod(server.socket_path.parent, 0o755)
     result = await trio.run_process(
-        [sys.executable, "-c", _UNPRIVILEGED_GET, str(tsemu.socket_path)],
+        [sys.executable, "-c", _UNPRIVILEGED_GET, str(server.socket_path)],
         capture_stdout=True, capture_stderr=True, check=False)
     out = result.stdout.decode()
     assert result.returncode == 0, result.stderr.decode()
     assert f"errno {errno.EPERM}" in out and "cgroupstats-allowed TASKSTATS" in out
 
 
-async def test_root_sender_is_admin_by_default(tsemu: Server) -> None:
-    tsemu.tasks.spawn(comm="init", pid=1)
+async def test_root_sender_is_admin_by_default(server: Server) -> None:
+    server.tasks.spawn(comm="init", pid=1)
     if os.geteuid() != 0:
         pytest.skip("the test process is not root: auto policy refuses it, as expected")
-    async with await Client.connect(tsemu.socket_path) as c:
+    async with await Client.connect(server.socket_path) as c:
         assert (await c.get_pid(1)).id == 1
 
 
-async def test_arbitrary_bytes_do_not_disturb_the_server(tsemu: Server) -> None:
+async def test_arbitrary_bytes_do_not_disturb_the_server(server: Server) -> None:
     import random
 
     rng = random.Random(1234)
-    tsemu.tasks.spawn(comm="init", pid=1)
-    async with await Client.connect(tsemu.socket_path) as c:
+    server.tasks.spawn(comm="init", pid=1)
+    async with await Client.connect(server.socket_path) as c:
         for size in list(range(0, 64)) + [rng.randrange(64, 4096) for _ in range(200)]:
             await c.send(bytes(rng.randrange(256) for _ in range(size)))
         await trio.sleep(0.1)
-        assert tsemu.stats.internal_errors == 0
+        assert server.stats.internal_errors == 0
         assert (await c.get_pid(1)).id == 1
 

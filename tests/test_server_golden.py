@@ -57,9 +57,9 @@ async def collect(client: Client, quiet: float = 0.05) -> list[bytes]:
 
 
 @pytest.mark.parametrize("name", REPLAYABLE)
-async def test_replayed_request_gets_the_kernels_bytes(name: str, tsemu: Any) -> None:
+async def test_replayed_request_gets_the_kernels_bytes(name: str, server: Any) -> None:
     case: dict[str, Any] = CASES[name]
-    async with await Client.connect(tsemu.socket_path) as client:
+    async with await Client.connect(server.socket_path) as client:
         await client.set_option(SockOpt.CAP_ACK, int(case["cap_ack"]))
         await client.set_option(SockOpt.EXT_ACK, int(case["ext_ack"]))
         await client.send(bytes.fromhex(case["request"]))

@@ -1,0 +1,107 @@
+"""`tsemu run [--socket PATH] -- CMD [ARGS...]`: run an unmodified netlink client against tsemu.
+
+CMD runs with the shim (`tsemu.shim`) in LD_PRELOAD and TSEMU_SOCKET naming the server, so
+its AF_NETLINK / NETLINK_GENERIC sockets talk to tsemu; its children inherit both. The exit
+status is CMD's (128 + N when signal N killed it, as a shell reports it; 127 when CMD cannot
+be found, 126 when it cannot be executed). SIGTERM and SIGHUP sent to `tsemu run` are passed
+on to CMD; SIGINT and SIGQUIT are left to CMD alone: typed at a terminal they reach the whole
+foreground process group, CMD included, and CMD decides what they mean.
+
+The typer app wires `run_command` in; nothing here parses options.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from tsemu.emulator.addressing import default_socket_path
+from tsemu.shim import ShimNotBuilt, shim_environment
+
+#: Signals passed on to the command rather than acted on by `tsemu run` itself.
+FORWARDED = (signal.SIGTERM, signal.SIGHUP)
+#: Signals a terminal sends to the command too: `tsemu run` ignores them while CMD runs.
+IGNORED = (signal.SIGINT, signal.SIGQUIT)
+
+
+def run_environment(socket_path: Path | None = None) -> dict[str, str]:
+    """This process's environment plus what loads the shim and names the server."""
+    return shim_environment(socket_path if socket_path is not None else default_socket_path())
+
+
+def exit_status(returncode: int) -> int:
+    """A child's status as a shell reports it: its exit code, or 128 + the killing signal."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class _Forwarder:
+    """Passes FORWARDED signals on to the child; one that arrives before the child exists is
+    delivered as soon as it does. Handlers are set before the child starts (exec resets them in
+    the child), IGNORED ones only after (an ignored disposition would survive the exec)."""
+
+    def __init__(self) -> None:
+        self.child: subprocess.Popen[bytes] | None = None
+        self.pending: list[int] = []
+        self.previous: dict[int, Any] = {}
+        self.active = threading.current_thread() is threading.main_thread()
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.child is None:
+            self.pending.append(signum)
+        elif self.child.poll() is None:
+            self.child.send_signal(signum)
+
+    def __enter__(self) -> _Forwarder:
+        if self.active:  # Python lets only the main thread set signal handlers
+            self.previous = {sig: signal.signal(sig, self._handle) for sig in FORWARDED}
+        return self
+
+    def started(self, child: subprocess.Popen[bytes]) -> None:
+        self.child = child
+        if self.active:
+            self.previous.update({sig: signal.signal(sig, signal.SIG_IGN) for sig in IGNORED})
+        for signum in self.pending:
+            child.send_signal(signum)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def run_command(argv: list[str], socket_path: Path | None = None) -> int:
+    """Run `argv` with the shim against the server at `socket_path` (default: TSEMU_SOCKET's
+    rule); return its exit status. Problems before CMD starts are reported on stderr."""
+    if not argv:
+        print("tsemu run: no command given (usage: tsemu run [--socket PATH] -- CMD [ARGS...])",
+              file=sys.stderr)
+        return 2
+    try:
+        env = run_environment(socket_path)
+    except ShimNotBuilt as exc:
+        print(f"tsemu run: {exc}", file=sys.stderr)
+        return 1
+    server = Path(env["TSEMU_SOCKET"])
+    if not server.exists() and os.environ.get("TSEMU_DEBUG"):
+        print(f"tsemu run: no server socket at {server} yet (start one with `tsemu serve`)",
+              file=sys.stderr)
+    with _Forwarder() as forwarder:
+        try:
+            child = subprocess.Popen(argv, env=env)
+        except FileNotFoundError:
+            print(f"tsemu run: {argv[0]}: command not found", file=sys.stderr)
+            return 127
+        except OSError as exc:  # not executable, not a program (EACCES, ENOEXEC)
+            print(f"tsemu run: {argv[0]}: {exc.strerror}", file=sys.stderr)
+            return 126
+        forwarder.started(child)
+        while True:
+            try:
+                return exit_status(child.wait())
+            except KeyboardInterrupt:  # SIGINT before it was ignored: CMD got it too
+                continue
