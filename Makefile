@@ -47,9 +47,13 @@ test: install
 bench: install
 	$(PY) -m bench
 
+# mypy sees the package as it is installed (wire/ is tsemu.wire, ...) through a symlink tree.
 lint: install
 	$(VENV)/bin/ruff check wire emulator cli tsemu tests bench scripts setup.py
-	$(VENV)/bin/mypy wire emulator cli tsemu
+	@rm -rf build/typecheck && mkdir -p build/typecheck/tsemu
+	@for f in tsemu/*.py; do ln -s ../../../$$f build/typecheck/tsemu/; done
+	@for d in wire emulator cli; do ln -s ../../../$$d build/typecheck/tsemu/$$d; done
+	cd build/typecheck && ../../$(VENV)/bin/mypy -p tsemu
 
 golden: install
 	$(PY) scripts/capture_golden.py tests/golden/kernel.json

@@ -278,6 +278,12 @@ def ctl_storm(
                f"({reply['rate']:.0f}/s), {reply['deliveries']} deliveries")
 
 
+# -- client verbs: get, listen, families (cli/client_verbs.py) ------------------------------
+from tsemu.cli.client_verbs import register as _register_client_verbs  # noqa: E402
+
+_register_client_verbs(app)
+
+
 def main() -> None:
     """Console entry point."""
     try:

@@ -237,12 +237,14 @@ async def serve_control(emulator: Any, *, task_status: Any = trio.TASK_STATUS_IG
     os.chmod(path, 0o660)
     sock.listen(64)
     listener = trio.SocketListener(sock)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        await _connection(emulator, stream)
+
     try:
         async with trio.open_nursery() as nursery:
             task_status.started()
-            await trio.serve_listeners(
-                lambda stream: _connection(emulator, stream), [listener],
-                handler_nursery=nursery)
+            await trio.serve_listeners(handle, [listener], handler_nursery=nursery)
     finally:
         try:
             path.unlink()

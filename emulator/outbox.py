@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Callable
 
 import trio
+
 from tsemu.wire.control import ENOBUFS_NOTICE
 
 #: sizeof(struct sk_buff) and sizeof(struct skb_shared_info), each SKB_DATA_ALIGNed, x86_64.

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,7 +180,7 @@ class Emulator:
         deliveries = sum(c.stats.deliveries for c in self.server.listeners.cpus)
         return StormResult(count, seconds, deliveries - deliveries_before)
 
-    async def wait_for_listener(self, cpus: set[int] | None = None) -> None:
+    async def wait_for_listener(self, cpus: Collection[int] | None = None) -> None:
         """Return once some listener is registered (on one of `cpus`, if given)."""
         while True:
             listening = self.server.listeners.listeners()

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+
 from tsemu.wire.control import ControlOp, ControlOption, decode_control, is_control
 
 from .addressing import is_stale, port_of, ports_dir

@@ -12,6 +12,7 @@ import select
 import socket
 
 import pytest
+
 from tsemu.wire import Flag, decode_genl, decode_newfamily, encode_getfamily, split_datagram
 from tsemu.wire.constants import SOL_NETLINK, SockOpt
 

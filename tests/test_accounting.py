@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from tsemu.emulator import accounting
 from tsemu.emulator.clock import VirtualClock
 from tsemu.emulator.profiles import PROFILES, KernelProfile

@@ -8,6 +8,7 @@ import errno
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from tsemu.wire import Flag, WireError, cpumask_maxlen, encode_taskstats_get, parse_cpulist
 
 from .hostkernel import HostNetlink, host_cpu_counts, require_host_taskstats

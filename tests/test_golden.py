@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 import pytest
+
 from tsemu.wire import (
     AcFlag,
     ErrorMessage,

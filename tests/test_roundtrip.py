@@ -6,6 +6,7 @@ import errno
 
 from hypothesis import given
 from hypothesis import strategies as st
+
 from tsemu.wire import (
     VERSIONS,
     CgroupstatsGet,

@@ -16,6 +16,7 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from tsemu.emulator.rwlock import RWLock, RWLockStatistics
 
 Side = Literal["read", "write"]

@@ -196,8 +196,9 @@ async def test_a_smaller_rcvbuf_holds_fewer_and_no_enobufs_hides_the_error(
         assert await c.set_rcvbuf(4096) == 8192
         await c.set_option(SockOpt.NO_ENOBUFS, 1)
         await c.register("0")
-        for i in range(30):
-            await server.broadcast(server.tasks.exit_task(server.tasks.spawn(comm="x", cpu=0).tid))
+        for _ in range(30):
+            task = server.tasks.spawn(comm="x", cpu=0)
+            await server.broadcast(server.tasks.exit_task(task.tid))
         await server.settle()
         events = []
         with trio.move_on_after(0.2):

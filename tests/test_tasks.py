@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from tsemu.emulator.clock import VirtualClock
 from tsemu.emulator.profiles import PROFILES
 from tsemu.emulator.tasks import (

@@ -8,6 +8,7 @@ import construct as cs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from tsemu.wire import VERSIONS, WireError, layout, layout_for
 from tsemu.wire.derive import FastCodec, nul_padded
 from tsemu.wire.taskstats_struct import CGROUPSTATS_CODEC, FIELDS

@@ -206,10 +206,10 @@ class Client:
                                                        flags=Flag.REQUEST | Flag.DUMP))
         return [a.family for a in answers if isinstance(a, FamilyReply)]
 
-    async def _stats(self, **which: int) -> Record:
+    async def _stats(self, pid: int | None = None, tgid: int | None = None) -> Record:
         fid = await self.family_id()
-        reply = await self._one(encode_taskstats_get(fid, seq=self.next_seq(), portid=self.port,
-                                                     **which))
+        reply = await self._one(encode_taskstats_get(fid, pid=pid, tgid=tgid,
+                                                     seq=self.next_seq(), portid=self.port))
         assert isinstance(reply, TaskstatsReply)
         return reply.records[0]
 
