@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
-from tsemu.emulator.addressing import default_socket_path
+from tsemu.cli.common import SocketOption, fail, socket_path
 
 app = typer.Typer(
     name="tsemu",
@@ -30,23 +30,6 @@ ctl_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(ctl_app, name="ctl")
-
-SocketOption = Annotated[
-    Path | None,
-    typer.Option("--socket", "-s", help="The emulator's socket. Default: $TSEMU_SOCKET, else "
-                 "$XDG_RUNTIME_DIR/tsemu/genl.sock, else /tmp/tsemu-UID/genl.sock.",
-                 show_default=False),
-]
-
-
-def fail(message: str, status: int = 1) -> NoReturn:
-    typer.echo(f"tsemu: {message}", err=True)
-    raise typer.Exit(status)
-
-
-def socket_path(option: Path | None) -> Path:
-    return option if option is not None else default_socket_path()
-
 
 @app.command(epilog="Examples:\n\n  tsemu serve\n\n  tsemu serve --socket /run/tsemu/genl.sock "
              "--scenario examples/burst.toml\n\n  tsemu serve --kernel 6.1 --cpus 4 --admin 0,1000")

@@ -100,8 +100,9 @@ Errors: a task whose directory is missing, or which vanishes between two reads (
 status cannot be read, or io, schedstat or exe fail with ENOENT/ESRCH and its stat is gone
 afterwards), is unknown: the table's LookupError. Unparsable files count as vanished. No
 other exception leaves `pid_stats` / `tgid_stats` because of the host. Nothing is cached:
-each call reads /proc afresh (four files and one stat(2) for a PID; stat, status and
-schedstat per thread for a TGID).
+each call reads /proc afresh (stat, status, schedstat, io and a stat(2) of exe for a PID, plus
+the leader's stat for a thread; stat, status and schedstat per thread for a TGID): about 50 µs
+for a PID on the measured host.
 """
 
 from __future__ import annotations

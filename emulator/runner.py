@@ -25,6 +25,8 @@ import trio
 
 from .clock import NSEC_PER_SEC, VirtualClock
 from .families import FamilyTable
+from .hostmirror import HostMirror
+from .kernel import TaskSource
 from .permissions import AdminPolicy
 from .profiles import profile as profile_named
 from .scenario import Event, Scenario, apply_event, build_table
@@ -52,8 +54,11 @@ class Emulator:
         machine = scenario.machine
         self.scenario = scenario
         self.table: ProcessTable = build_table(scenario)
+        answers: TaskSource = self.table
+        if machine.mirror_host:  # pids the scenario does not define: the host's /proc
+            answers = HostMirror(self.table, machine.profile)
         self.server = Server(
-            socket_path, self.table, profile=profile_named(machine.kernel),
+            socket_path, answers, profile=profile_named(machine.kernel),
             nr_cpus=machine.cpus, families=FamilyTable.default(machine.family_id),
             admin=admin, cgroup_roots=cgroup_roots)
         self.timeline: deque[Event] = deque(scenario.timeline)

@@ -147,3 +147,18 @@ async def test_advance_is_refused_on_the_real_clock(short_tmp: Path) -> None:
     reply = await answer(emulator, b'{"op": "advance", "seconds": 1}')
     assert reply == {"ok": False, "error": 'the clock is real: advance works only with clock '
                                            '= "virtual"'}
+
+
+async def test_mirror_host_answers_pids_the_scenario_does_not_define(short_tmp: Path) -> None:
+    import os
+
+    mirrored = VIRTUAL.replace('clock = "virtual"', 'clock = "virtual"\nmirror_host = true')
+    emulator = Emulator(parse_scenario(mirrored), short_tmp / "genl.sock")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(emulator.run)
+        async with await Client.connect(emulator.socket_path) as client:
+            own = (await client.get_pid(os.getpid())).values()
+            scripted = (await client.get_pid(100)).values()
+        nursery.cancel_scope.cancel()
+    assert own["ac_pid"] == os.getpid() and own["ac_uid"] == os.getuid()
+    assert scripted["ac_comm"] == b"svc", "the scenario's own pids come from the table"

@@ -1,0 +1,82 @@
+#!/bin/sh
+# The build steps of tsemu's container image, kept out of the Dockerfile so CI can run them:
+# the Dockerfile's build stage runs this script, and tests/test_docker.py runs it against a
+# throwaway prefix, then starts the result the way the image does.
+#
+#   docker/build-steps.sh SOURCE PREFIX
+#
+# SOURCE is a tsemu source tree; PREFIX (absent or empty) becomes a self-contained install:
+#
+#   PREFIX/bin/tsemu                 the command (a venv of its own, no pip or setuptools left)
+#   PREFIX/bin/tsemu-entrypoint      the image's entry point (docker/entrypoint.sh)
+#   PREFIX/libtsemu-shim.so          a link to the LD_PRELOAD shim the install built
+#   PREFIX/share/tsemu/examples/     the example scenarios
+#
+# Needs python3 (3.11+, with venv) and, for the shim, a C compiler: when there is none and the
+# script runs as root where apt-get exists (the image's build stage), it installs gcc and
+# libc6-dev there; the build stage is thrown away, so the image carries no compiler.
+# Environment: PYTHON (default python3); pip honours PIP_* (the Dockerfile sets
+# PIP_NO_CACHE_DIR=1; CI keeps its cache).
+set -eu
+
+if [ $# -ne 2 ]; then
+    echo "usage: $0 SOURCE PREFIX" >&2
+    exit 2
+fi
+source_dir=$(cd "$1" && pwd)
+prefix=$2
+python=${PYTHON:-python3}
+
+say() { echo "build-steps: $*" >&2; }
+
+# 1. A C compiler for the shim.
+if ! command -v gcc >/dev/null 2>&1 && ! command -v cc >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        say "installing gcc and libc6-dev (build stage only)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            gcc libc6-dev >/dev/null
+        rm -rf /var/lib/apt/lists/*
+    else
+        say "no C compiler (gcc or cc): the shim cannot be built"
+        exit 1
+    fi
+fi
+
+# 2. A clean copy of what the package is built from: an in-tree build writes build/ and
+#    *.egg-info into its source, and a shim left there by an editable install must not
+#    stand in for the one this build compiles.
+stage=$(mktemp -d "${TMPDIR:-/tmp}/tsemu-build.XXXXXX")
+trap 'rm -rf "$stage"' EXIT
+for item in pyproject.toml setup.py README.md tsemu wire emulator cli shim; do
+    cp -R "$source_dir/$item" "$stage/$item"
+done
+rm -f "$stage/tsemu/libtsemu-shim.so"
+find "$stage" -name __pycache__ -prune -exec rm -rf {} +
+
+# 3. The install: a venv of its own at PREFIX, the package built from the copy (the shim is
+#    compiled by setup.py's build_ext).
+say "creating $prefix"
+"$python" -m venv "$prefix"
+say "installing tsemu into $prefix"
+"$prefix/bin/python" -m pip install --quiet --disable-pip-version-check "$stage"
+
+# 4. Check it: the command runs, the shim was built and is a shared library (-I: the
+#    installed package, not a tsemu/ in the current directory).
+"$prefix/bin/tsemu" --help >/dev/null
+shim=$("$prefix/bin/python" -I -c 'from tsemu.shim import shim_path; print(shim_path())')
+case "$(head -c 4 "$shim" | od -An -c | tr -d ' ')" in
+    177ELF) ;;
+    *) say "the shim at $shim is not an ELF library"; exit 1 ;;
+esac
+ln -sf "$shim" "$prefix/libtsemu-shim.so"
+
+# 5. The extras: entry point, example scenarios.
+cp "$source_dir/docker/entrypoint.sh" "$prefix/bin/tsemu-entrypoint"
+chmod 0755 "$prefix/bin/tsemu-entrypoint"
+mkdir -p "$prefix/share/tsemu"
+cp -R "$source_dir/examples" "$prefix/share/tsemu/examples"
+
+# 6. What the runtime does not need: the installers.
+"$prefix/bin/python" -m pip uninstall --quiet --yes pip setuptools >/dev/null 2>&1 || true
+say "done: $prefix/bin/tsemu, shim $shim"
