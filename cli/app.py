@@ -61,6 +61,7 @@ def serve(
     (through `tsemu run` or a native client) and control requests on PATH.ctl.
     """
     import signal
+    import time
 
     import trio
 
@@ -68,6 +69,12 @@ def serve(
     from tsemu.emulator.runner import Emulator
     from tsemu.emulator.scenario import ScenarioError, default_scenario, load_scenario
 
+    started = time.monotonic()
+    big = scenario is not None and scenario.is_file() and scenario.stat().st_size > 256 << 10
+    if big:
+        assert scenario is not None
+        typer.echo(f"tsemu: loading {scenario} ({scenario.stat().st_size >> 10} KiB)...",
+                   err=True)
     try:
         loaded = load_scenario(scenario) if scenario is not None else default_scenario()
         loaded = loaded.with_overrides(kernel=kernel, cpus=cpus,
@@ -77,6 +84,9 @@ def serve(
         fail(str(exc), 2)
     roots = tuple(cgroup_root) if cgroup_root else ("/sys/fs/cgroup",)
     emulator = Emulator(loaded, socket_path(socket), admin=policy, cgroup_roots=roots)
+    if big or time.monotonic() - started > 0.5:
+        typer.echo(f"tsemu: loaded {len(emulator.table)} tasks and {len(loaded.timeline)} "
+                   f"timeline events in {time.monotonic() - started:.1f} s", err=True)
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -200,3 +200,20 @@ def test_make_run_serves_the_default_machine_at_once(short_tmp: Path) -> None:
         proc.wait(timeout=20)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def test_a_long_load_shows_progress(short_tmp: Path) -> None:
+    big = short_tmp / "big.toml"
+    rows = ["[machine]", "cpus = 2", 'clock = "virtual"']
+    for i in range(8000):
+        rows += ["[[process]]", f"pid = {1000 + i}", f'comm = "p{i}"', "# padding " + "x" * 20]
+    big.write_text("\n".join(rows) + "\n")
+    socket = short_tmp / "genl.sock"
+    proc = subprocess.Popen([*TSEMU, "serve", "--socket", str(socket), "--scenario", str(big)],
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    lines = [proc.stderr.readline().strip() for _ in range(3)]
+    stop(proc)
+    assert lines[0].startswith(f"tsemu: loading {big} (") and lines[0].endswith("KiB)...")
+    assert lines[1].startswith("tsemu: loaded 8000 tasks and 0 timeline events in ")
+    assert lines[2] == f"tsemu: listening on {socket}"

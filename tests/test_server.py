@@ -308,3 +308,29 @@ async def test_arbitrary_bytes_do_not_disturb_the_server(server: Server) -> None
         assert server.stats.internal_errors == 0
         assert (await c.get_pid(1)).id == 1
 
+
+
+_FAMILIES_OVER_SOCKET = """
+import sys, trio
+from tsemu.client import Client
+async def main():
+    async with await Client.connect(sys.argv[1]) as c:
+        print(" ".join(f.name for f in await c.families()), (await c.get_pid(1)).id)
+trio.run(main)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a new network namespace needs root")
+async def test_a_client_in_another_network_namespace_shares_only_the_directory(
+        server: Server) -> None:
+    """Abstract Unix addresses do not cross network namespaces; file paths do."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        pytest.skip("util-linux's unshare is not installed")
+    server.tasks.spawn(comm="init", pid=1)
+    result = await trio.run_process(
+        ["unshare", "--net", sys.executable, "-c", _FAMILIES_OVER_SOCKET,
+         str(server.socket_path)], capture_stdout=True, capture_stderr=True, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().split() == ["nlctrl", "TASKSTATS", "1"]
