@@ -80,6 +80,7 @@ from functools import cache
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from tsemu.wire import taskstats_struct
 from tsemu.wire.constants import AcFlag
 from tsemu.wire.taskstats_struct import FIELDS
 
@@ -99,11 +100,9 @@ USEC_PER_SEC = 1_000_000
 #: Linux's KB_MASK (~(KB - 1)) as applied to the I/O counters.
 KB_MASK = U64_MASK & ~1023
 
-#: The delay-accounting categories, in struct order; "cpu" comes from the scheduler's
-#: sched_info, the others from the task's delay-accounting block.
-DELAY_CATEGORIES: tuple[str, ...] = (
-    "cpu", "blkio", "swapin", "freepages", "thrashing", "compact", "wpcopy", "irq",
-)
+#: The delay-accounting categories, in struct order (defined with the struct's layout); "cpu"
+#: comes from the scheduler's sched_info, the others from the task's delay-accounting block.
+DELAY_CATEGORIES = taskstats_struct.DELAY_CATEGORIES
 _BLOCK_CATEGORIES = DELAY_CATEGORIES[1:]
 
 #: The I/O counters the kernel rounds down to a multiple of 1024.

@@ -52,14 +52,19 @@ class Field:
     align: int = 0  # an explicit __attribute__((aligned(N))), 0 for none
 
 
+#: The delay-accounting categories, in the order the struct lists their max/min fields.
+DELAY_CATEGORIES: tuple[str, ...] = (
+    "cpu", "blkio", "swapin", "freepages", "thrashing", "compact", "wpcopy", "irq",
+)
+
+
 def _delay_max_min(since: int) -> tuple[Field, ...]:
-    cats = ("cpu", "blkio", "swapin", "freepages", "thrashing", "compact", "wpcopy", "irq")
-    return tuple(Field(f"{c}_delay_{m}", "u64", since) for c in cats for m in ("max", "min"))
+    return tuple(Field(f"{c}_delay_{m}", "u64", since)
+                 for c in DELAY_CATEGORIES for m in ("max", "min"))
 
 
 def _delay_max_ts(since: int) -> tuple[Field, ...]:
-    cats = ("cpu", "blkio", "swapin", "freepages", "thrashing", "compact", "wpcopy", "irq")
-    return tuple(Field(f"{c}_delay_max_ts", "timespec", since) for c in cats)
+    return tuple(Field(f"{c}_delay_max_ts", "timespec", since) for c in DELAY_CATEGORIES)
 
 
 #: struct taskstats, in declaration order (uapi <linux/taskstats.h>).
