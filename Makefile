@@ -44,7 +44,14 @@ run: install
 test: install
 	$(PY) -m pytest
 
-bench: install
+# The benchmarks' extras (matplotlib for the chart, py-spy for profiles) stay out of `make test`.
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	@touch $@
+
+bench: install $(BENCH_STAMP)
 	$(PY) -m bench
 
 # mypy sees the package as it is installed (wire/ is tsemu.wire, ...) through a symlink tree.
