@@ -54,16 +54,12 @@ class TsemuHandle:
         self.process = process
         self._control = ControlClient(socket_path)
         self._children: list[subprocess.Popen[Any]] = []
-        self.env = dict(os.environ)
-        self.env["TSEMU_SOCKET"] = str(socket_path)
-        try:
-            from tsemu.shim import shim_path
+        from tsemu.shim import ShimNotBuilt, shim_environment
 
-            preload = str(shim_path())
-            existing = os.environ.get("LD_PRELOAD")
-            self.env["LD_PRELOAD"] = f"{preload}:{existing}" if existing else preload
-        except (ImportError, FileNotFoundError, OSError):
-            pass  # no shim built: native clients still work
+        try:
+            self.env = shim_environment(socket_path)
+        except ShimNotBuilt:  # no C compiler at install time: native clients still work
+            self.env = {**os.environ, "TSEMU_SOCKET": str(socket_path)}
 
     # -- clients ---------------------------------------------------------------------------
 
