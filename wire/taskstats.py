@@ -13,11 +13,18 @@ What must not: which fields a record holds (the emulator's accounting rules), cp
 from __future__ import annotations
 
 import errno
-from collections.abc import Mapping, Sequence
+import re
+import struct
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
+import construct as cs
+
 from .attributes import (
+    NLATTR,
+    U32,
     Attr,
     AttrPolicy,
     encode_attr,
@@ -39,9 +46,10 @@ from .constants import (
     TaskstatsCmdAttr,
     TaskstatsType,
 )
+from .derive import FastCodec
 from .errors import WireError
-from .netlink import GenlMessage, encode_genl, pack_header
-from .taskstats_struct import CGROUPSTATS_CODEC, TaskstatsLayout, layout_for
+from .netlink import GENLMSGHDR, NLMSGHDR, NLMSGHDR_CODEC, GenlMessage, encode_genl, pack_header
+from .taskstats_struct import CGROUPSTATS_CODEC, FIELDS, TaskstatsLayout, layout_for
 
 #: taskstats_cmd_get_policy
 GET_POLICY: dict[int, AttrPolicy] = {
@@ -51,6 +59,18 @@ GET_POLICY: dict[int, AttrPolicy] = {
     TaskstatsCmdAttr.DEREGISTER_CPUMASK: AttrPolicy(AttrType.STRING),
 }
 GET_MAXATTR = int(TaskstatsCmdAttr.DEREGISTER_CPUMASK)
+
+#: The common TASKSTATS_CMD_GET, 28 bytes: one message holding one attribute with a u32
+#: payload (PID or TGID). The layout the emulator's fast path recognises with one unpack
+#: before anything else; whatever does not match it exactly takes the general way
+#: (`split_datagram`, `decode_genl`, `decode_taskstats_get`).
+SINGLE_U32_REQUEST = cs.Struct(
+    "header" / NLMSGHDR,
+    "genl" / GENLMSGHDR,
+    "attr" / NLATTR,
+    "value" / U32,
+)
+SINGLE_U32_REQUEST_CODEC = FastCodec(SINGLE_U32_REQUEST)
 
 #: cgroupstats_cmd_get_policy
 CGROUPSTATS_POLICY: dict[int, AttrPolicy] = {CGROUPSTATS_CMD_ATTR_FD: AttrPolicy(AttrType.U32)}
@@ -178,14 +198,37 @@ def encode_taskstats_new(
                        body)
 
 
+#: The id inside an AGGR nest (TASKSTATS_TYPE_PID / TGID): a u32.
+_ID_CODEC = FastCodec(cs.Struct("id" / U32))
+#: Fields that are only padding (ac_pad): a record leaves them out, they go out as zeros.
+_PAD_FIELDS = frozenset(f.name for f in FIELDS if f.ctype.startswith("pad"))
+_FORMAT_ITEM = re.compile(r"(\d*)([a-zA-Z?])")
+
+
+def _format_items(fmt: str) -> list[tuple[int, str]]:
+    """(count, code) of each item of a derived little-endian struct format:
+    "<H2x32s" gives (1, "H"), (2, "x"), (32, "s"). TypeError for anything else."""
+    if not fmt.startswith("<"):
+        raise TypeError(f"not a little-endian struct format: {fmt!r}")
+    found = _FORMAT_ITEM.findall(fmt[1:])
+    if "".join(count + code for count, code in found) != fmt[1:]:
+        raise TypeError(f"cannot split the struct format {fmt!r}")
+    return [(int(count) if count else 1, code) for count, code in found]
+
+
 class ReplyTemplate:
     """A TASKSTATS_CMD_NEW with one record, prebuilt so a reply costs one struct fill.
 
     The hot path of a GET: header, genl header, the AGGR nest and the STATS attribute header
     are fixed for a given struct size; only seq, port id, the id and the struct change. The
-    bytes are the same as `encode_taskstats_new` gives (the tests check it)."""
+    bytes are the same as `encode_taskstats_new` gives (the tests check it).
 
-    def __init__(self, family_id: int, aggr: TaskstatsType, stats_size: int) -> None:
+    Given the struct's `layout`, `build_values` goes one step further: the whole message,
+    header to the record's last field, in one `struct.pack` from the record's values, with a
+    format put together from the derived codecs (nlmsghdr's, the id's, the layout's)."""
+
+    def __init__(self, family_id: int, aggr: TaskstatsType, stats_size: int,
+                 layout: TaskstatsLayout | None = None) -> None:
         probe = encode_taskstats_new(family_id, [(aggr, 0, b"\0" * stats_size)], seq=0, portid=0)
         self.length = len(probe)
         fixed_end = NLMSG_HDRLEN + GENL_HDRLEN + 2 * NLA_HDRLEN  # genl hdr, AGGR, PID headers
@@ -193,6 +236,52 @@ class ReplyTemplate:
         self._stats_hdr = probe[self.length - stats_size - NLA_HDRLEN : self.length - stats_size]
         self._family = family_id
         self._tail_pad = b"\0" * (-stats_size % 4)
+        self._pack_message: Callable[..., bytes] | None = None
+        self._record_fields: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = None
+        self._pads: tuple[str, ...] = ()
+        if layout is not None:
+            if layout.size != stats_size:
+                raise ValueError(f"a {stats_size}-byte template for a {layout.size}-byte layout")
+            self._derive(layout)
+
+    def _derive(self, layout: TaskstatsLayout) -> None:
+        """Prepare `build_values` for `layout`: leaves it off (None) for a layout with nested
+        fields (the v17 timespecs), whose records go the general way."""
+        leaves = iter(layout.codec.leaves)
+        if any(len(leaf.path) != 1 for leaf in layout.codec.leaves):
+            return
+        pieces: list[str] = []
+        names: list[str] = []
+        pads: list[str] = []
+        for count, code in _format_items(layout.codec.struct.format):
+            if code == "x":
+                pieces.append(f"{count}x")
+                continue
+            if count != 1 and code != "s":
+                raise TypeError(f"unexpected repeated item {count}{code} in a derived format")
+            name = next(leaves).path[0]
+            if name in _PAD_FIELDS and code == "s":
+                pieces.append(f"{count}x")  # packed as zeros, as the codec packs it when absent
+                pads.append(name)
+            else:
+                pieces.append(f"{count}{code}" if code == "s" else code)
+                names.append(name)
+        if next(leaves, None) is not None or len(names) < 2:
+            raise TypeError("the derived format and the layout's fields do not pair up")
+        fmt = "".join((
+            "<", NLMSGHDR_CODEC.struct.format[1:],
+            f"{len(self._prefix_after_header)}s",
+            _ID_CODEC.struct.format[1:],
+            f"{len(self._stats_hdr)}s",
+            *pieces,
+            f"{len(self._tail_pad)}x" if self._tail_pad else "",
+        ))
+        packer = struct.Struct(fmt)
+        if packer.size != self.length:
+            raise TypeError(f"derived reply format of {packer.size} bytes, {self.length} expected")
+        self._pack_message = packer.pack
+        self._record_fields = itemgetter(*names)
+        self._pads = tuple(pads)
 
     def build(self, seq: int, portid: int, ident: int, stats: bytes, flags: int = 0) -> bytes:
         return b"".join((
@@ -203,6 +292,30 @@ class ReplyTemplate:
             stats,
             self._tail_pad,
         ))
+
+    def build_values(self, seq: int, portid: int, ident: int, values: Mapping[str, Any],
+                     flags: int = 0) -> bytes | None:
+        """The bytes of `build(seq, portid, ident, layout.build(values), flags)` in one pack,
+        for a record as the accounting makes it: a plain dict holding every field of the
+        layout (`version` included) except the padding. None for anything else (a missing or
+        extra field, a value that does not pack, no layout given): the caller then goes the
+        general way, which gives the bytes or raises the error."""
+        pack = self._pack_message
+        if pack is None or type(values) is not dict:
+            return None
+        assert self._record_fields is not None
+        try:
+            fields = self._record_fields(values)
+        except KeyError:
+            return None
+        for name in self._pads:
+            if name in values:
+                return None
+        try:
+            return pack(self.length, self._family, flags, seq, portid, self._prefix_after_header,
+                        ident, self._stats_hdr, *fields)
+        except Exception:  # struct.error, OverflowError...: the general way raises it properly
+            return None
 
 
 def decode_taskstats_new(message: GenlMessage) -> list[Record]:
