@@ -13,11 +13,24 @@ CPU's exits in order. The rules, from taskstats.c:
 - the message is built once and the same bytes go to every listener;
 - a listener whose socket is gone is dropped from the list it failed on (other CPUs' lists
   drop it on their own next failed send).
+
+Exits reach a CPU's task one at a time (`submit`) or as an ordered batch (`submit_many`, what
+a storm uses); either way they wait in one backlog, and the task broadcasts them in order,
+taking the read lock once for each run of up to `BATCH` exits rather than once per exit: it
+builds the run's events (consecutive sequence numbers), then offers them listener by listener,
+newest listener first, each listener getting the whole run in order. What one listener sees
+is exactly what exit-by-exit delivery gives it; only the interleaving of sends across
+listeners differs, which no listener can observe, and a reader is woken once per run instead
+of once per event. A listener whose send fails in the middle of a run hears none of the run's
+later exits (the kernel would have dropped it before the next one), and the exits that come
+after every listener of the run is gone take no sequence number (their events, already built,
+are never sent).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +42,9 @@ from .rwlock import RWLock
 Deliver = Callable[[int, bytes], bool]
 #: build(seq, exit) -> the event's bytes.
 BuildEvent = Callable[[int, Any], bytes]
+
+#: Exits broadcast under one read-lock acquisition: a registration waits at most this many.
+BATCH = 256
 
 
 @dataclass
@@ -47,7 +63,11 @@ class CpuListeners:
         self.ports: list[int] = []
         self.seq = 0
         self.stats = BroadcastStats()
-        self._send, self._receive = trio.open_memory_channel[Any](buffer)
+        self._limit = buffer
+        self._backlog: deque[Any] = deque()
+        self._more = trio.Event()  # set when the backlog has something for `run`
+        self._room = trio.Event()  # set when the backlog drops below the limit
+        self._room.set()
         self._idle = trio.Event()
         self._idle.set()
         self._pending = 0
@@ -64,9 +84,37 @@ class CpuListeners:
 
     async def submit(self, exit_report: Any) -> None:
         """Queue an exit for broadcast; waits only when this CPU is far behind."""
-        self._pending += 1
-        self._idle = trio.Event() if self._idle.is_set() else self._idle
-        await self._send.send(exit_report)
+        await self.submit_many((exit_report,))
+
+    async def submit_many(self, exit_reports: Iterable[Any]) -> None:
+        """Queue exits for broadcast, in this order; one checkpoint for the lot, and a wait
+        only when this CPU is far behind (`buffer` exits)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        await self.wait_for_room()
+        self.submit_nowait(exit_reports)
+        # Queued: from here on nothing is cancellable, so a caller cancelled here never sees
+        # an exception for exits that will be broadcast anyway (and cancelled earlier, none
+        # of them was queued).
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def wait_for_room(self) -> None:
+        """Wait while this CPU is `buffer` exits behind."""
+        while len(self._backlog) >= self._limit:
+            if self._room.is_set():
+                self._room = trio.Event()
+            await self._room.wait()
+
+    def submit_nowait(self, exit_reports: Iterable[Any]) -> None:
+        """Queue exits for broadcast at once, however far behind this CPU is (for exits that
+        have happened and must be broadcast even while their caller is being cancelled)."""
+        before = len(self._backlog)
+        self._backlog.extend(exit_reports)
+        added = len(self._backlog) - before
+        if added:
+            self._pending += added
+            if self._idle.is_set():
+                self._idle = trio.Event()
+            self._more.set()
 
     async def wait_idle(self) -> None:
         """Return once every submitted exit has been broadcast."""
@@ -75,26 +123,57 @@ class CpuListeners:
 
     async def run(self, build: BuildEvent, deliver: Deliver) -> None:
         """The CPU's broadcast task: each exit, in order, to every listener of this CPU."""
-        async for exit_report in self._receive:
+        backlog = self._backlog
+        stats = self.stats
+        while True:
+            if not backlog:
+                self._more = trio.Event()
+                await self._more.wait()
+                continue
+            if len(backlog) <= BATCH:
+                batch = list(backlog)
+                backlog.clear()
+            else:
+                batch = [backlog.popleft() for _ in range(BATCH)]
+            if len(backlog) < self._limit:
+                self._room.set()
             gone: list[int] = []
             async with self.lock.read():
-                if self.ports:
+                ports = self.ports  # not changed while the read side is held
+                if ports:
                     seq = self.seq
-                    self.seq = (seq + 1) & 0xFFFFFFFF
-                    data = build(seq, exit_report)
-                    self.stats.events += 1
-                    for port in self.ports:
-                        if deliver(port, data):
-                            self.stats.deliveries += 1
+                    events = []
+                    for exit_report in batch:
+                        events.append(build(seq, exit_report))
+                        seq = (seq + 1) & 0xFFFFFFFF
+                    # Listener by listener: each hears the run's events in order (their
+                    # interleaving across listeners is not observable), and a sleeping
+                    # reader is woken once per run rather than once per event.
+                    delivered = 0
+                    taken = 0  # exits of the run that found some listener still listed
+                    for port in ports:
+                        n = 0
+                        for data in events:
+                            if not deliver(port, data):
+                                # Gone: listed (so heard of) up to this exit, not after.
+                                gone.append(port)
+                                taken = max(taken, n + 1)
+                                break
+                            n += 1
                         else:
-                            gone.append(port)
+                            taken = len(events)
+                        delivered += n
+                    # The exits after every listener was gone went to no one: no seq.
+                    self.seq = (self.seq + taken) & 0xFFFFFFFF
+                    stats.events += taken
+                    stats.deliveries += delivered
             if gone:
                 async with self.lock.write():
                     for port in gone:
                         if port in self.ports:
                             self.ports.remove(port)
-                            self.stats.dropped_listeners += 1
-            self._pending -= 1
+                            stats.dropped_listeners += 1
+            self._pending -= len(batch)
             if not self._pending:
                 self._idle.set()
 
@@ -120,9 +199,35 @@ class ListenerTable:
         for cpu in self.cpus:
             await cpu.wait_idle()
 
+    async def submit_many(self, exit_reports: Iterable[Any]) -> None:
+        """Queue exits for broadcast, each on its CPU, keeping their order per CPU. One
+        checkpoint; either all of them are queued, or (cancelled while waiting for room)
+        none."""
+        by_cpu = _by_cpu(exit_reports)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        for cpu in by_cpu:
+            await self.cpus[cpu].wait_for_room()
+        for cpu, reports in by_cpu.items():
+            self.cpus[cpu].submit_nowait(reports)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def submit_nowait(self, exit_reports: Iterable[Any]) -> None:
+        """`submit_many` without waiting (see `CpuListeners.submit_nowait`)."""
+        for cpu, reports in _by_cpu(exit_reports).items():
+            self.cpus[cpu].submit_nowait(reports)
+
     async def run(self, build: BuildEvent, deliver: Deliver) -> None:
         async with trio.open_nursery() as nursery:
             for cpu in self.cpus:
                 nursery.start_soon(cpu.run, build, deliver)
 
 
+def _by_cpu(exit_reports: Iterable[Any]) -> dict[int, list[Any]]:
+    by_cpu: dict[int, list[Any]] = {}
+    for report in exit_reports:
+        reports = by_cpu.get(report.cpu)
+        if reports is None:
+            by_cpu[report.cpu] = [report]
+        else:
+            reports.append(report)
+    return by_cpu

@@ -21,15 +21,26 @@ The ENOBUFS notice travels as a control datagram (`wire.control`) ahead of the m
 held here; messages already in the client's Unix queue (at most max_dgram_qlen) are read
 before it. A kernel would report ENOBUFS before those too: that reordering is the one
 difference a client can observe.
+
+How messages move (the accounting above does not depend on it): an accepted message that
+finds nothing held here goes straight into the client's socket with one non-blocking send,
+from `offer` itself; only when the client's Unix queue is full (EAGAIN) is it held, and
+`drain` then sends the held messages in a plain loop of non-blocking sends, waiting for the
+socket to become writable only when the client's queue is full again. Messages therefore
+reach the socket in the order they were accepted, one netlink message per datagram.
 """
 
 from __future__ import annotations
 
 import array
+import errno
 import fcntl
+import socket
 import termios
 from collections import deque
 from collections.abc import Callable
+from time import perf_counter_ns
+from typing import Any
 
 import trio
 
@@ -56,23 +67,59 @@ def truesize(length: int) -> int:
     return bucket + _SKB_OVERHEAD
 
 
-def unread_bytes(sock: trio.socket.SocketType) -> int:
+_TRUESIZE: dict[int, int] = {}
+
+
+def _truesize(length: int) -> int:
+    """`truesize`, memoised: a broadcast computes it for every message."""
+    size = _TRUESIZE.get(length)
+    if size is None:
+        size = _TRUESIZE[length] = truesize(length)
+    return size
+
+
+_NOTICE_UNIX = truesize(len(ENOBUFS_NOTICE))
+
+
+def unread_bytes(sock: Any) -> int:
     """Bytes this socket sent that its peer has not read yet (SIOCOUTQ)."""
     buf = array.array("i", [0])
     fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, buf)
     return buf[0]
 
 
+def _stdlib_socket(sock: Any) -> socket.socket:
+    """The standard-library socket under a trio socket (or `sock` itself), non-blocking: the
+    one both `offer` and `drain` send on without going through trio's per-call machinery.
+    Closing the trio socket closes this one (its fileno() becomes -1: never a stale fd)."""
+    raw = sock if isinstance(sock, socket.socket) else getattr(sock, "_sock", None)
+    if not isinstance(raw, socket.socket):
+        raise TypeError(f"Outbox needs a trio or standard-library socket, not {sock!r}")
+    raw.setblocking(False)
+    return raw
+
+
+#: While messages are held, `offer` retries sending them at most this often (ns): a reader
+#: that keeps up reads max_dgram_qlen (10) datagrams in a few microseconds.
+RETRY_NS = 20_000
+
+#: What a send fails with when the client's socket is gone.
+_GONE = (ConnectionError, FileNotFoundError, NotADirectoryError, PermissionError)
+_GONE_ERRNOS = frozenset({errno.ENOTCONN, errno.EPIPE, errno.ECONNREFUSED, errno.ECONNRESET})
+
+
 class Outbox:
     """One client's queue on the server, with the netlink receive-buffer rules.
 
-    `offer` is synchronous (a broadcast never waits for a slow client); `drain` is the
-    client's one long-lived task that moves messages into its socket.
+    `offer` is synchronous (a broadcast never waits for a slow client): it sends at once when
+    it can, else holds the message; `drain` is the client's one long-lived task that moves
+    held messages into its socket.
     """
 
-    def __init__(self, sock: trio.socket.SocketType, budget: int,
+    def __init__(self, sock: Any, budget: int,
                  check_after_add: bool = True, on_gone: Callable[[], None] | None = None) -> None:
         self.sock = sock
+        self._raw = _stdlib_socket(sock)
         self.budget = budget
         self.check_after_add = check_after_add
         self.no_enobufs = False
@@ -87,20 +134,20 @@ class Outbox:
         self._inflight: deque[tuple[int, int]] = deque()
         self._inflight_unix = 0
         self._inflight_total = 0
-        self._sending = 0  # truesize of the message whose send is under way
         self._wakeup = trio.Event()
         self._on_gone = on_gone
+        self._blocked_at = 0  # perf_counter_ns() of the last send that found the queue full
 
     def _charged(self) -> int:
-        return self._queued + self._sending + self._inflight_total
+        return self._queued + self._inflight_total
 
     def _reconcile(self) -> None:
         """Forget in-flight messages the client has read since."""
         if not self._inflight:
             return
         try:
-            outstanding = unread_bytes(self.sock)
-        except OSError:
+            outstanding = unread_bytes(self._raw)
+        except (OSError, ValueError):
             outstanding = 0
         while self._inflight and self._inflight_unix - self._inflight[0][0] >= outstanding:
             unix, charged = self._inflight.popleft()
@@ -111,27 +158,55 @@ class Outbox:
             self._inflight_unix = self._inflight_total = 0
 
     def _fits(self, size: int) -> bool:
-        charged = self._charged()
+        charged = self._queued + self._inflight_total
         if self.check_after_add:
             return charged == 0 or charged + size <= self.budget
         return charged <= self.budget
 
     def offer(self, data: bytes) -> bool:
-        """Queue `data` if the emulated receive buffer takes it. False when the client is
+        """Accept `data` if the emulated receive buffer takes it (sending it at once when
+        nothing is held here and the client's socket has room). False when the client is
         gone (its socket vanished): the caller drops it as a listener, as the kernel does."""
         if self.gone:
             return False
-        size = truesize(len(data))
-        if self.congested or not self._fits(size):
+        size = _TRUESIZE.get(len(data)) or _truesize(len(data))
+        charged = self._queued + self._inflight_total  # `_fits`, inline: this is the hot path
+        if self.congested or not (
+                (charged == 0 or charged + size <= self.budget) if self.check_after_add
+                else charged <= self.budget):
             self._reconcile()
             if self.congested and self._charged() == 0:
                 self.congested = False
             if self.congested or not self._fits(size):
                 self._overrun()
                 return True
+        if not self._queue:
+            try:
+                self._raw.send(data)
+            except BlockingIOError:
+                self._blocked_at = perf_counter_ns()  # the client's queue is full: hold it
+            except OSError as exc:
+                if self._send_failed(exc):
+                    return False
+                # Anything else: hold it, and let drain meet the error as it always has.
+            else:
+                self._inflight.append((size, size))
+                self._inflight_unix += size
+                self._inflight_total += size
+                self.delivered += 1
+                return True
+            self._queue.append(data)
+            self._queued += size
+            self._wakeup.set()
+            return True
         self._queue.append(data)
         self._queued += size
         self._wakeup.set()
+        # Held messages wait for drain, which runs only when the broadcasting task lets the
+        # scheduler in; a reader that keeps up empties its Unix queue (max_dgram_qlen
+        # datagrams) long before that, so a burst retries now and then from here.
+        if perf_counter_ns() - self._blocked_at >= RETRY_NS and self._flush() is None:
+            return False
         return True
 
     def _overrun(self) -> None:
@@ -142,37 +217,71 @@ class Outbox:
         self._queue.appendleft(ENOBUFS_NOTICE)
         self._wakeup.set()
 
+    def _send_failed(self, exc: OSError) -> bool:
+        """Deal with a failed send: True when the client turned out to be gone (or the
+        server closed its socket), in which case nothing more is sent."""
+        if self._raw.fileno() == -1:  # closed by the server: shut down, no client to forget
+            self.gone = True
+            self._queue.clear()
+            self._queued = 0
+            self._wakeup.set()
+            return True
+        if isinstance(exc, _GONE) or exc.errno in _GONE_ERRNOS:
+            self._mark_gone()
+            return True
+        return False
+
+    def _flush(self) -> bool | None:
+        """Send held messages, in order, until none is left (True), the client's queue is
+        full (False) or its socket is gone (None). The head stays held until its send
+        succeeds, so an ENOBUFS notice put in front meanwhile goes out first."""
+        queue = self._queue
+        send = self._raw.send
+        inflight = self._inflight
+        notice_data = ENOBUFS_NOTICE
+        while queue:
+            data = queue[0]
+            try:
+                send(data)
+            except BlockingIOError:
+                self._blocked_at = perf_counter_ns()
+                return False
+            except OSError as exc:
+                if self._send_failed(exc):
+                    return None
+                raise
+            queue.popleft()
+            if data is notice_data:
+                inflight.append((_NOTICE_UNIX, 0))
+                self._inflight_unix += _NOTICE_UNIX
+            else:
+                size = _truesize(len(data))
+                self._queued -= size
+                inflight.append((size, size))
+                self._inflight_unix += size
+                self._inflight_total += size
+                self.delivered += 1
+        return True
+
     async def drain(self) -> None:
-        """Move queued messages into the client's socket, waiting while its queue is full.
-        Ends when the client's socket is gone."""
+        """Move held messages into the client's socket, in batches, waiting only while its
+        queue is full. Ends when the client's socket is gone."""
         while not self.gone:
             if not self._queue:
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
                 continue
-            # Taken off the queue before the send: an ENOBUFS notice may be put in front
-            # while the send waits for room in the client's socket.
-            data = self._queue.popleft()
-            notice = data is ENOBUFS_NOTICE
-            size = 0 if notice else truesize(len(data))
-            self._queued -= size
-            self._sending = size  # still charged while the send waits for room
+            if self._flush() is not False:
+                continue
             try:
-                await self.sock.send(data)
-            except trio.ClosedResourceError:
-                return
-            except (ConnectionRefusedError, FileNotFoundError, ConnectionResetError,
-                    NotADirectoryError, PermissionError):
-                self._mark_gone()
-                return
-            finally:
-                self._sending = 0
-            unix = truesize(len(data))
-            self._inflight.append((unix, size))
-            self._inflight_unix += unix
-            self._inflight_total += size
-            if not notice:
-                self.delivered += 1
+                await trio.lowlevel.wait_writable(self._raw)
+            except (trio.ClosedResourceError, OSError):
+                if self._raw.fileno() == -1:
+                    self.gone = True
+                    self._queue.clear()
+                    self._queued = 0
+                    return
+                raise
 
     def close(self) -> None:
         """The client's socket was replaced by a new one on the same port: drop what is
@@ -185,5 +294,6 @@ class Outbox:
         self.gone = True
         self._queue.clear()
         self._queued = 0
+        self._wakeup.set()
         if self._on_gone is not None:
             self._on_gone()

@@ -33,6 +33,9 @@ from .scenario import Event, Scenario, apply_event, build_table
 from .server import Server
 from .tasks import ExitReport, ProcessTable
 
+#: Exits a storm makes before handing them to the CPU tasks as one batch.
+STORM_CHUNK = 64
+
 
 @dataclass
 class StormResult:
@@ -174,16 +177,40 @@ class Emulator:
         deliveries_before = sum(c.stats.deliveries for c in self.server.listeners.cpus)
         started = time.perf_counter()
         async with self._lock:
-            for i in range(count):
-                task = self.table.spawn(comm="storm", cpu=cpus[i % len(cpus)], threads=threads)
-                if threads > 1:
-                    await self._broadcast(self.table.exit_group(task.tid))
-                else:
-                    await self.server.broadcast(self.table.exit_task(task.tid))
+            await self._storm(count, cpus, threads)
         await self.server.settle()
         seconds = time.perf_counter() - started
         deliveries = sum(c.stats.deliveries for c in self.server.listeners.cpus)
         return StormResult(count, seconds, deliveries - deliveries_before)
+
+    async def _storm(self, count: int, cpus: list[int], threads: int) -> None:
+        """The storm's exits, made `STORM_CHUNK` at a time and handed to the CPU tasks as one
+        ordered batch per chunk: no await per exit. Exits that happened are broadcast even
+        when something fails (or the caller is cancelled) halfway through a chunk."""
+        listeners = self.server.listeners
+        table = self.table
+        spawn, exit_task, exit_group = table.spawn, table.exit_task, table.exit_group
+        ncpus = len(cpus)
+        done = 0
+        while done < count:
+            end = min(count, done + STORM_CHUNK)
+            reports: list[ExitReport] = []
+            try:
+                for i in range(done, end):
+                    task = spawn(comm="storm", cpu=cpus[i % ncpus], threads=threads)
+                    if threads > 1:
+                        reports.extend(exit_group(task.tid))
+                    else:
+                        reports.append(exit_task(task.tid))
+            except BaseException:
+                listeners.submit_nowait(reports)
+                raise
+            try:
+                await listeners.submit_many(reports)
+            except BaseException:  # cancelled waiting for room, none queued; they happened
+                listeners.submit_nowait(reports)
+                raise
+            done = end
 
     async def wait_for_listener(self, cpus: Collection[int] | None = None) -> None:
         """Return once some listener is registered (on one of `cpus`, if given)."""
