@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define PORTS_SUFFIX ".ports"
@@ -278,9 +279,18 @@ void emu_send_control(struct emu_sock *es, int fd, int option, int64_t value)
     struct sockaddr_un sun;
     if (unix_address(&sun, es->server))
         return;
-    /* Best effort: with no server there is nobody to tell, and the next bind tells again. */
-    real_sendto(fd, msg, sizeof msg, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&sun,
-                sizeof sun);
+    /* With no server there is nobody to tell (the next bind tells again). A server whose
+     * queue is full (net.unix.max_dgram_qlen datagrams) is busy, not gone: wait for room, as
+     * io.c does for requests, or the option would be lost silently. Bounded at about 2 s so
+     * that a stuck server cannot hang a setsockopt for ever. */
+    for (int tries = 0; tries < 10000; tries++) {
+        if (real_sendto(fd, msg, sizeof msg, MSG_DONTWAIT | MSG_NOSIGNAL,
+                        (struct sockaddr *)&sun, sizeof sun) >= 0 ||
+            (errno != EAGAIN && errno != EWOULDBLOCK))
+            return;
+        struct timespec pause = {0, 200 * 1000};
+        nanosleep(&pause, NULL);
+    }
 }
 
 void emu_send_options(struct emu_sock *es, int fd)
