@@ -16,6 +16,14 @@ each naming the file, the key path (`process[2].delays.blkio.total`, indexes cou
 in file order, with the line where that entry begins) or the line and column of a TOML syntax
 error, and the problem.
 
+Big scenarios (100,000 processes) are read in one pass and built once. The table the check
+builds at the scenario's start (with a virtual clock) is kept in the `Scenario`, and the first
+`build_table` takes it instead of building it again. Nothing of the TOML document outlives the
+reading: every value kept is a copy (equal values shared), since a single object left alive
+would keep the allocator's whole arena of the document resident; the file's text is kept
+zlib-compressed, for `with_overrides`. Specs hold their counters as `tasks.FrozenCounters`,
+which the tasks made from them share until they change.
+
 The format
 ==========
 
@@ -314,15 +322,19 @@ io = { read_char = ["4KiB", "2MiB"] }
 
 from __future__ import annotations
 
-import copy
+import array
+import contextlib
+import contextvars
 import dataclasses
 import datetime as dt
 import difflib
 import functools
+import gc
 import math
 import random
 import re
 import tomllib
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -346,6 +358,7 @@ from .tasks import (
     U32_MAX,
     U64_MAX,
     ExitReport,
+    FrozenCounters,
     NoSuchTask,
     ProcessTable,
     TaskState,
@@ -396,7 +409,13 @@ class _Problems:
     def __init__(self, source: str, text: str | None) -> None:
         self.source = source
         self._found: list[tuple[int, int, str]] = []  # (entry line or 0, order, line)
-        self._entries = _entry_lines(text) if text else {}
+        self._text = text
+        self._entries: dict[str, int] | None = None  # scanned at the first problem
+
+    @property
+    def found(self) -> bool:
+        """Whether any problem was found so far."""
+        return bool(self._found)
 
     @property
     def lines(self) -> list[str]:
@@ -411,6 +430,8 @@ class _Problems:
         self._found.append((line or 0, len(self._found), text))
 
     def _entry_line(self, path: str) -> int | None:
+        if self._entries is None:
+            self._entries = _entry_lines(self._text) if self._text else {}
         best: tuple[int, int] | None = None
         for key, line in self._entries.items():
             if path == key or path.startswith(key + ".") or path.startswith(key + "["):
@@ -503,12 +524,56 @@ _SIZE_UNITS: Mapping[str, int] = MappingProxyType({
     "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4,
 })
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*([A-Za-z]*)\s*")
+#: The common forms, read without Fraction: one part, a number of at most 18 digits before
+#: and after the point (longer ones take the general path, which bounds them the same way).
+_SIMPLE_DURATION = re.compile(r"(\d{1,18})(?:\.(\d{1,18}))?\s*(ns|us|µs|μs|ms|min|s|m|h|d)")
+
+
+# Values kept from a TOML document are copies, never the document's own objects: the
+# document of a big scenario fills hundreds of the allocator's 1 MiB arenas, and one object
+# still alive in an arena keeps the whole arena resident after the document is dropped
+# (keeping only the 100,000 pid integers of a 100,000-process document keeps all of its
+# 220 MB). `_integer` and `_string`, which every reading of an integer or a string goes
+# through, hand out copies; strings are shared by value while a document is read.
+
+#: While a document is read: the copies of the integers and strings read from it, by value,
+#: so that equal values are one object (the same "5ms" in every process, say).
+_VALUES: contextvars.ContextVar[dict[int | str, Any] | None] = contextvars.ContextVar(
+    "tsemu_scenario_values", default=None)
+
+
+def _own_int(value: int) -> int:
+    """`value` as an object of its own, one per distinct integer of the document being read
+    (small integers are the interpreter's; as it is outside a reading)."""
+    if -5 <= value <= 256:
+        return value
+    values = _VALUES.get()
+    if values is None:
+        return value
+    shared: int | None = values.get(value)
+    if shared is None:
+        shared = value + 0
+        values[shared] = shared
+    return shared
+
+
+def _own_str(value: str) -> str:
+    """`value` as a copy of its own, one per distinct string of the document being read (as
+    it is outside a reading: a control request's values)."""
+    values = _VALUES.get()
+    if values is None:
+        return value
+    shared: str | None = values.get(value)
+    if shared is None:
+        shared = value.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
+        values[shared] = shared
+    return shared
 
 
 def _integer(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _Bad(f"expected an integer, got {_toml_type(value)} {_show(value)}")
-    return value
+    return _own_int(value)
 
 
 def _ranged(low: int, high: int) -> Callable[[object], int]:
@@ -524,6 +589,8 @@ def _ranged(low: int, high: int) -> Callable[[object], int]:
 
 _u32 = _ranged(0, U32_MAX)
 _u64 = _ranged(0, U64_MAX)
+_nice = _ranged(-20, 19)
+_thread_count = _ranged(1, 100_000)
 
 
 def _boolean(value: object) -> bool:
@@ -535,7 +602,7 @@ def _boolean(value: object) -> bool:
 def _string(value: object) -> str:
     if not isinstance(value, str):
         raise _Bad(f"expected a string, got {_toml_type(value)} {_show(value)}")
-    return value
+    return _own_str(value)
 
 
 def parse_duration(value: object) -> int:
@@ -549,11 +616,24 @@ def parse_duration(value: object) -> int:
             raise _Bad(f"a duration must not be negative (got {value})")
         if value > DURATION_MAX:
             raise _Bad(f"{value} ns is too long (at most {DURATION_MAX})")
-        return value
+        return _own_int(value)
     if not isinstance(value, str):
         raise _Bad(f"expected a duration (integer nanoseconds or a string like \"3ms\"), "
                    f"got {_toml_type(value)} {_show(value)}")
     text = value.strip()
+    simple = _SIMPLE_DURATION.fullmatch(text)
+    if simple is not None:  # one part, a short number: integer arithmetic
+        whole, decimals, unit = simple.groups()
+        if decimals is None:
+            ns = int(whole) * _DURATION_UNITS[unit]
+            if ns <= DURATION_MAX:
+                return _own_int(ns)
+        else:
+            scaled, rest = divmod(int(whole + decimals) * _DURATION_UNITS[unit],
+                                  10 ** len(decimals))
+            if not rest and scaled <= DURATION_MAX:
+                return _own_int(scaled)
+        # too long, or not whole: the general reading below says so
     if not text:
         raise _Bad('an empty string is not a duration (write e.g. "0s")')
     if text.startswith("-"):
@@ -576,7 +656,7 @@ def parse_duration(value: object) -> int:
         raise _Bad(f"{_show(value)} is not a whole number of nanoseconds")
     if total > DURATION_MAX:
         raise _Bad(f"{_show(value)} is too long (at most {DURATION_MAX} ns)")
-    return int(total)
+    return _own_int(int(total))
 
 
 def format_duration(ns: int) -> str:
@@ -611,6 +691,10 @@ def parse_size(value: object, unit: str = "B") -> int:
         if suffix.upper() in ("K", "KB", "M", "MB", "G", "GB", "T", "TB"):
             hint = "use binary units: B, KiB, MiB, GiB, TiB"
         raise _Bad(f"{_show(value)}: unknown size unit {_show(suffix)}; {hint}")
+    whole, _, decimals = number.partition(".")
+    if len(whole) <= 18 and len(decimals) <= 18:  # integer arithmetic, exactly the floor
+        return _u64(int(whole + decimals or "0") * _SIZE_UNITS[suffix]
+                    // (10 ** len(decimals) * scale))
     amount = Fraction(number) * _SIZE_UNITS[suffix] / scale
     return _u64(math.floor(amount))
 
@@ -691,12 +775,15 @@ def _cgroup(value: object) -> str:
 
 
 _STATES = tuple(s.value for s in TaskState if s is not TaskState.ZOMBIE)
+_STATE_NAMED: Mapping[str, TaskState] = MappingProxyType({name: TaskState(name)
+                                                          for name in _STATES})
 
 
 def task_state(value: object) -> TaskState:
     text = _string(value)
-    if text.lower() in _STATES:
-        return TaskState(text.lower())
+    state = _STATE_NAMED.get(text) or _STATE_NAMED.get(text.lower())
+    if state is not None:
+        return state
     if text.lower() == "zombie":
         raise _Bad("a task becomes a zombie by exiting (a leader whose threads live on); "
                    f"choose one of {', '.join(_STATES)}")
@@ -818,6 +905,27 @@ _COUNTER_SPELLING.update({
 })
 assert set(_COUNTER_SPELLING) == set(COUNTERS), "every counter has a readable spelling"
 
+#: The counter names as `tasks.COUNTERS` spells them: one string object per name, which every
+#: spec's and task's counters share.
+_COUNTER_NAMES: Mapping[str, str] = MappingProxyType({name: name for name in COUNTERS})
+#: Per delay category, (key, counter, how it is written, its spelling) for each of its keys.
+_DELAY_LEAVES: Mapping[str, tuple[tuple[str, str, str, str], ...]] = MappingProxyType({
+    cat: tuple((key, _COUNTER_NAMES[template.format(cat)], kind, f"delays.{cat}.{key}")
+               for key, (template, kind) in _DELAY_FIELDS.items())
+    for cat in accounting.DELAY_CATEGORIES})
+_DELAY_KEYS: tuple[str, ...] = tuple(_DELAY_FIELDS)
+_DELAY_KEY_SET = frozenset(_DELAY_KEYS)
+_DELAY_CATEGORY_SET = frozenset(accounting.DELAY_CATEGORIES)
+#: The other tables: (table, its keys, (key, counter, how it is written, its spelling)...).
+_GROUP_LEAVES: tuple[tuple[str, tuple[str, ...], tuple[tuple[str, str, str, str], ...]], ...] = (
+    tuple((group, tuple(keys), tuple((key, _COUNTER_NAMES[counter], kind, f"{group}.{key}")
+                                     for key, (counter, kind) in keys.items()))
+          for group, keys in _GROUPS.items()))
+_RAW_LEAVES: tuple[tuple[str, str, str, str], ...] = tuple(
+    (name, name, _COUNTER_SPELLING[name][1], f"counters.{name}") for name in COUNTERS)
+#: How counter values are written (`_converter`).
+_KINDS: tuple[str, ...] = ("count", "duration", "kib", "bytes", "dev", "stamp")
+
 #: What belongs to the process's mm: set on the process, every thread reports the leader's.
 _MM_COUNTERS: tuple[str, ...] = ("hiwater_rss", "hiwater_vm", "ac_exe_dev", "ac_exe_inode")
 #: Values, not sums: `add` refuses them.
@@ -872,23 +980,58 @@ def parse_counter_value(name: str, value: object, *,
 _MISSING: Any = object()
 
 
+#: The key sets of the key lists readers are given, by the list's id (with the list, which
+#: keeps the id from being reused).
+_KEY_SETS: dict[int, tuple[Sequence[str], frozenset[str]]] = {}
+
+
+def _key_set(keys: Sequence[str]) -> frozenset[str]:
+    known = _KEY_SETS.get(id(keys))
+    if known is None or known[0] is not keys:
+        if len(_KEY_SETS) >= 256:
+            _KEY_SETS.clear()
+        known = _KEY_SETS[id(keys)] = (keys, frozenset(keys))
+    return known[1]
+
+
 class _Reader:
     """One TOML table being read: converted values come out, problems go to `problems` under
     the key's path, and keys that are not in `keys` are reported when the reader is made."""
 
-    def __init__(self, problems: _Problems, data: Mapping[str, Any], path: str,
-                 keys: Sequence[str], parent: _Reader | None = None) -> None:
+    __slots__ = ("problems", "data", "parent", "ok", "_path", "_key", "_index")
+
+    def __init__(self, problems: _Problems, data: Mapping[str, Any], path: str | None,
+                 keys: Sequence[str], parent: _Reader | None = None, key: str = "",
+                 index: int = -1) -> None:
+        """`path` None: the table at `key` of `parent` (entry `index` of the array there if
+        not -1), a path spelled out only if needed."""
         self.problems = problems
         self.data = data
-        self.path = path
         self.parent = parent
         self.ok = True
-        for key in data:
-            if key not in keys:
-                self.fail(key, f"unknown key; {_suggest(key, keys)}")
+        self._path = path
+        self._key = key
+        self._index = index
+        known = _key_set(keys)
+        for name in data:
+            if name not in known:
+                self.fail(name, f"unknown key; {_suggest(name, keys)}")
+
+    @property
+    def path(self) -> str:
+        """The table's key path: "process[2].delays"."""
+        path = self._path
+        if path is None:
+            assert self.parent is not None
+            path = self.parent.sub(self._key)
+            if self._index >= 0:
+                path = f"{path}[{self._index}]"
+            self._path = path
+        return path
 
     def sub(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
+        path = self.path
+        return f"{path}.{key}" if path else key
 
     def fail(self, key: str | None, problem: str) -> None:
         self.problems.add(self.sub(key) if key else self.path, problem)
@@ -925,7 +1068,7 @@ class _Reader:
         if not isinstance(value, dict):
             self.fail(key, f"expected a table, got {_toml_type(value)} {_show(value)}")
             return None
-        return _Reader(self.problems, value, self.sub(key), keys, parent=self)
+        return _Reader(self.problems, value, None, keys, parent=self, key=key)
 
     def tables(self, key: str, keys: Sequence[str]) -> list[_Reader]:
         """An array of tables: a reader for each entry."""
@@ -943,8 +1086,8 @@ class _Reader:
                                   f"expected a table, got {_toml_type(entry)} {_show(entry)}")
                 self._mark()
                 continue
-            readers.append(_Reader(self.problems, entry, f"{self.sub(key)}[{i}]", keys,
-                                   parent=self))
+            readers.append(_Reader(self.problems, entry, None, keys, parent=self, key=key,
+                                   index=i))
         return readers
 
 
@@ -974,7 +1117,20 @@ class Machine:
         return FamilyTable.default(self.family_id)
 
 
-@dataclass(frozen=True)
+#: The counters of a spec that gives none: one shared empty mapping, not a dict per spec.
+_NO_COUNTERS = FrozenCounters()
+
+
+def _no_counters() -> Mapping[str, int | tuple[int, int]]:
+    return _NO_COUNTERS
+
+
+def _frozen(counters: Mapping[str, Any]) -> FrozenCounters:
+    """A spec's counters: immutable, so that the tasks made from the spec can share them."""
+    return FrozenCounters(counters) if counters else _NO_COUNTERS
+
+
+@dataclass(frozen=True, slots=True)
 class ThreadSpec:
     """A thread besides the leader. None means "as the leader" (cpu, state) or "its own
     name is the leader's" (comm). `age_ns` is how long before its creation point (the
@@ -987,10 +1143,17 @@ class ThreadSpec:
     state: TaskState | None = None
     superuser: bool = False
     age_ns: int = 0
-    counters: Mapping[str, int | tuple[int, int]] = field(default_factory=dict)
+    counters: Mapping[str, int | tuple[int, int]] = field(default_factory=_no_counters)
+
+    def _with_tid(self, tid: int) -> ThreadSpec:
+        """This thread with its tid filled in (itself if it already has that one)."""
+        if self.tid == tid:
+            return self
+        return ThreadSpec(tid=tid, comm=self.comm, cpu=self.cpu, state=self.state,
+                          superuser=self.superuser, age_ns=self.age_ns, counters=self.counters)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProcessSpec:
     """A process: its leader's identity and counters, and its other threads. `age_ns` is how
     long before its creation point (the scenario start for [[process]], the event's time for
@@ -1009,7 +1172,7 @@ class ProcessSpec:
     policy: int = 0
     forked_no_exec: bool = False
     superuser: bool = False
-    counters: Mapping[str, int | tuple[int, int]] = field(default_factory=dict)
+    counters: Mapping[str, int | tuple[int, int]] = field(default_factory=_no_counters)
     threads: tuple[ThreadSpec, ...] = ()
 
     @property
@@ -1017,8 +1180,18 @@ class ProcessSpec:
         """Every thread's tid, the leader's first."""
         return (self.pid, *(t.tid for t in self.threads))
 
+    def _with_tids(self, pid: int, tids: Sequence[int]) -> ProcessSpec:
+        """This process with its pid and its threads' tids filled in (itself if it already
+        has those)."""
+        if not self.threads and not tids and pid == self.pid:
+            return self
+        threads = tuple(t._with_tid(tid) for t, tid in zip(self.threads, tids, strict=True))
+        if pid == self.pid and all(a is b for a, b in zip(threads, self.threads, strict=True)):
+            return self
+        return dataclasses.replace(self, pid=pid, threads=threads)
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class Event:
     """One timeline action at `at_ns` nanoseconds after the scenario start.
 
@@ -1038,6 +1211,10 @@ class Event:
     args: dict[str, Any]
 
 
+def _no_overrides() -> Mapping[str, Any]:
+    return MappingProxyType({})
+
+
 @dataclass(frozen=True)
 class Scenario:
     """A checked scenario: the machine, declared cgroups, the processes alive at the start
@@ -1048,9 +1225,36 @@ class Scenario:
     cgroups: tuple[str, ...]
     processes: tuple[ProcessSpec, ...]
     timeline: tuple[Event, ...]
-    #: the TOML document it was read from, for `with_overrides`
-    document: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
-    text: str | None = field(default=None, repr=False, compare=False)
+    #: the text it was read from, zlib-compressed (for `with_overrides`): neither the text
+    #: nor its TOML document is kept as such (~2.2 KB per [[process]] table)
+    packed_text: bytes | None = field(default=None, repr=False, compare=False)
+    #: the [machine] keys `with_overrides` replaced in that text to make this scenario
+    overrides: Mapping[str, Any] = field(default_factory=_no_overrides, repr=False,
+                                         compare=False)
+    #: the table the check built at the scenario's start, for the first `build_table` to
+    #: take instead of building it again (a list: empty once taken, or if there is none;
+    #: not an argument, so that `dataclasses.replace` makes a scenario without it)
+    _start_table: list[ProcessTable] = field(default_factory=list, init=False, repr=False,
+                                             compare=False)
+
+    @property
+    def text(self) -> str | None:
+        """The text it was read from (None if it was not read from a text)."""
+        if self.packed_text is None:
+            return None
+        return zlib.decompress(self.packed_text).decode("utf-8", "surrogatepass")
+
+    @property
+    def document(self) -> Mapping[str, Any] | None:
+        """The TOML document it was read from (with the `overrides`), read again from `text`
+        on each access."""
+        text = self.text
+        if text is None:
+            return None
+        document = tomllib.loads(text)
+        if self.overrides:
+            document.setdefault("machine", {}).update(self.overrides)
+        return MappingProxyType(document)
 
     def clock_ns(self, event: Event) -> int:
         """When `event` happens on the virtual clock (nanoseconds since boot)."""
@@ -1072,13 +1276,18 @@ class Scenario:
             if value is not None}
         if not overrides:
             return self
-        if self.document is None:
+        text = self.text
+        if text is None:
             raise ValueError("this Scenario was not read from a document: build it anew")
-        document = copy.deepcopy(dict(self.document))
-        machine = document.setdefault("machine", {})
-        machine.update(overrides)
         label = ", ".join(f"{k}={_show(v)}" for k, v in overrides.items())
-        return _read_document(document, f"{self.source} (with {label})", self.text)
+        applied = {**self.overrides, **overrides}
+        with _collector_paused():
+            document = tomllib.loads(text)
+            machine = document.setdefault("machine", {})
+            machine.update(applied)
+            reading = _read_document(document, f"{self.source} (with {label})", text)
+            del document, machine
+            return _conclude(reading, self.packed_text, applied)
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -1127,6 +1336,12 @@ class _Context:
     def __init__(self, problems: _Problems, machine: Machine) -> None:
         self.problems = problems
         self.machine = machine
+        boot = machine.boot_wall_seconds
+        #: how to read each kind of counter value (`_converter`); for a generator's ranges
+        self.converters = {kind: _converter(kind, boot) for kind in _KINDS}
+        self.range_converters = {kind: convert if kind == "stamp" else _range_of(convert)
+                                 for kind, convert in self.converters.items()}
+        self._pid = _ranged(1, machine.pid_max - 1)
         self.written_pids: list[int] = []
         #: pids of entries left out for their problems: what refers to them is not reported
         self.dropped: set[int] = set()
@@ -1137,7 +1352,7 @@ class _Context:
 
     def pid(self, value: object) -> int:
         """A pid an entry refers to."""
-        return _ranged(1, self.machine.pid_max - 1)(value)
+        return self._pid(value)
 
     def new_pid(self, value: object) -> int:
         """A pid an entry gives to a new task (the default next_pid goes past these)."""
@@ -1157,16 +1372,34 @@ class _Context:
 
 def parse_scenario(text: str, source: str = DEFAULT_SOURCE) -> Scenario:
     """Read and check a scenario; ScenarioError listing every problem found."""
+    with _collector_paused():
+        try:
+            document = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ScenarioError([_syntax_problem(source, str(exc))]) from None
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            raise ScenarioError([f"{source}: invalid TOML: {exc}"]) from None
+        except RecursionError:
+            raise ScenarioError([f"{source}: invalid TOML: arrays or tables nested too deeply"]
+                                ) from None
+        reading = _read_document(document, source, text)
+        del document  # read: gone before the simulation builds a table
+        return _conclude(reading)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused while a scenario is read or built: that makes
+    millions of objects (the TOML document, the specs, the tasks) and no garbage cycles, and
+    the collections they would trigger cost a tenth of the time."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
     try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError([_syntax_problem(source, str(exc))]) from None
-    except ValueError as exc:  # e.g. an integer of more than 4300 digits
-        raise ScenarioError([f"{source}: invalid TOML: {exc}"]) from None
-    except RecursionError:
-        raise ScenarioError([f"{source}: invalid TOML: arrays or tables nested too deeply"]
-                            ) from None
-    return _read_document(document, source, text)
+        yield
+    finally:
+        gc.enable()
 
 
 def _syntax_problem(source: str, message: str) -> str:
@@ -1193,6 +1426,7 @@ def load_scenario(path: str | Path) -> Scenario:
     except UnicodeDecodeError as exc:
         raise ScenarioError([f"{path}: not UTF-8 text (byte {exc.start}): a scenario is a "
                              "TOML file"]) from None
+    del raw
     return parse_scenario(text, str(path))
 
 
@@ -1204,26 +1438,58 @@ def default_scenario() -> Scenario:
                           f"tsemu.emulator/{DEFAULT_SCENARIO_RESOURCE}")
 
 
-def _read_document(document: Mapping[str, Any], source: str, text: str | None) -> Scenario:
-    problems = _Problems(source, text)
-    top = _Reader(problems, document, "", _TOP_KEYS)
-    machine = _read_machine(top)
-    ctx = _Context(problems, machine)
-    cgroups = [cg for r in top.tables("cgroup", ("path",))
-               if (cg := r.require("path", _cgroup)) is not None]
-    processes = _read_processes(ctx, top)
-    drafts = _read_timeline(ctx, top)
-    drafts += _read_generators(ctx, top)
+@dataclass
+class _Reading:
+    """A document read (nothing of it kept), before the check by playing."""
+
+    problems: _Problems
+    text: str | None
+    machine: Machine
+    cgroups: list[str]
+    processes: _Processes
+    drafts: list[_Draft]
+    dropped: set[int]
+
+
+def _read_document(document: Mapping[str, Any], source: str, text: str | None) -> _Reading:
+    token = _VALUES.set({})
+    try:
+        problems = _Problems(source, text)
+        top = _Reader(problems, document, "", _TOP_KEYS)
+        machine = _read_machine(top)
+        ctx = _Context(problems, machine)
+        cgroups = [cg for r in top.tables("cgroup", ("path",))
+                   if (cg := r.require("path", _cgroup)) is not None]
+        processes = _read_processes(ctx, top)
+        drafts = _read_timeline(ctx, top)
+        drafts += _read_generators(ctx, top)
+    finally:
+        _VALUES.reset(token)
     written = document.get("machine")
     if not (isinstance(written, dict) and "next_pid" in written):
         highest = max(ctx.written_pids, default=0)
         next_pid = highest + 1 if highest + 1 < machine.pid_max else RESERVED_PIDS
         machine = dataclasses.replace(machine, next_pid=next_pid)
-    resolved, timeline = _simulate(problems, machine, cgroups, processes, drafts, ctx.dropped)
+    return _Reading(problems, text, machine, cgroups, processes, drafts, ctx.dropped)
+
+
+def _conclude(reading: _Reading, packed_text: bytes | None = None,
+              overrides: Mapping[str, Any] | None = None) -> Scenario:
+    """Check a reading by playing it; the Scenario, with the table built at its start."""
+    problems, machine = reading.problems, reading.machine
+    resolved, timeline, start = _simulate(problems, machine, reading.cgroups,
+                                          reading.processes, reading.drafts, reading.dropped)
     problems.raise_if_any()
-    return Scenario(source=source, machine=machine, cgroups=tuple(dict.fromkeys(cgroups)),
-                    processes=tuple(resolved), timeline=tuple(timeline),
-                    document=MappingProxyType(dict(document)), text=text)
+    if packed_text is None and reading.text is not None:
+        packed_text = zlib.compress(reading.text.encode("utf-8", "surrogatepass"), 1)
+    scenario = Scenario(source=problems.source, machine=machine,
+                        cgroups=tuple(dict.fromkeys(reading.cgroups)),
+                        processes=tuple(resolved), timeline=tuple(timeline),
+                        packed_text=packed_text,
+                        overrides=MappingProxyType(dict(overrides or {})))
+    if start is not None:
+        scenario._start_table.append(start)
+    return scenario
 
 
 def _read_machine(top: _Reader) -> Machine:
@@ -1316,61 +1582,125 @@ def _read_counters(ctx: _Context, r: _Reader, mode: str, *, thread: bool = False
     """The counters given by the readable tables and the raw `counters` table of `r`.
     `mode`: "set" (values), "add" (deltas: no max/min/max_at/exe) or "range" (a generator's:
     any value may be [min, max])."""
-    boot = ctx.machine.boot_wall_seconds
+    converters = ctx.range_converters if mode == "range" else ctx.converters
+    quick = _counters_without_problems(r.data, converters, mode, thread)
+    if quick is not None:
+        return quick
     out: dict[str, Any] = {}
     origin: dict[str, str] = {}
 
-    def leaf(reader: _Reader, key: str, counter: str, kind: str, spelled: str) -> None:
-        if not reader.has(key):
-            return
-        if mode == "add" and counter in _NOT_ADDABLE:
-            reader.fail(key, "a value, not a sum: change it with set, not add")
-            return
-        if thread and counter in _MM_COUNTERS and not spelled.startswith("counters."):
-            reader.fail(key, "belongs to the process's memory map: give it on the process; "
-                        "every thread reports the leader's")
-            return
-        convert = _converter(kind, boot)
-        if mode == "range" and kind != "stamp":
-            convert = _range_of(convert)
-        value = reader.get(key, convert, _MISSING)
-        if value is _MISSING:
-            return
-        if counter in origin:
-            reader.fail(key, f"{counter} is given twice (also as {origin[counter]})")
-            return
-        origin[counter] = spelled
-        out[counter] = value
+    adding = mode == "add"
 
-    delays = r.table("delays", accounting.DELAY_CATEGORIES)
-    if delays is not None:
-        for cat in accounting.DELAY_CATEGORIES:
-            table = delays.table(cat, tuple(_DELAY_FIELDS))
-            if table is None:
+    def leaves(reader: _Reader, table: Sequence[tuple[str, str, str, str]]) -> None:
+        data = reader.data
+        for key, counter, kind, spelled in table:
+            if key not in data:
                 continue
-            for key, (template, kind) in _DELAY_FIELDS.items():
-                leaf(table, key, template.format(cat), kind, f"delays.{cat}.{key}")
-            if mode == "set":
-                _check_delay_order(table, cat, out)
-    for group, keys in _GROUPS.items():
-        table = r.table(group, tuple(keys))
+            if adding and counter in _NOT_ADDABLE:
+                reader.fail(key, "a value, not a sum: change it with set, not add")
+                continue
+            if thread and counter in _MM_COUNTERS and not spelled.startswith("counters."):
+                reader.fail(key, "belongs to the process's memory map: give it on the "
+                            "process; every thread reports the leader's")
+                continue
+            value = reader.get(key, converters[kind], _MISSING)
+            if value is _MISSING:
+                continue
+            if counter in origin:
+                reader.fail(key, f"{counter} is given twice (also as {origin[counter]})")
+                continue
+            origin[counter] = spelled
+            out[counter] = value
+
+    data = r.data
+    if "delays" in data:
+        delays = r.table("delays", accounting.DELAY_CATEGORIES)
+        if delays is not None:
+            for cat, cat_leaves in _DELAY_LEAVES.items():
+                if cat not in delays.data:
+                    continue
+                table = delays.table(cat, _DELAY_KEYS)
+                if table is None:
+                    continue
+                leaves(table, cat_leaves)
+                if mode == "set" and "max" in table.data:  # (the order needs max)
+                    _check_delay_order(table, cat, out)
+    for group, keys, group_leaves in _GROUP_LEAVES:
+        if group not in data:
+            continue
+        table = r.table(group, keys)
         if table is None:
             continue
         if thread and group == "exe":
             r.fail(group, "belongs to the process (its executable): every thread reports the "
                    "leader's")
             continue
-        for key, (counter, kind) in keys.items():
-            leaf(table, key, counter, kind, f"{group}.{key}")
-    raw = r.table("counters", COUNTERS)
-    if raw is not None:
-        for name in COUNTERS:
-            leaf(raw, name, name, _COUNTER_SPELLING[name][1], f"counters.{name}")
+        leaves(table, group_leaves)
+    if "counters" in data:
+        raw = r.table("counters", COUNTERS)
+        if raw is not None:
+            leaves(raw, _RAW_LEAVES)
     return out
 
 
+def _counters_without_problems(data: Mapping[str, Any],
+                               converters: Mapping[str, Callable[[object], Any]], mode: str,
+                               thread: bool) -> dict[str, Any] | None:
+    """What `_read_counters` returns, read without its readers, or None at the first thing
+    that is not plainly right (then `_read_counters` reads again and reports it). Checks what
+    it checks, in the same order, so that the counters come out in the same order too."""
+    adding = mode == "add"
+    out: dict[str, Any] = {}
+
+    def leaves(table: Mapping[str, Any], known: frozenset[str],
+               table_leaves: Sequence[tuple[str, str, str, str]]) -> bool:
+        if type(table) is not dict or not known.issuperset(table):
+            return False
+        for key, counter, kind, spelled in table_leaves:
+            if key not in table:
+                continue
+            if counter in out or (adding and counter in _NOT_ADDABLE) or (
+                    thread and counter in _MM_COUNTERS and not spelled.startswith("counters.")):
+                return False
+            try:
+                out[counter] = converters[kind](table[key])
+            except _Bad:
+                return False
+        return True
+
+    if "delays" in data:
+        delays = data["delays"]
+        if type(delays) is not dict or not _DELAY_CATEGORY_SET.issuperset(delays):
+            return None
+        for cat, cat_leaves in _DELAY_LEAVES.items():
+            if cat not in delays:
+                continue
+            table = delays[cat]
+            if not leaves(table, _DELAY_KEY_SET, cat_leaves):
+                return None
+            if mode == "set" and "max" in table:
+                low, high, total = (out.get(name) for name in _DELAY_ORDER[cat])
+                if (low is not None and low > high) or (total is not None and high > total):
+                    return None
+    for group, keys, group_leaves in _GROUP_LEAVES:
+        if group not in data:
+            continue
+        if thread and group == "exe":
+            return None
+        if not leaves(data[group], _key_set(keys), group_leaves):
+            return None
+    if "counters" in data and not leaves(data["counters"], _key_set(COUNTERS), _RAW_LEAVES):
+        return None
+    return out
+
+
+_DELAY_ORDER: Mapping[str, tuple[str, str, str]] = MappingProxyType({
+    cat: (f"{cat}_delay_min", f"{cat}_delay_max", f"{cat}_delay_total")
+    for cat in accounting.DELAY_CATEGORIES})
+
+
 def _check_delay_order(table: _Reader, cat: str, values: Mapping[str, Any]) -> None:
-    low, high, total = (values.get(f"{cat}_delay_{k}") for k in ("min", "max", "total"))
+    low, high, total = (values.get(name) for name in _DELAY_ORDER[cat])
     if table.has("min") and table.has("max") and low is not None and high is not None \
             and low > high:
         table.fail("min", f"{format_duration(low)} is longer than max "
@@ -1394,23 +1724,46 @@ def _range_of(convert: Callable[[object], int]) -> Callable[[object], Any]:
     return either
 
 
-def _read_processes(ctx: _Context, top: _Reader) -> list[tuple[ProcessSpec | None, str]]:
-    """[[process]]: (spec with pids possibly None, its path) for each valid entry."""
-    specs: list[tuple[ProcessSpec | None, str]] = []
-    seen: dict[int, str] = {}
+class _Processes(NamedTuple):
+    """The valid [[process]] entries: specs with pids possibly None, and the index of each in
+    the file's array (its path is "process[index]": spelled out only for a problem, as
+    nothing is kept per process while reading but what the scenario keeps)."""
+
+    specs: list[ProcessSpec]
+    indexes: array.array[int]
+
+    def where(self, position: int) -> str:
+        return f"process[{self.indexes[position]}]"
+
+
+def _read_processes(ctx: _Context, top: _Reader) -> _Processes:
+    """[[process]]: each valid entry."""
+    read = _Processes([], array.array("q"))
+    seen: set[int] = set()  # the pids written so far, valid entries or not
     for r in top.tables("process", _PROCESS_KEYS):
         spec = _read_process(ctx, r, ref_ns=ctx.machine.start_ns, in_timeline=False)
         for tid, key in _written_tids(r.data):
             if tid in seen:
-                r.fail(key, f"pid {tid} is already taken by {seen[tid]}")
+                r.fail(key, f"pid {tid} is already taken by {_first_taker(top, tid)}")
                 spec = None
             else:
-                seen[tid] = f"{r.path}.{key}"
+                seen.add(tid)
         if spec is None:
             ctx.drop(r.data.get("pid"))
             continue
-        specs.append((spec, r.path))
-    return specs
+        read.specs.append(spec)
+        read.indexes.append(r._index)
+    return read
+
+
+def _first_taker(top: _Reader, tid: int) -> str:
+    """The key path of the first [[process]] table that writes pid `tid`."""
+    for i, entry in enumerate(top.data["process"]):
+        if isinstance(entry, dict):
+            for written, key in _written_tids(entry):
+                if written == tid:
+                    return f"process[{i}].{key}"
+    raise AssertionError(f"no [[process]] table writes pid {tid}")
 
 
 def _written_tids(data: Mapping[str, Any]) -> Iterator[tuple[int, str]]:
@@ -1446,14 +1799,14 @@ def _read_process(ctx: _Context, r: _Reader, *, ref_ns: int, in_timeline: bool
             tid=tid, comm=t.get("comm", _comm), cpu=t.get("cpu", ctx.cpu),
             state=t.get("state", task_state), superuser=t.get("superuser", _boolean, False),
             age_ns=0 if in_timeline else thread_age,
-            counters=_read_counters(ctx, t, "set", thread=True)))
-    count = r.get("threads", _ranged(1, 100_000))
+            counters=_frozen(_read_counters(ctx, t, "set", thread=True))))
+    count = r.get("threads", _thread_count)
     if count is not None and count < 1 + len(entries):
         r.fail("threads", f"threads = {count} counts the leader, yet there are "
                f"{len(entries)} [[thread]] entries besides it")
-    elif count is not None:
-        spec_threads += [ThreadSpec(tid=None, age_ns=0 if in_timeline else age)  # type: ignore[arg-type]
-                         for _ in range(count - 1 - len(entries))]
+    elif count is not None:  # plain threads: one spec for them all (the pids come later)
+        plain = ThreadSpec(tid=None, age_ns=0 if in_timeline else age)  # type: ignore[arg-type]
+        spec_threads += [plain] * (count - 1 - len(entries))
     tids = [t.tid for t in spec_threads if t.tid is not None]
     for j, written in enumerate(spec_threads):
         if written.tid is not None and (written.tid == pid or tids.count(written.tid) > 1):
@@ -1465,10 +1818,10 @@ def _read_process(ctx: _Context, r: _Reader, *, ref_ns: int, in_timeline: bool
         pid=pid, comm=comm or "", ppid=r.get("ppid", _u32, 0 if pid == 1 else 1),
         uid=r.get("uid", _u32, 0), gid=r.get("gid", _u32, 0),
         cgroup=r.get("cgroup", _cgroup), state=r.get("state", task_state, TaskState.RUNNING),
-        cpu=r.get("cpu", ctx.cpu, 0), age_ns=age, nice=r.get("nice", _ranged(-20, 19), 0),
+        cpu=r.get("cpu", ctx.cpu, 0), age_ns=age, nice=r.get("nice", _nice, 0),
         policy=r.get("policy", policy_number, 0),
         forked_no_exec=r.get("forked_no_exec", _boolean, False),
-        superuser=r.get("superuser", _boolean, False), counters=leader_counters,
+        superuser=r.get("superuser", _boolean, False), counters=_frozen(leader_counters),
         threads=tuple(spec_threads))
     return spec if r.ok else None
 
@@ -1505,7 +1858,7 @@ def _read_action(ctx: _Context, r: _Reader, action: str, *, ref_ns: int
             tid=r.get("tid", ctx.new_pid), comm=r.get("comm", _comm),
             cpu=r.get("cpu", ctx.cpu),
             state=r.get("state", task_state), superuser=r.get("superuser", _boolean, False),
-            counters=_read_counters(ctx, r, "set", thread=True))
+            counters=_frozen(_read_counters(ctx, r, "set", thread=True)))
         args = {"tgid": r.require("tgid", ctx.pid), "thread": thread}
     elif action == "set":
         values: dict[str, Any] = {}
@@ -1608,8 +1961,8 @@ class _ShortJobs:
                         for name, value in sorted(self.counters.items())}
             spec = ProcessSpec(
                 pid=None, comm=self.comm.format(n=i), cpu=self.cpus[i % len(self.cpus)],  # type: ignore[arg-type]
-                counters=counters,
-                threads=tuple(ThreadSpec(tid=None) for _ in range(threads - 1)),  # type: ignore[arg-type]
+                counters=_frozen(counters),
+                threads=(ThreadSpec(tid=None),) * (threads - 1),  # type: ignore[arg-type]
                 **self.identity)
             ref = f"{where}#{i}"
             drafts.append(_Draft(at, "spawn", {"process": spec},
@@ -1750,18 +2103,29 @@ def _check_rendered_comm(r: _Reader, template: str, count: int) -> None:
 
 
 def _simulate(problems: _Problems, machine: Machine, cgroups: Sequence[str],
-              processes: Sequence[tuple[ProcessSpec | None, str]], drafts: Sequence[_Draft],
-              dropped: set[int]) -> tuple[list[ProcessSpec], list[Event]]:
+              processes: _Processes, drafts: Sequence[_Draft],
+              dropped: set[int]
+              ) -> tuple[list[ProcessSpec], list[Event], ProcessTable | None]:
     """Play the scenario on a private table: automatic pids become explicit, and every
     reference is checked against the tasks alive at its moment. Problems go to `problems`;
-    entries that fail are left out (and what refers to them is not reported again)."""
+    entries that fail are left out (and what refers to them is not reported again).
+
+    Also returns, with a virtual clock and no problem, the table at the scenario's start:
+    what `build_table` would build (the private table itself when there is no timeline to
+    play on it, a copy made before playing otherwise)."""
     clock = VirtualClock(0, machine.boot_wall_seconds)
     table = ProcessTable(clock, machine.profile, machine.cpus, pid_max=machine.pid_max,
                          next_pid=machine.next_pid)
     for path in cgroups:
         table.add_cgroup(path)
-    specs = [(spec, where) for spec, where in processes if spec is not None]
-    resolved, failed = _create(table, clock, machine.start_ns, specs, problems)
+    resolved, failed = _create(table, clock, machine.start_ns, processes.specs, problems,
+                               processes.where)
+    start: ProcessTable | None = None
+    if machine.clock == "virtual" and not problems.found:
+        start = table.copy() if drafts else table
+        # build_table creates the tasks with their pids explicit, which leaves the
+        # allocation cursor where it starts
+        start.reset_pid_cursor(machine.next_pid)
     failed |= dropped
     refs: dict[str, int] = {}
     history: dict[int, str] = {}
@@ -1796,7 +2160,9 @@ def _simulate(problems: _Problems, machine: Machine, cgroups: Sequence[str],
         for report in reports:
             history[report.tid] = f"it exited at {now}, {draft.where}"
         timeline.append(Event(draft.at_ns, draft.action, concrete))
-    return resolved, timeline
+    if problems.found:
+        start = None
+    return resolved, timeline, start
 
 
 def _defined_pids(action: str, args: Mapping[str, Any]) -> set[int]:
@@ -1873,44 +2239,51 @@ def _check_references(table: ProcessTable, action: str, args: Mapping[str, Any],
 
 
 def _create(table: ProcessTable, clock: VirtualClock, base_ns: int,
-            specs: Sequence[tuple[ProcessSpec, str]], problems: _Problems | None = None
-            ) -> tuple[list[ProcessSpec], set[int]]:
+            specs: Sequence[ProcessSpec], problems: _Problems | None = None,
+            where: Callable[[int], str] | None = None) -> tuple[list[ProcessSpec], set[int]]:
     """Create the scenario's processes on `table`, each task at its start time: the clock is
     moved from 0 through every start (oldest first) to `base_ns`, the scenario's start, so
     that threads too start when they should. Returns the specs with every pid filled in, and
-    the pids of the processes that could not be created (with `problems` only)."""
+    the pids of the processes that could not be created (with `problems` only, under the
+    path `where` gives for a spec's position)."""
     steps: list[tuple[int, int, int, int]] = []  # (start, order, process index, thread or -1)
-    for i, (spec, _) in enumerate(specs):
+    for i, spec in enumerate(specs):
         steps.append((max(0, base_ns - spec.age_ns), len(steps), i, -1))
         for j, thread in enumerate(spec.threads):
             steps.append((max(0, base_ns - thread.age_ns), len(steps), i, j))
     steps.sort()
     leaders: dict[int, int] = {}
-    tids: dict[tuple[int, int], int] = {}
+    tids: dict[int, list[int | None]] = {}  # process index: its threads' tids, once made
     failed: set[int] = set()
+    comms: dict[str, bytes] = {}
+    now = clock.monotonic_ns()
     for start, _, i, j in steps:
-        spec, where = specs[i]
-        if start > clock.monotonic_ns():
-            clock.advance_ns(start - clock.monotonic_ns())
-        if i not in leaders and j >= 0:
+        spec = specs[i]
+        if start > now:
+            clock.advance_ns(start - now)
+            now = start
+        if j >= 0 and i not in leaders:
             continue  # its process could not be created
         try:
             if j < 0:
-                leaders[i] = _spawn_leader(table, spec, start)
+                leaders[i] = _spawn_leader(table, spec, start, comms)
+                if spec.threads:
+                    tids[i] = [None] * len(spec.threads)
             else:
-                tids[(i, j)] = _clone(table, leaders[i], spec.threads[j])
+                tids[i][j] = _clone(table, leaders[i], spec.threads[j], comms)
         except (ValueError, LookupError, OSError) as exc:
-            if problems is None:
+            if problems is None or where is None:
                 raise
-            problems.add(where if j < 0 else f"{where}.thread[{j}]", _creation_problem(exc))
+            path = where(i)
+            problems.add(path if j < 0 else f"{path}.thread[{j}]", _creation_problem(exc))
             failed.update(t for t in spec.tids if t is not None)
             leaders.pop(i, None)
     clock.advance_ns(max(0, base_ns - clock.monotonic_ns()))
-    resolved = [
-        dataclasses.replace(spec, pid=leaders[i], threads=tuple(
-            dataclasses.replace(t, tid=tids[(i, j)]) for j, t in enumerate(spec.threads)))
-        for i, (spec, _) in enumerate(specs) if i in leaders
-        and all((i, j) in tids for j in range(len(spec.threads)))]
+    resolved = []
+    for i, spec in enumerate(specs):
+        made = tids.get(i, ()) if spec.threads else ()
+        if i in leaders and len(made) == len(spec.threads) and None not in made:
+            resolved.append(spec._with_tids(leaders[i], made))  # type: ignore[arg-type]
     return resolved, failed
 
 
@@ -1930,6 +2303,11 @@ def build_table(scenario: Scenario) -> ProcessTable:
     created with their counters, the clock at the start (a VirtualClock at machine.start_ns,
     or the RealClock, whose "now" is then the scenario's start)."""
     machine = scenario.machine
+    if machine.clock != "real":
+        try:  # the first build takes the table the check built: the same, built once
+            return scenario._start_table.pop()
+        except IndexError:
+            pass
     real = RealClock() if machine.clock == "real" else None
     base = real.monotonic_ns() if real is not None else machine.start_ns
     clock = VirtualClock(0, machine.boot_wall_seconds)
@@ -1937,7 +2315,8 @@ def build_table(scenario: Scenario) -> ProcessTable:
                          next_pid=machine.next_pid)
     for path in scenario.cgroups:
         table.add_cgroup(path)
-    _create(table, clock, base, [(spec, "") for spec in scenario.processes])
+    with _collector_paused():
+        _create(table, clock, base, scenario.processes)
     if real is not None:
         table.clock = real
     return table
@@ -1969,12 +2348,12 @@ def _run(table: ProcessTable, action: str, args: Mapping[str, Any]
         spec: ProcessSpec = args["process"]
         now = table.clock.monotonic_ns()
         pid = _spawn_leader(table, spec, max(0, now - spec.age_ns))
-        threads = tuple(dataclasses.replace(t, tid=_clone(table, pid, t)) for t in spec.threads)
-        return {"process": dataclasses.replace(spec, pid=pid, threads=threads)}, []
+        tids = [_clone(table, pid, t) for t in spec.threads]
+        return {"process": spec._with_tids(pid, tids)}, []
     if action == "clone":
         thread: ThreadSpec = args["thread"]
         tid = _clone(table, args["tgid"], thread)
-        return {"tgid": args["tgid"], "thread": dataclasses.replace(thread, tid=tid)}, []
+        return {"tgid": args["tgid"], "thread": thread._with_tid(tid)}, []
     if action == "set":
         values = args["values"]
         if values.get("cgroup") is not None:
@@ -1998,28 +2377,47 @@ def _run(table: ProcessTable, action: str, args: Mapping[str, Any]
     raise ValueError(f"unknown timeline action {action!r}; valid: {', '.join(ACTIONS)}")
 
 
-def _spawn_leader(table: ProcessTable, spec: ProcessSpec, start_ns: int) -> int:
+def _spawn_leader(table: ProcessTable, spec: ProcessSpec, start_ns: int,
+                  comms: dict[str, bytes] | None = None) -> int:
+    """The process's leader; `comms` shares the encoded names (a task keeps its comm as
+    bytes) between the processes created together."""
     if spec.cgroup is not None:
         table.add_cgroup(spec.cgroup)
+    comm = _encoded(spec.comm, comms)
     leader = table.spawn(
-        pid=spec.pid, comm=spec.comm, ppid=spec.ppid, uid=spec.uid, gid=spec.gid, cpu=spec.cpu,
+        pid=spec.pid, comm=comm, ppid=spec.ppid, uid=spec.uid, gid=spec.gid, cpu=spec.cpu,
         cgroup=spec.cgroup, nice=spec.nice, policy=spec.policy, state=spec.state,
         forked_no_exec=spec.forked_no_exec, superuser=spec.superuser,
-        counters=dict(spec.counters), start_ns=start_ns)
+        counters=spec.counters, start_ns=start_ns)
     return leader.tid
 
 
-def _clone(table: ProcessTable, tgid: int, thread: ThreadSpec) -> int:
+def _encoded(comm: str, comms: dict[str, bytes] | None) -> str | bytes:
+    """`comm` as the table would encode it, shared through `comms`."""
+    if comms is None:
+        return comm
+    encoded = comms.get(comm)
+    if encoded is None:
+        try:
+            encoded = comms[comm] = comm.encode()
+        except UnicodeEncodeError:
+            return comm  # the table says what is wrong with it, when it should
+    return encoded
+
+
+def _clone(table: ProcessTable, tgid: int, thread: ThreadSpec,
+           comms: dict[str, bytes] | None = None) -> int:
     """A thread of `tgid`, now, with the leader's mm counters under its own."""
     counters: dict[str, Any] = {}
     if tgid in table:
-        leader = table.get(tgid)
-        counters = {name: leader.counter(name) for name in _MM_COUNTERS if leader.counter(name)}
-    counters.update(thread.counters)
+        held = table.get(tgid).counter_map
+        counters = {name: held[name] for name in _MM_COUNTERS if held.get(name)}
+    if thread.counters:
+        counters.update(thread.counters)
     task = table.clone_thread(tgid, pid=thread.tid, cpu=thread.cpu, counters=counters)
     extra: dict[str, Any] = {}
     if thread.comm is not None:
-        extra["comm"] = thread.comm
+        extra["comm"] = _encoded(thread.comm, comms)
     if thread.state is not None:
         extra["state"] = thread.state
     if thread.superuser:

@@ -16,22 +16,25 @@ comes from the clock the table is given.
 
 Theory of operation. A `Task` keeps identity as attributes and its counters, in the units the
 kernel keeps them (nanoseconds of CPU time, raw byte counts), in one small dict holding only the
-non-zero ones, so 100,000 idle tasks cost little. A `ThreadGroup` holds the live tids of a
-process in creation order, its leader's start time (which outlives the leader: every thread's
-ac_tgetime is measured from it) and `stats`, the kernel's `signal->stats`. `ProcessTable` owns
-both and is the only thing that changes them; an exit is a single call that computes the
-records at the moment of exit and returns them in an `ExitReport` for whoever delivers events.
+non-zero ones, so 100,000 idle tasks cost little (tasks made from a scenario's spec share its
+`FrozenCounters` until their first change). A `ThreadGroup` holds the live tids of a process in
+creation order (without a dict while there is only one), its leader's start time (which
+outlives the leader: every thread's ac_tgetime is measured from it) and `stats`, the kernel's
+`signal->stats`. `ProcessTable` owns both and is the only thing that changes them; an exit is
+a single call that computes the records at the moment of exit and returns them in an
+`ExitReport` for whoever delivers events.
 """
 
 from __future__ import annotations
 
+import copy
 import enum
 import errno
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NoReturn
 
 from tsemu.wire.constants import AcFlag
 
@@ -162,6 +165,42 @@ def _check_counter(name: str, value: object) -> int | tuple[int, int]:
         nsec = _check_int(f"{name} tv_nsec", value[1], 0, 999_999_999)
         return (sec, nsec)
     raise _unknown_counter(name)
+
+
+def _immutable(self: object, *args: object, **kwargs: object) -> NoReturn:
+    raise TypeError("FrozenCounters cannot be changed: make a dict of them")
+
+
+class FrozenCounters(dict[str, Any]):
+    """Counters that cannot change, as a scenario's specs hold them: a task created with
+    them (`spawn(counters=...)`) shares this very dict with the spec until its first change
+    instead of holding a copy. Reads like the dict it is; every change raises TypeError."""
+
+    __slots__ = ()
+
+    __setitem__ = __delitem__ = __ior__ = _immutable
+    clear = pop = popitem = setdefault = update = _immutable
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenCounters, (dict(self),))
+
+    def __copy__(self) -> FrozenCounters:
+        return self
+
+    def __deepcopy__(self, memo: object) -> FrozenCounters:
+        return self
+
+
+def _check_counters(counters: Mapping[str, object] | None) -> dict[str, int | tuple[int, int]]:
+    """Validated counters (`_check_counter` on each, in order), in a new dict."""
+    checked: dict[str, int | tuple[int, int]] = {}
+    if counters:
+        for name, value in counters.items():
+            if type(value) is int and name in _INT_COUNTERS and 0 <= value <= U64_MAX:
+                checked[name] = value  # what _check_counter returns, without the calls
+            else:
+                checked[name] = _check_counter(name, value)
+    return checked
 
 
 def _comm(value: object) -> bytes:
@@ -298,6 +337,43 @@ class Task:
         """A copy of every counter that is not zero."""
         return {**self.counter_map, **self.max_ts_map}
 
+    def _load(self, checked: dict[str, Any], given: object = None) -> None:
+        """`_store` every validated counter of `checked`, on a task that has none yet. A dict
+        of non-zero integers only (the usual case) is kept as it is: `checked` must be the
+        caller's own; or, when the counters were `given` as `FrozenCounters`, those, shared
+        until the task's first change."""
+        if not checked:
+            return
+        for value in checked.values():
+            if not value or isinstance(value, tuple):
+                break
+        else:
+            self._counters = given if type(given) is FrozenCounters else checked
+            return
+        for name, value in checked.items():
+            self._store(name, value)
+
+    def _own_counters(self) -> dict[str, int]:
+        """The integer counters, for a change: a dict of the task's own (copied on the first
+        change from shared `FrozenCounters`)."""
+        counters = self._counters
+        if counters is None:
+            counters = self._counters = {}
+        elif type(counters) is not dict:
+            counters = self._counters = dict(counters)
+        return counters
+
+    def _copy(self) -> Task:
+        """An independent copy (`ProcessTable.copy`)."""
+        twin = Task.__new__(Task)
+        for name in _TASK_SLOTS:
+            setattr(twin, name, getattr(self, name))
+        if type(self._counters) is dict:  # (FrozenCounters are shared as they are)
+            twin._counters = dict(self._counters)
+        if self._stamps is not None:
+            twin._stamps = dict(self._stamps)
+        return twin
+
     def _store(self, name: str, value: int | tuple[int, int]) -> None:
         """Store an already validated counter value, keeping only non-zero ones."""
         if isinstance(value, tuple):
@@ -309,11 +385,12 @@ class Task:
                     self._stamps = {}
                 self._stamps[name] = value
         elif value:
-            if self._counters is None:
-                self._counters = {}
-            self._counters[name] = value
-        elif self._counters is not None:
-            self._counters.pop(name, None)
+            self._own_counters()[name] = value
+        elif self._counters is not None and name in self._counters:
+            del self._own_counters()[name]
+
+
+_TASK_SLOTS: tuple[str, ...] = Task.__slots__
 
 
 class ThreadGroup:
@@ -326,20 +403,48 @@ class ThreadGroup:
     tgid still answers a GET by TGID, until the last thread exits.
     """
 
-    __slots__ = ("tgid", "_tids", "leader_start_ns", "stats", "zombie_leader")
+    __slots__ = ("tgid", "_threads", "leader_start_ns", "stats", "zombie_leader")
 
     tgid: int
-    _tids: dict[int, None]
+    #: the live threads' tids: None (none), the tid itself while it is the only one (most
+    #: processes never have another: no dict for them), else a dict used as an ordered set
+    _threads: int | dict[int, None] | None
     leader_start_ns: int
     stats: dict[str, Any] | None
     zombie_leader: Task | None
 
     def __init__(self, tgid: int, leader_start_ns: int) -> None:
         self.tgid = tgid
-        self._tids = {}
+        self._threads = None
         self.leader_start_ns = leader_start_ns
         self.stats = None
         self.zombie_leader = None
+
+    @property
+    def _tids(self) -> Collection[int]:
+        """The live threads' tids, in creation order (read-only: `_add`, `_remove`)."""
+        threads = self._threads
+        if isinstance(threads, dict):
+            return threads
+        return () if threads is None else (threads,)
+
+    def _add(self, tid: int) -> None:
+        threads = self._threads
+        if isinstance(threads, dict):
+            threads[tid] = None
+        elif threads is None:
+            self._threads = tid
+        else:
+            self._threads = {threads: None, tid: None}
+
+    def _remove(self, tid: int) -> None:
+        threads = self._threads
+        if isinstance(threads, dict):
+            del threads[tid]
+        elif threads is not None and threads == tid:
+            self._threads = None
+        else:
+            raise KeyError(tid)
 
     def __repr__(self) -> str:
         return f"<ThreadGroup tgid={self.tgid} tids={list(self._tids)}>"
@@ -397,6 +502,33 @@ class ProcessTable:
         self._cgroups: set[str] = {"/"}
         self._children: dict[int, set[int]] = {}
 
+    def copy(self) -> ProcessTable:
+        """An independent copy of the table as it is now (tasks, thread groups with their
+        totals and zombie leaders, cgroups, parents, the pid cursor), on a copy of its
+        clock: what the same calls on a new table would have made."""
+        twin = copy.copy(self)
+        twin.clock = copy.copy(self.clock)
+        twin._tasks = {tid: task._copy() for tid, task in self._tasks.items()}
+        twin._groups = {}
+        for tgid, group in self._groups.items():
+            other = ThreadGroup(tgid, group.leader_start_ns)
+            threads = group._threads
+            other._threads = dict(threads) if isinstance(threads, dict) else threads
+            if group.stats is not None:
+                other.stats = dict(group.stats)
+            if group.zombie_leader is not None:
+                other.zombie_leader = group.zombie_leader._copy()
+            twin._groups[tgid] = other
+        twin._by_cgroup = {path: dict(tids) for path, tids in self._by_cgroup.items()}
+        twin._cgroups = set(self._cgroups)
+        twin._children = {parent: set(tgids) for parent, tgids in self._children.items()}
+        return twin
+
+    def reset_pid_cursor(self, next_pid: int) -> None:
+        """Start the next automatic pid allocation from `next_pid` again (as a table made
+        with that `next_pid` whose tasks were all given their pids)."""
+        self._cursor = _check_int("next_pid", next_pid, 1, self.pid_max - 1)
+
     # --- pids -------------------------------------------------------------------------------
 
     def _pid_taken(self, pid: int) -> bool:
@@ -407,6 +539,10 @@ class ProcessTable:
         """The kernel's cyclic allocation: the lowest free pid at or above the cursor, else,
         wrapping, the lowest free one from RESERVED_PIDS (from 1 while the cursor has not yet
         passed RESERVED_PIDS); EAGAIN when every pid is taken."""
+        cursor = self._cursor  # (never below 1, so the search starts at the cursor itself)
+        if cursor < self.pid_max and cursor not in self._tasks and cursor not in self._groups:
+            self._cursor = cursor + 1
+            return cursor
         low = RESERVED_PIDS if self._cursor > RESERVED_PIDS else 1
         start = max(self._cursor, low)
         for first, stop in ((start, self.pid_max), (low, start)):
@@ -469,7 +605,7 @@ class ProcessTable:
     @staticmethod
     def _check_counters(counters: Mapping[str, object] | None
                         ) -> dict[str, int | tuple[int, int]]:
-        return {name: _check_counter(name, value) for name, value in (counters or {}).items()}
+        return _check_counters(counters)
 
     # --- indexes ----------------------------------------------------------------------------
 
@@ -532,19 +668,25 @@ class ProcessTable:
         if start_ns is None:
             start_ns = now
         _check_int("start_ns", start_ns, 0, now)
-        for attr, given in (("ppid", ppid), ("uid", uid), ("gid", gid), ("cpu", cpu),
-                            ("nice", nice), ("policy", policy), ("state", state),
-                            ("forked_no_exec", forked_no_exec), ("superuser", superuser)):
-            self._check_identity(attr, given)
+        if not (type(ppid) is int and 0 <= ppid <= U32_MAX and type(uid) is int
+                and 0 <= uid <= U32_MAX and type(gid) is int and 0 <= gid <= U32_MAX
+                and type(cpu) is int and 0 <= cpu < self.nr_cpus and type(nice) is int
+                and -20 <= nice <= 19 and type(policy) is int and 0 <= policy <= 255
+                and type(state) is TaskState and state is not TaskState.ZOMBIE
+                and type(forked_no_exec) is bool and type(superuser) is bool):
+            # not the plain values the checks surely pass: check one by one, in order
+            for attr, given in (("ppid", ppid), ("uid", uid), ("gid", gid), ("cpu", cpu),
+                                ("nice", nice), ("policy", policy), ("state", state),
+                                ("forked_no_exec", forked_no_exec), ("superuser", superuser)):
+                self._check_identity(attr, given)
         comm = _comm(comm)
         cgroup = self._check_cgroup(cgroup)
-        checked = self._check_counters(counters)
+        checked = _check_counters(counters)
         tid = self._claim_pid(pid)
         leader = Task(tid=tid, tgid=tid, ppid=ppid, comm=comm, uid=uid, gid=gid, cpu=cpu,
                       nice=nice, policy=policy, state=state, cgroup=cgroup, start_ns=start_ns,
                       forked_no_exec=forked_no_exec, superuser=superuser)
-        for name, value in checked.items():
-            leader._store(name, value)
+        leader._load(checked, counters)
         group = ThreadGroup(tid, start_ns)
         self._groups[tid] = group
         self._enter(group, leader)
@@ -561,28 +703,28 @@ class ProcessTable:
         group = self.group(tgid)
         model = self._tasks.get(tgid) or group.zombie_leader
         assert model is not None  # a group exists only while it has its leader or a zombie
-        checked = self._check_counters(counters)
+        checked = _check_counters(counters)
         if cpu is not None:
             self._check_cpu(cpu)
         return self._clone(group, model, pid=pid, cpu=model.cpu if cpu is None else cpu,
                            counters=checked, start_ns=self.clock.monotonic_ns())
 
     def _clone(self, group: ThreadGroup, model: Task, *, pid: int | None, cpu: int,
-               counters: Mapping[str, int | tuple[int, int]], start_ns: int) -> Task:
+               counters: dict[str, int | tuple[int, int]], start_ns: int) -> Task:
+        """(`counters`: validated, in the caller's own dict, which the task may keep)"""
         tid = self._claim_pid(pid)
         state = TaskState.RUNNING if model.state is TaskState.ZOMBIE else model.state
         # copy_process: PF_FORKNOEXEC set on every new task, PF_SUPERPRIV cleared.
         task = Task(tid=tid, tgid=group.tgid, ppid=model.ppid, comm=model.comm, uid=model.uid,
                     gid=model.gid, cpu=cpu, nice=model.nice, policy=model.policy, state=state,
                     cgroup=model.cgroup, start_ns=start_ns, forked_no_exec=True)
-        for name, value in counters.items():
-            task._store(name, value)
+        task._load(counters)
         self._enter(group, task)
         return task
 
     def _enter(self, group: ThreadGroup, task: Task) -> None:
         self._tasks[task.tid] = task
-        group._tids[task.tid] = None
+        group._add(task.tid)
         self._index_cgroup(task)
 
     # --- looking up -------------------------------------------------------------------------
@@ -815,7 +957,7 @@ class ProcessTable:
 
     def _leave(self, group: ThreadGroup, task: Task, group_dead: bool) -> None:
         del self._tasks[task.tid]
-        del group._tids[task.tid]
+        group._remove(task.tid)
         self._unindex_cgroup(task)
         if not group_dead:
             if task.is_leader:  # the leader waits as a zombie for its threads; exit_mm ran

@@ -4,8 +4,12 @@ process table (build_table, apply_event, play)."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 import string
+import tomllib
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,8 @@ from tsemu.emulator.scenario import (
 )
 from tsemu.emulator.tasks import ExitReport, ProcessTable, TaskState
 from tsemu.wire import AcFlag, TaskstatsReply, TaskstatsType, decode_message, split_datagram
+
+from .test_tasks import table_state
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -776,6 +782,185 @@ def test_each_kind_of_mistake_is_named(text: str, expected: str) -> None:
     problems = errors_of(text, "m.toml")
     assert any(expected in p for p in problems), problems
     assert all(p.startswith("m.toml: ") for p in problems)
+
+
+# --- loading big scenarios: the table built once, nothing of the document kept -------------
+
+_BUILT_ONCE = {
+    "no timeline": """
+        [machine]
+        cpus = 2
+        next_pid = 50
+        [[cgroup]]
+        path = "/a/b"
+        [[process]]
+        comm = "auto"
+        age = "1s"
+        threads = 3
+        cgroup = "/a/b"
+        delays.cpu = { count = 2, total = "3ms" }
+        memory = { hiwater_rss = "1MiB" }
+        [[process]]
+        pid = 7
+        comm = "seven"
+        cpu = 1
+        [[process.thread]]
+        age = "500ms"
+        comm = "t"
+        io.read_bytes = 5000
+        """,
+    "generators and spawns": """
+        [machine]
+        start = "10s"
+        [[process]]
+        pid = 1
+        comm = "init"
+        [[timeline]]
+        at = "1s"
+        spawn = { comm = "later", threads = 2 }
+        [[generator]]
+        kind = "short_jobs"
+        count = 5
+        threads = [1, 3]
+        duration = "2s"
+        """,
+}
+
+
+@pytest.mark.parametrize("name", [*_BUILT_ONCE, "docstring", *(p.name for p in EXAMPLE_FILES),
+                                  "default, virtual"])
+def test_the_first_build_takes_the_checks_table_the_same_as_a_new_one(name: str) -> None:
+    """Checking a scenario builds its start state; the first build_table hands that table
+    over instead of building it again; later builds build: every one the same table, which
+    plays the same timeline the same way."""
+    if name in _BUILT_ONCE:
+        scenario = parse_scenario(_BUILT_ONCE[name])
+    elif name == "docstring":
+        example = re.search(r"```toml\n(.*?)```", scenario_module.__doc__ or "", re.S)
+        assert example is not None
+        scenario = parse_scenario(example.group(1))
+    elif name.startswith("default"):
+        scenario = default_scenario().with_overrides(clock="virtual")
+    else:
+        scenario = load_scenario(EXAMPLES / name)
+    assert len(scenario._start_table) == 1
+    first = build_table(scenario)
+    assert not scenario._start_table, "handed over once"
+    second = build_table(scenario)
+    assert second is not first
+    assert table_state(first) == table_state(second)
+    played = [[report for _, reports in play(table, scenario) for report in reports]
+              for table in (first, second)]
+    assert played[0] == played[1]
+    assert table_state(first) == table_state(second)
+    assert first.spawn(comm="next").tid == second.spawn(comm="next").tid
+
+
+def test_a_real_clock_scenario_is_built_when_asked() -> None:
+    scenario = default_scenario()
+    assert scenario.machine.clock == "real" and not scenario._start_table
+    assert isinstance(build_table(scenario).clock, RealClock)
+
+
+def test_a_replaced_scenario_builds_its_own_table() -> None:
+    scenario = parse_scenario('[[process]]\npid = 5\ncomm = "p"\n')
+    wider = dataclasses.replace(
+        scenario, machine=dataclasses.replace(scenario.machine, cpus=8))
+    assert build_table(wider).nr_cpus == 8
+    assert build_table(scenario).nr_cpus == 2
+
+
+def test_overrides_add_up() -> None:
+    scenario = load_scenario(EXAMPLES / "multithreaded.toml")
+    newer = scenario.with_overrides(kernel="7.2").with_overrides(family_id=0x20)
+    assert (newer.machine.kernel, newer.machine.family_id) == ("7.2", 0x20)
+    assert newer.source.endswith('(with kernel="7.2") (with family_id=32)')
+    assert dict(newer.overrides) == {"kernel": "7.2", "family_id": 0x20}
+    assert newer.document is not None and newer.document["machine"]["kernel"] == "7.2"
+    assert newer.text == scenario.text == (EXAMPLES / "multithreaded.toml").read_text()
+
+
+def test_nothing_of_the_document_is_kept() -> None:
+    """Every value a scenario keeps is a copy: one object of the TOML document left alive
+    keeps the allocator's whole arena of it resident (hundreds of MB for a big scenario)."""
+    text = """
+        [machine]
+        kernel = "7.2"
+        [[cgroup]]
+        path = "/kept/group"
+        [[process]]
+        pid = 12345
+        comm = "kept-comm"
+        cgroup = "/kept/group"
+        io = { read_bytes = 987654 }
+        exe = { dev = 2049, inode = 7777777 }
+        [[process.thread]]
+        tid = 23456
+        comm = "kept-thread"
+        [[timeline]]
+        at = 3000000000
+        set = { pid = 12345, comm = "renamed", uid = 4242 }
+        """
+    document = tomllib.loads(text)
+    scenario = scenario_module._conclude(scenario_module._read_document(document, "d", text))
+    process = document["process"][0]
+    spec = scenario.process(12345)
+    kept = [(spec.pid, process["pid"]), (spec.comm, process["comm"]),
+            (spec.cgroup, process["cgroup"]), (scenario.cgroups[0], document["cgroup"][0]["path"]),
+            (spec.counters["read_bytes"], process["io"]["read_bytes"]),
+            (spec.counters["ac_exe_inode"], process["exe"]["inode"]),
+            (spec.threads[0].tid, process["thread"][0]["tid"]),
+            (spec.threads[0].comm, process["thread"][0]["comm"]),
+            (scenario.machine.kernel, document["machine"]["kernel"]),
+            (scenario.timeline[0].at_ns, document["timeline"][0]["at"])]
+    values = scenario.timeline[0].args
+    written = document["timeline"][0]["set"]
+    kept += [(values["pid"], written["pid"]), (values["values"]["comm"], written["comm"]),
+             (values["values"]["uid"], written["uid"])]
+    for ours, theirs in kept:
+        assert ours == theirs and ours is not theirs, ours
+    assert scenario.text == text and scenario.document == document
+
+
+def test_a_pid_written_twice_names_the_first_table_that_writes_it() -> None:
+    problems = errors_of("""
+        process = [5, { pid = 7, comm = "a", thread = [{ tid = 9 }] }, { pid = 9, comm = "b" },
+                   { comm = "c", thread = [{ tid = 7 }] }]
+        """)
+    assert problems == [
+        "t.toml: process[0]: expected a table, got an integer 5",
+        "t.toml: process[2].pid: pid 9 is already taken by process[1].thread[0].tid",
+        "t.toml: process[3].thread[0].tid: pid 7 is already taken by process[1].pid",
+    ]
+
+
+@given(st.from_regex(r"[0-9]{1,20}(\.[0-9]{1,20})? ?(ns|us|µs|μs|ms|s|m|min|h|d)",
+                     fullmatch=True))
+def test_a_simple_duration_reads_as_in_general(text: str) -> None:
+    """The one-part durations read without Fraction read as the general reading does (which
+    reads the same with a "0s" part in front)."""
+    def outcome(written: str) -> int | str:
+        try:
+            return parse_duration(written)
+        except ValueError as exc:
+            return str(exc).split(" is ", 1)[1]  # the problem, without the value
+
+    assert outcome(text) == outcome("0s " + text)
+
+
+@given(st.from_regex(r"[0-9]{0,20}(\.[0-9]{1,20})?(B|KiB|MiB|GiB|TiB)", fullmatch=True),
+       st.sampled_from(["B", "KiB"]))
+def test_a_size_reads_as_the_floor_of_its_exact_value(text: str, unit: str) -> None:
+    number = re.match(r"[0-9.]*", text).group()  # type: ignore[union-attr]
+    scale = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
+    if not number:
+        return
+    exact = Fraction(number) * scale[text[len(number):]] / scale[unit]
+    if math.floor(exact) >= 2**64:
+        with pytest.raises(ValueError, match="out of range"):
+            parse_size(text, unit)
+    else:
+        assert parse_size(text, unit) == math.floor(exact)
 
 
 # --- value helpers ---------------------------------------------------------------------------

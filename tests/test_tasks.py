@@ -3,7 +3,9 @@ and what an exit does to the table (which records it sends is tested in test_acc
 
 from __future__ import annotations
 
+import copy
 import errno
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +17,7 @@ from tsemu.emulator.tasks import (
     COUNTERS,
     INT_COUNTERS,
     MAX_TS_COUNTERS,
+    FrozenCounters,
     NoSuchTask,
     ProcessTable,
     Task,
@@ -448,3 +451,111 @@ def test_orphans_pass_to_init(table: ProcessTable) -> None:
     assert child.ppid == 1 and table.get(child.tid + 1).ppid == 1
     assert table.pid_stats(child.tid)["ac_ppid"] == 1
     assert grandchild.ppid == child.tid, "only the dead process's own children move"
+
+
+# --- compact storage, copies ---------------------------------------------------------------
+
+
+def table_state(table: ProcessTable) -> dict[str, Any]:
+    """Everything a table holds, as plain values: two tables with the same state answer every
+    call the same way."""
+    def task_state(task: Task) -> tuple[Any, ...]:
+        return (task.tid, task.tgid, task.ppid, task.comm, task.uid, task.gid, task.cpu,
+                task.nice, task.policy, task.state, task.cgroup, task.start_ns, task.exit_code,
+                task.forked_no_exec, task.superuser, task.signaled, task.dumped_core,
+                task.counters())
+
+    return {
+        "clock": (table.clock.monotonic_ns(), table.clock.wall_seconds()),
+        "limits": (table.nr_cpus, table.pid_max, table.profile, table._cursor),
+        "tasks": [task_state(t) for t in table],
+        "groups": [(g.tgid, g.tids, g.leader_start_ns, g.stats,
+                    None if g.zombie_leader is None else task_state(g.zombie_leader))
+                   for g in table.groups()],
+        "cgroups": {path: ([t.tid for t in table.cgroup_tasks(path)],
+                           table.cgroup_counts(path)) for path in table.cgroups()},
+        "children": table._children,
+    }
+
+
+def test_copy_is_an_equal_independent_table(table: ProcessTable, clock: VirtualClock) -> None:
+    table.spawn(comm=b"init", ppid=0, cgroup="/init.scope")
+    app = table.spawn(comm=b"app", threads=3, counters={"cpu_count": 2, "hiwater_rss": 9,
+                                                        "cpu_delay_max_ts": (5, 6)})
+    table.clone_thread(app.tid, pid=50, cpu=2, counters={"nvcsw": 4})
+    assert table.group(app.tid).tids == (2, 3, 4, 50)
+    table.exit_task(3)  # group totals allocated
+    table.exit_task(app.tid)  # a zombie leader
+    clock.advance(1)
+    twin = table.copy()
+    assert table_state(twin) == table_state(table)
+    assert twin.clock is not table.clock and twin._tasks is not table._tasks
+    # what happens to one does not happen to the other
+    before = table_state(twin)
+    table.add(4, cpu_count=1)
+    table.set(50, comm="renamed", cgroup="/moved")
+    table.exit_group(app.tid)
+    new = table.spawn(comm=b"new")
+    clock.advance(1)
+    assert table_state(twin) == before
+    assert twin.exit_group(app.tid)[-1].tgid_values is not None
+    assert twin.spawn(comm=b"x").tid == new.tid, "the same cursor"
+
+
+def test_reset_pid_cursor(table: ProcessTable) -> None:
+    for _ in range(3):
+        table.spawn(comm=b"p")
+    table.reset_pid_cursor(2)
+    assert table.spawn(comm=b"q").tid == 4, "the lowest free pid at or above the cursor"
+    with pytest.raises(ValueError, match="next_pid"):
+        table.reset_pid_cursor(table.pid_max)
+
+
+def test_a_groups_threads_from_one_to_many_and_back(table: ProcessTable) -> None:
+    leader = table.spawn(comm=b"p")
+    group = table.group(leader.tid)
+    assert group.tids == (1,) and len(group) == 1 and list(group._tids) == [1]
+    table.clone_thread(1)
+    table.clone_thread(1, pid=9)
+    assert group.tids == (1, 2, 9) and len(group) == 3
+    table.exit_task(2)
+    table.exit_task(1)
+    assert group.tids == (9,) and group.zombie_leader is leader
+    assert table.tgid_stats(9)["ac_etime"] == 0
+    table.exit_task(9)
+    with pytest.raises(NoSuchTask):
+        table.group(1)
+    single = table.group(table.spawn(comm=b"q").tid)
+    assert table.exit_task(single.tgid).group_dead and len(single) == 0
+
+
+def test_frozen_counters_are_shared_until_the_task_changes() -> None:
+    frozen = FrozenCounters({"cpu_count": 3, "utime_ns": 5000})
+    changes: list[Callable[[FrozenCounters], object]] = [
+        lambda f: f.update(a=1), lambda f: f.pop("cpu_count"), lambda f: f.clear(),
+        lambda f: f.setdefault("x", 1), lambda f: f.popitem()]
+    for change in changes:
+        with pytest.raises(TypeError, match="cannot be changed"):
+            change(frozen)
+    with pytest.raises(TypeError):
+        frozen["cpu_count"] = 4
+    with pytest.raises(TypeError):
+        del frozen["cpu_count"]
+    assert frozen == {"cpu_count": 3, "utime_ns": 5000} and isinstance(frozen, dict)
+    assert copy.deepcopy(frozen) is frozen and pickle.loads(pickle.dumps(frozen)) == frozen
+    table = ProcessTable(VirtualClock(START_NS), PROFILES["6.18"], nr_cpus=1)
+    a = table.spawn(comm=b"a", counters=frozen)
+    b = table.spawn(comm=b"b", counters=frozen)
+    assert a.counter_map is frozen and b.counter_map is frozen
+    table.add(a.tid, cpu_count=1)
+    table.set(b.tid, utime_ns=0)
+    assert a.counters() == {"cpu_count": 4, "utime_ns": 5000}
+    assert b.counters() == {"cpu_count": 3}
+    assert frozen == {"cpu_count": 3, "utime_ns": 5000}, "the shared counters never change"
+    zeros = FrozenCounters({"cpu_count": 0, "nvcsw": 2})
+    assert table.spawn(comm=b"z", counters=zeros).counter_map == {"nvcsw": 2}, \
+        "zeros are not kept: not shared"
+    plain = {"nvcsw": 7}
+    c = table.spawn(comm=b"c", counters=plain)
+    plain["nvcsw"] = 8
+    assert c.counter("nvcsw") == 7, "a plain dict is copied"
