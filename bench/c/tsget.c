@@ -24,73 +24,8 @@
 #include <linux/taskstats.h>
 
 #include "common.h"
+#include "netlink.h"
 
-#define BUF_SIZE 16384
-
-static int fd;
-static struct sockaddr_nl kernel_addr = {.nl_family = AF_NETLINK};
-static char rx[BUF_SIZE] __attribute__((aligned(8)));
-
-static void fail(const char *what, int err)
-{
-    printf("{\"error\": \"%s: %s\"}\n", what, err ? strerror(err) : "unexpected reply");
-    exit(1);
-}
-
-/* Build one request of `type` with one attribute into `buf`; returns its length. */
-static size_t build(char *buf, uint16_t type, uint8_t cmd, uint32_t seq, uint16_t attr,
-                    const void *data, uint16_t len)
-{
-    struct nlmsghdr *n = (struct nlmsghdr *)buf;
-    struct genlmsghdr *g = (struct genlmsghdr *)NLMSG_DATA(n);
-    struct nlattr *na = (struct nlattr *)((char *)g + GENL_HDRLEN);
-    memset(buf, 0, 64);
-    na->nla_type = attr;
-    na->nla_len = (uint16_t)(NLA_HDRLEN + len);
-    memcpy((char *)na + NLA_HDRLEN, data, len);
-    n->nlmsg_len = NLMSG_LENGTH(GENL_HDRLEN) + NLA_ALIGN(na->nla_len);
-    n->nlmsg_type = type;
-    n->nlmsg_flags = NLM_F_REQUEST;
-    n->nlmsg_seq = seq;
-    n->nlmsg_pid = 0;
-    g->cmd = cmd;
-    g->version = 1;
-    return n->nlmsg_len;
-}
-
-static ssize_t transact(const char *req, size_t len)
-{
-    if (sendto(fd, req, len, 0, (struct sockaddr *)&kernel_addr, sizeof kernel_addr) < 0)
-        fail("sendto", errno);
-    ssize_t got = recv(fd, rx, sizeof rx, 0);
-    if (got < 0)
-        fail("recv", errno);
-    return got;
-}
-
-static int resolve_family(void)
-{
-    static const char name[] = TASKSTATS_GENL_NAME;
-    char req[64];
-    size_t len = build(req, GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1, CTRL_ATTR_FAMILY_NAME, name,
-                       sizeof name);
-    ssize_t got = transact(req, len);
-    struct nlmsghdr *n = (struct nlmsghdr *)rx;
-    if (!NLMSG_OK(n, (size_t)got) || n->nlmsg_type != GENL_ID_CTRL)
-        fail("resolving TASKSTATS", n->nlmsg_type == NLMSG_ERROR
-             ? -((struct nlmsgerr *)NLMSG_DATA(n))->error : 0);
-    char *at = (char *)NLMSG_DATA(n) + GENL_HDRLEN, *end = (char *)n + n->nlmsg_len;
-    while (at + NLA_HDRLEN <= end) {
-        struct nlattr *na = (struct nlattr *)at;
-        if (na->nla_len < NLA_HDRLEN)
-            break;
-        if (na->nla_type == CTRL_ATTR_FAMILY_ID)
-            return *(uint16_t *)(at + NLA_HDRLEN);
-        at += NLA_ALIGN(na->nla_len);
-    }
-    fail("resolving TASKSTATS: no family id", 0);
-    return -1;
-}
 
 /* Check one GET reply; returns its length. */
 static size_t check(ssize_t got, int family, uint32_t seq, uint32_t pid)
@@ -148,8 +83,8 @@ int main(int argc, char **argv)
             rng ^= rng << 13; rng ^= rng >> 17; rng ^= rng << 5;
             pid = (uint32_t)(first + (long)(rng % (uint32_t)count));
         }
-        size_t len = build(req, (uint16_t)family, TASKSTATS_CMD_GET, ++seq, TASKSTATS_CMD_ATTR_PID,
-                           &pid, sizeof pid);
+        size_t len = build(req, (uint16_t)family, TASKSTATS_CMD_GET, 0, ++seq,
+                           TASKSTATS_CMD_ATTR_PID, &pid, sizeof pid);
         (void)len;
         static double start, deadline;
         if (i == warmup) {

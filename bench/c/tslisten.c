@@ -23,67 +23,8 @@
 #include <linux/taskstats.h>
 
 #include "common.h"
+#include "netlink.h"
 
-static char rx[1 << 16] __attribute__((aligned(8)));
-static int fd;
-
-static void fail(const char *what, int err)
-{
-    printf("{\"error\": \"%s: %s\"}\n", what, err ? strerror(err) : "unexpected reply");
-    exit(1);
-}
-
-static size_t build(char *buf, uint16_t type, uint8_t cmd, uint16_t flags, uint32_t seq,
-                    uint16_t attr, const void *data, uint16_t len)
-{
-    struct nlmsghdr *n = (struct nlmsghdr *)buf;
-    struct genlmsghdr *g = (struct genlmsghdr *)NLMSG_DATA(n);
-    struct nlattr *na = (struct nlattr *)((char *)g + GENL_HDRLEN);
-    memset(buf, 0, 256);
-    na->nla_type = attr;
-    na->nla_len = (uint16_t)(NLA_HDRLEN + len);
-    memcpy((char *)na + NLA_HDRLEN, data, len);
-    n->nlmsg_len = NLMSG_LENGTH(GENL_HDRLEN) + NLA_ALIGN(na->nla_len);
-    n->nlmsg_type = type;
-    n->nlmsg_flags = NLM_F_REQUEST | flags;
-    n->nlmsg_seq = seq;
-    g->cmd = cmd;
-    g->version = 1;
-    return n->nlmsg_len;
-}
-
-static ssize_t transact(const char *req, size_t len)
-{
-    struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
-    if (sendto(fd, req, len, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0)
-        fail("sendto", errno);
-    ssize_t got = recv(fd, rx, sizeof rx, 0);
-    if (got < 0)
-        fail("recv", errno);
-    return got;
-}
-
-static int resolve_family(void)
-{
-    static const char name[] = TASKSTATS_GENL_NAME;
-    char req[256];
-    ssize_t got = transact(req, build(req, GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 0, 1,
-                                      CTRL_ATTR_FAMILY_NAME, name, sizeof name));
-    struct nlmsghdr *n = (struct nlmsghdr *)rx;
-    if (!NLMSG_OK(n, (size_t)got) || n->nlmsg_type != GENL_ID_CTRL)
-        fail("resolving TASKSTATS", 0);
-    char *at = (char *)NLMSG_DATA(n) + GENL_HDRLEN, *end = (char *)n + n->nlmsg_len;
-    while (at + NLA_HDRLEN <= end) {
-        struct nlattr *na = (struct nlattr *)at;
-        if (na->nla_len < NLA_HDRLEN)
-            break;
-        if (na->nla_type == CTRL_ATTR_FAMILY_ID)
-            return *(uint16_t *)(at + NLA_HDRLEN);
-        at += NLA_ALIGN(na->nla_len);
-    }
-    fail("no family id", 0);
-    return -1;
-}
 
 int main(int argc, char **argv)
 {
