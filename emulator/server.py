@@ -28,7 +28,7 @@ Who is a client: a port id, and the socket file behind it. The kernel hands a po
 socket once the old one is closed (a process's tgid to its next socket, freed negative ids), so
 a datagram from a known port may come from a new socket, which must get its own connection
 and must not inherit the old one's queue or options. The file's (inode, ctime) tells them apart;
-instead of a stat per datagram, the server watches the ports directory (inotify, `_PortWatch`):
+instead of a stat per datagram, the server watches the ports directory (inotify, `PortWatch`):
 a client file whose identity was checked is trusted until an event names it (created, deleted,
 renamed, attributes changed). The events of a bind are queued before the bind returns, so
 before the new socket can send anything; the server reads them after receiving a datagram and
@@ -44,13 +44,11 @@ time, as before.
 from __future__ import annotations
 
 import array
-import ctypes
 import errno
 import os
 import select
 import socket
 import stat
-import struct
 import sys
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
@@ -68,6 +66,7 @@ from .kernel import Action, CgroupRef, Kernel, Listen, Send, Sender, TaskSource
 from .listeners import ListenerTable
 from .outbox import Outbox
 from .permissions import AdminPolicy, Credentials
+from .portwatch import PortWatch
 from .profiles import DEFAULT_PROFILE, KernelProfile
 
 _RECV_SIZE = 1 << 16
@@ -109,7 +108,7 @@ class ClientConn:
     #: (b"" for none): the next datagram with the same credentials reuses it
     sender: Sender | None = None
     sender_creds: bytes | None = None
-    #: addresses under which the server trusts this client's identity (see `_PortWatch`)
+    #: addresses under which the server trusts this client's identity (see `PortWatch`)
     trusted_as: list[str] = field(default_factory=list)
 
 
@@ -133,7 +132,7 @@ class Server:
         self._nursery: trio.Nursery | None = None
         self._sock: trio.socket.SocketType | None = None
         self._raw: socket.socket | None = None
-        self._watch: _PortWatch | None = None
+        self._watch: PortWatch | None = None
         #: client address -> its connection, for clients whose socket file is known unchanged
         self._trusted: dict[str, ClientConn] = {}
 
@@ -185,7 +184,7 @@ class Server:
         ports.mkdir(exist_ok=True)
         os.chmod(ports, 0o1777)
         self._raw = raw
-        self._watch = _PortWatch.open(ports)
+        self._watch = PortWatch.open(ports)
         await trio.lowlevel.checkpoint()
         return sock
 
@@ -207,7 +206,7 @@ class Server:
         recvmsg = raw.recvmsg
         # One poll, no timeout, after each datagram: are more waiting (then no trip through
         # trio before the next), and did client socket files change (then before this
-        # datagram is answered: see `_PortWatch`)?
+        # datagram is answered: see `PortWatch`)?
         ready = select.poll()
         ready.register(raw, select.POLLIN)
         watch_fd = -1
@@ -477,92 +476,6 @@ def _file_identity(address: Any) -> tuple[int, int]:
     except (OSError, TypeError, ValueError):
         return (-1, -1)
     return (st.st_ino, st.st_ctime_ns)
-
-
-# inotify(7): the events that say a client's socket file is not the one it was.
-_IN_ATTRIB = 0x4
-_IN_MOVED_FROM = 0x40
-_IN_MOVED_TO = 0x80
-_IN_CREATE = 0x100
-_IN_DELETE = 0x200
-_IN_DELETE_SELF = 0x400
-_IN_MOVE_SELF = 0x800
-_IN_UNMOUNT = 0x2000
-_IN_Q_OVERFLOW = 0x4000
-_IN_IGNORED = 0x8000
-_IN_ONLYDIR = 0x1000000
-_IN_WATCHED = (_IN_ATTRIB | _IN_MOVED_FROM | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE
-               | _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_ONLYDIR)
-#: the watched directory itself went away or moved: the watch cannot tell anything any more
-_IN_DEAD = _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_UNMOUNT | _IN_IGNORED
-_INOTIFY_EVENT = struct.Struct("=iIII")  # struct inotify_event: wd, mask, cookie, len; name
-
-
-class _PortWatch:
-    """Which names of the ports directory changed since last asked (inotify). `fd` becomes
-    readable when there is something to tell; `changes()` reads it."""
-
-    def __init__(self, fd: int, directory: str) -> None:
-        self.fd = fd
-        self.prefix = directory.rstrip("/") + "/"
-        self.alive = True
-
-    @classmethod
-    def open(cls, directory: Path) -> _PortWatch | None:
-        """A watch on `directory` (an absolute path), or None where inotify cannot be had
-        (the server then checks every datagram's socket file, as it always could)."""
-        if not directory.is_absolute():
-            return None
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-            if fd < 0:
-                return None
-            if libc.inotify_add_watch(fd, os.fsencode(directory), _IN_WATCHED) < 0:
-                os.close(fd)
-                return None
-        except (OSError, AttributeError):  # no libc symbol, no inotify
-            return None
-        return cls(fd, str(directory))
-
-    def changes(self) -> list[str] | None:
-        """The names created, deleted, renamed or changed since the last call; None when that
-        cannot be told (events were lost, or the watch is dead: `alive` turns False)."""
-        if not self.alive:
-            return None
-        names: list[str] = []
-        lost = False
-        while True:
-            try:
-                buf = os.read(self.fd, 1 << 16)
-            except BlockingIOError:
-                break
-            except OSError:
-                self.alive = False
-                return None
-            if not buf:
-                break
-            pos = 0
-            while pos + _INOTIFY_EVENT.size <= len(buf):
-                _wd, mask, _cookie, length = _INOTIFY_EVENT.unpack_from(buf, pos)
-                pos += _INOTIFY_EVENT.size
-                name = buf[pos:pos + length].split(b"\0", 1)[0]
-                pos += length
-                if mask & _IN_DEAD:
-                    self.alive = False
-                if mask & _IN_Q_OVERFLOW:
-                    lost = True
-                if name:
-                    names.append(os.fsdecode(name))
-        if lost or not self.alive:
-            return None
-        return names
-
-    def close(self) -> None:
-        self.alive = False
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 def _cgroup_ref(fd: int) -> CgroupRef | None:

@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tsemu.client import Client, NetlinkError
-from tsemu.emulator import server as server_module
+from tsemu.emulator import portwatch as portwatch_module
 from tsemu.emulator.clock import VirtualClock
 from tsemu.emulator.families import FamilyTable
 from tsemu.emulator.kernel import Kernel, Listen, Send, Sender
@@ -370,7 +370,7 @@ async def any_server(request: Any, short_tmp: Path, monkeypatch: pytest.MonkeyPa
     """A server with the ports directory watched (trusted clients), and one without a watch
     (every datagram's socket file checked): both must tell sockets apart the same way."""
     if request.param == "stat":
-        monkeypatch.setattr(server_module._PortWatch, "open", classmethod(lambda cls, d: None))
+        monkeypatch.setattr(portwatch_module.PortWatch, "open", classmethod(lambda cls, d: None))
     table = ProcessTable(VirtualClock(), PROFILES["6.18"], 2)
     async with running_server(short_tmp / "genl.sock", table, nr_cpus=2) as server:
         assert (server._watch is not None) == (request.param == "watched")
@@ -482,7 +482,7 @@ def test_the_watch_names_what_changed_and_gives_up_when_its_directory_moves(
         short_tmp: Path) -> None:
     ports = short_tmp / "genl.sock.ports"
     ports.mkdir()
-    watch = server_module._PortWatch.open(ports)
+    watch = portwatch_module.PortWatch.open(ports)
     if watch is None:
         pytest.skip("no inotify here")
     try:
@@ -509,7 +509,7 @@ def test_lost_events_mean_nothing_is_trusted(short_tmp: Path) -> None:
         pytest.skip(f"max_queued_events is {limit}: too many events to overflow quickly")
     ports = short_tmp / "genl.sock.ports"
     ports.mkdir()
-    watch = server_module._PortWatch.open(ports)
+    watch = portwatch_module.PortWatch.open(ports)
     if watch is None:
         pytest.skip("no inotify here")
     try:
