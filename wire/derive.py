@@ -95,6 +95,21 @@ class FastCodec:
         self._flat = all(len(leaf.path) == 1 for leaf in self.leaves)
         self._zeros = tuple(b"" if leaf.fmt.endswith("s") else 0 for leaf in self.leaves)
         self._name_zero = tuple(zip(self.names, self._zeros, strict=True))
+        self.fields: dict[str, tuple[int, struct.Struct]] = {}
+        offset = 0
+        for piece in pieces:
+            fmt = piece if isinstance(piece, str) else piece.fmt
+            if isinstance(piece, _Leaf):
+                self.fields[".".join(piece.path)] = (offset, struct.Struct("<" + fmt))
+            offset += struct.calcsize("<" + fmt)
+
+    def field(self, name: str) -> tuple[int, struct.Struct]:
+        """Where leaf `name` ("a.b" for nested ones) lives: its byte offset and a one-item
+        `struct.Struct` that packs it, for patching one value into bytes already built."""
+        try:
+            return self.fields[name]
+        except KeyError:
+            raise KeyError(f"no field {name!r} in this layout") from None
 
     def flat_values(self, values: Mapping[str, Any]) -> list[Any]:
         """Leaf values in struct order from a nested mapping; absent values are zero."""

@@ -239,6 +239,9 @@ class ReplyTemplate:
         self._pack_message: Callable[..., bytes] | None = None
         self._record_fields: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = None
         self._pads: tuple[str, ...] = ()
+        self._layout = layout
+        self._record_offset = self.length - stats_size - len(self._tail_pad)
+        self._ident_offset = NLMSG_HDRLEN + len(self._prefix_after_header)
         if layout is not None:
             if layout.size != stats_size:
                 raise ValueError(f"a {stats_size}-byte template for a {layout.size}-byte layout")
@@ -316,6 +319,58 @@ class ReplyTemplate:
                         ident, self._stats_hdr, *fields)
         except Exception:  # struct.error, OverflowError...: the general way raises it properly
             return None
+
+
+    def patcher(self, names: Sequence[str]) -> ReplyPatch:
+        """A `ReplyPatch` rewriting seq, port id, the id and the record fields `names` of a
+        message this template built (see `ReplyPatch`)."""
+        if self._layout is None:
+            raise ValueError("a template without a layout cannot patch record fields")
+        seq_at, seq_codec = NLMSGHDR_CODEC.field("seq")
+        pid_at, pid_codec = NLMSGHDR_CODEC.field("pid")
+        id_at, id_codec = _ID_CODEC.field("id")
+        fields = []
+        for name in names:
+            offset, codec = self._layout.codec.field(name)
+            fields.append((codec.pack_into, self._record_offset + offset))
+        return ReplyPatch(self.length, (seq_codec.pack_into, seq_at), (pid_codec.pack_into, pid_at),
+                          (id_codec.pack_into, self._ident_offset + id_at), tuple(fields))
+
+
+class ReplyPatch:
+    """Rewrite a few values of a one-record message already built, at offsets taken from the
+    construct definitions (nlmsghdr's, the id's, the struct's): the cheap way to answer the
+    same record again with another seq and port (a GET whose task has not changed, only the
+    clock fields move) or to send the same exit record for another pid.
+
+    `patch(base, seq, portid, ident, *values)` gives `base` with those values in place; the
+    values are the fields named when the patch was made, in that order. A value that does
+    not fit its field raises `struct.error`, as the full build would."""
+
+    __slots__ = ("length", "_seq", "_pid", "_ident", "_fields")
+
+    def __init__(self, length: int, seq: tuple[Callable[..., None], int],
+                 pid: tuple[Callable[..., None], int], ident: tuple[Callable[..., None], int],
+                 fields: tuple[tuple[Callable[..., None], int], ...]) -> None:
+        self.length = length
+        self._seq = seq
+        self._pid = pid
+        self._ident = ident
+        self._fields = fields
+
+    def __call__(self, base: bytes, seq: int, portid: int, ident: int, *values: Any) -> bytes:
+        if len(base) != self.length:
+            raise ValueError(f"a {len(base)}-byte message, {self.length} expected")
+        buf = bytearray(base)
+        pack, at = self._seq
+        pack(buf, at, seq)
+        pack, at = self._pid
+        pack(buf, at, portid)
+        pack, at = self._ident
+        pack(buf, at, ident)
+        for (pack, at), value in zip(self._fields, values, strict=True):
+            pack(buf, at, value)
+        return bytes(buf)
 
 
 def decode_taskstats_new(message: GenlMessage) -> list[Record]:
