@@ -232,6 +232,22 @@ def add_delays(stats: Values, task: Task) -> None:
         stats[count] = _add_u64(stats.get(count, 0), get(count, 0))
 
 
+#: The fields of a PID record that move with the clock alone, in `clock_fields` order: all
+#: the rest changes only when the task does.
+CLOCK_FIELDS: tuple[str, ...] = ("ac_etime", "ac_tgetime", "ac_btime", "ac_btime64")
+
+
+def clock_fields(start_ns: int, leader_start_ns: int, now_ns: int,
+                 wall_seconds: int) -> tuple[int, int, int, int]:
+    """The `CLOCK_FIELDS` of a task started at `start_ns` in a group whose leader started at
+    `leader_start_ns`: ages in microseconds, and the start in wall seconds (ac_btime clamped
+    to a u32, ac_btime64 an s64 stored in a u64)."""
+    etime = (now_ns - start_ns) // NSEC_PER_USEC
+    btime = wall_seconds - etime // USEC_PER_SEC
+    return (etime, (now_ns - leader_start_ns) // NSEC_PER_USEC,
+            min(max(btime, 0), U32_MAX), btime & U64_MASK)
+
+
 def fill_basic(stats: Values, task: Task, *, leader_start_ns: int, now_ns: int,
                wall_seconds: int) -> None:
     """bacct_add_tsk: identity, times and faults.
@@ -239,12 +255,8 @@ def fill_basic(stats: Values, task: Task, *, leader_start_ns: int, now_ns: int,
     ac_btime is not stored anywhere: it is derived now, as wall-clock seconds minus the task's
     age in whole seconds, so it moves if the wall clock is stepped. ac_exitcode is only filled
     once the task is exiting (PF_EXITING); AFORK only for a group leader that has not exec'd."""
-    etime = (now_ns - task.start_ns) // NSEC_PER_USEC
-    stats["ac_tgetime"] = (now_ns - leader_start_ns) // NSEC_PER_USEC
-    stats["ac_etime"] = etime
-    btime = wall_seconds - etime // USEC_PER_SEC
-    stats["ac_btime"] = min(max(btime, 0), U32_MAX)
-    stats["ac_btime64"] = btime & U64_MASK
+    (stats["ac_etime"], stats["ac_tgetime"], stats["ac_btime"],
+     stats["ac_btime64"]) = clock_fields(task.start_ns, leader_start_ns, now_ns, wall_seconds)
     if task.exit_code is not None:
         stats["ac_exitcode"] = task.exit_code
     flag = 0

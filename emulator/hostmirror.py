@@ -249,6 +249,9 @@ class HostMirror:
     `proc`, `clk_tck`, `boottime_ns` and `wall_seconds` default to the host's /proc, CLK_TCK,
     CLOCK_BOOTTIME and wall clock; tests give a fake /proc tree and fixed clocks."""
 
+    #: Host tasks change all the time: no PID reply is kept (see `PidReplyCache`).
+    versioned_records = False
+
     def __init__(self, table: TaskSource, profile: KernelProfile, *, proc: str = "/proc",
                  clk_tck: int | None = None, boottime_ns: Callable[[], int] = _boottime_ns,
                  wall_seconds: Callable[[], int] = _wall_seconds) -> None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tsemu.wire import (
     ExtAck,
@@ -68,8 +68,13 @@ from tsemu.wire.taskstats import (
     encode_taskstats_new,
 )
 
+from .accounting import CLOCK_FIELDS
 from .families import FamilyTable
 from .profiles import KernelProfile
+from .replycache import PidReplyCache
+
+if TYPE_CHECKING:
+    from .tasks import RepeatExit
 
 
 class TaskSource(Protocol):
@@ -82,6 +87,10 @@ class TaskSource(Protocol):
     def tgid_stats(self, tgid: int) -> Mapping[str, Any]: ...
 
     def cgroup_counts(self, path: str) -> Mapping[str, int] | None: ...
+
+    #: Optional, default False: True for a source whose PID records change only with its
+    #: `generation` and the clock (it then has `pid_clock_fields`): see `PidReplyCache`.
+    #: versioned_records: bool
 
 
 @dataclass(frozen=True)
@@ -180,6 +189,15 @@ class Kernel:
                       and ts_id >= NLMSG_MIN_TYPE and get_flags is not None
                       and get_flags & _CAP_DO) else None)
         self._get_needs_admin = bool(get_flags is not None and get_flags & _ADMIN_PERM)
+        # A repeated exit's event: its model's bytes with pid and clock fields patched in.
+        self._repeat_patch = self._pid_reply.patcher(
+            ("ac_pid", "ac_tgid", *(n for n in CLOCK_FIELDS if n in self.layout.names)))
+        self._repeat_clock = tuple(i for i, n in enumerate(CLOCK_FIELDS) if n in self.layout.names)
+        self._repeat_model: Any = None
+        self._repeat_base = b""
+        # A table whose records change only with its generation and the clock: keep replies.
+        self._pid_cache = (PidReplyCache(tasks, self._pid_reply, self.layout)  # type: ignore[arg-type]
+                           if getattr(tasks, "versioned_records", False) else None)
 
     # -- netlink_rcv_skb -------------------------------------------------------------------
 
@@ -229,10 +247,15 @@ class Kernel:
         port = sender.port
         try:
             try:
-                values = source(ident)
+                data = None
+                if attr_type == _ATTR_PID and self._pid_cache is not None:
+                    data = self._pid_cache.reply(seq, port, ident)
+                if data is None:
+                    values = source(ident)
             except LookupError:
                 raise _Refused(errno.ESRCH) from None
-            data = template.build_values(seq, port, ident, values)
+            if data is None:
+                data = template.build_values(seq, port, ident, values)
             if data is None:
                 data = template.build(seq, port, ident, self.layout.build(values))
         except WireError as exc:
@@ -366,6 +389,22 @@ class Kernel:
         return None
 
     # -- exit events -----------------------------------------------------------------------
+
+    def repeat_exit_event(self, seq: int, report: RepeatExit) -> bytes:
+        """The event of a `RepeatExit`: its model's event, built once, with seq, the pid and
+        the clock fields patched in."""
+        model = report.model
+        if model is not self._repeat_model:
+            if model.tgid_values is not None:
+                raise ValueError("a repeated exit's model must send no AGGR_TGID record")
+            self._repeat_base = self.exit_event(0, model.tid, model.pid_values, model.tgid, None)
+            self._repeat_model = model
+        tid = report.tid
+        clock = report.clock
+        if len(self._repeat_clock) == len(clock):
+            return self._repeat_patch(self._repeat_base, seq, 0, tid, tid, tid, *clock)
+        return self._repeat_patch(self._repeat_base, seq, 0, tid, tid, tid,
+                                  *(clock[i] for i in self._repeat_clock))
 
     def exit_event(self, seq: int, pid: int, pid_values: Mapping[str, Any], tgid: int,
                    tgid_values: Mapping[str, Any] | None) -> bytes:

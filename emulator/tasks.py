@@ -31,7 +31,7 @@ import copy
 import enum
 import errno
 import sys
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NoReturn
@@ -477,12 +477,52 @@ class ExitReport:
     group_dead: bool
 
 
+class RepeatExit:
+    """The exit of a process identical to the one `model` reports except for its pid and its
+    clock fields: what a storm's processes after the first send (`ProcessTable.storm_exits`).
+    Its AGGR_PID record is `model.pid_values` with ac_pid and ac_tgid set to `tid` and the
+    `accounting.CLOCK_FIELDS` set to `clock`; a repeat is always a whole process's last exit
+    without group totals (no AGGR_TGID record), as its model is."""
+
+    __slots__ = ("cpu", "tid", "model", "clock")
+
+    tgid_values = None
+    group_dead = True
+
+    def __init__(self, cpu: int, tid: int, model: ExitReport,
+                 clock: tuple[int, int, int, int]) -> None:
+        self.cpu = cpu
+        self.tid = tid
+        self.model = model
+        self.clock = clock
+
+    @property
+    def tgid(self) -> int:
+        return self.tid
+
+    @property
+    def pid_values(self) -> dict[str, Any]:
+        """The record as a full exit computes it (for readers other than the hot path)."""
+        values = dict(self.model.pid_values)
+        values["ac_pid"] = values["ac_tgid"] = self.tid
+        for name, value in zip(accounting.CLOCK_FIELDS, self.clock, strict=True):
+            if name in values:
+                values[name] = value
+        return values
+
+    def __repr__(self) -> str:
+        return f"<RepeatExit tid={self.tid} cpu={self.cpu} of {self.model.tid}>"
+
+
 class ProcessTable:
     """Every task of the emulated machine, and the only way to change them.
 
     `next_pid` is where pid allocation starts (the kernel's idr cursor); `pid_max` is
     /proc/sys/kernel/pid_max: pids are below it.
     """
+
+    #: PID records change only with `generation` and the clock (see `pid_clock_fields`).
+    versioned_records = True
 
     def __init__(self, clock: Clock, profile: KernelProfile, nr_cpus: int, *,
                  pid_max: int = PID_MAX_LIMIT, next_pid: int = 1) -> None:
@@ -501,6 +541,10 @@ class ProcessTable:
         #: cgroups that exist: declared with `add_cgroup`, or ever given a task
         self._cgroups: set[str] = {"/"}
         self._children: dict[int, set[int]] = {}
+        #: Bumped by every change to a task or a group (see `pid_clock_fields`): a PID record
+        #: taken at one generation is the record of any later moment of that generation,
+        #: except for its clock fields.
+        self.generation = 0
 
     def copy(self) -> ProcessTable:
         """An independent copy of the table as it is now (tasks, thread groups with their
@@ -644,6 +688,7 @@ class ProcessTable:
         old = next(self._group_tasks(group)).ppid
         if old == parent:
             return
+        self.generation += 1
         self._remove_child(old, group.tgid)
         for task in self._group_tasks(group):
             task.ppid = parent
@@ -723,6 +768,7 @@ class ProcessTable:
         return task
 
     def _enter(self, group: ThreadGroup, task: Task) -> None:
+        self.generation += 1
         self._tasks[task.tid] = task
         group._add(task.tid)
         self._index_cgroup(task)
@@ -779,6 +825,7 @@ class ProcessTable:
             else:
                 raise ValueError(f"unknown task attribute {name!r}; valid: "
                                  f"{', '.join(IDENTITY)} and the counters {', '.join(COUNTERS)}")
+        self.generation += 1
         for name, value in ident.items():
             if name == "ppid":
                 assert isinstance(value, int)
@@ -807,6 +854,7 @@ class ProcessTable:
             if isinstance(delta, bool) or not isinstance(delta, int):
                 raise ValueError(f"{name} delta must be an int, not {type(delta).__name__}")
             results[name] = _check_int(name, task.counter_map.get(name, 0) + delta, 0, U64_MAX)
+        self.generation += 1
         for name, value in results.items():
             task._store(name, value)
         return task
@@ -815,6 +863,7 @@ class ProcessTable:
         """Migrate live task `tid` to `cpu` (where its exit will be reported)."""
         task = self.get(tid)
         task.cpu = self._check_cpu(cpu)
+        self.generation += 1
         return task
 
     # --- cgroups ----------------------------------------------------------------------------
@@ -867,6 +916,13 @@ class ProcessTable:
             task, leader_start_ns=self._groups[task.tgid].leader_start_ns,
             now_ns=self.clock.monotonic_ns(), wall_seconds=self.clock.wall_seconds(),
             profile=self.profile)
+
+    def pid_clock_fields(self, tid: int) -> tuple[int, int, int, int]:
+        """The `accounting.CLOCK_FIELDS` of `pid_stats(tid)` now: with a record of `tid` taken
+        earlier at the current `generation`, all a GET by PID needs to answer again."""
+        task = self._find(tid)
+        return accounting.clock_fields(task.start_ns, self._groups[task.tgid].leader_start_ns,
+                                       self.clock.monotonic_ns(), self.clock.wall_seconds())
 
     def tgid_stats(self, tgid: int) -> dict[str, Any]:
         """What TASKSTATS_CMD_GET with TGID `tgid` answers now: the group's accumulated totals
@@ -927,9 +983,40 @@ class ProcessTable:
                                       cpu=self._tasks[tid].cpu))
         return reports
 
+    def storm_exits(self, count: int, cpus: Sequence[int], *,
+                    comm: str = "storm") -> list[ExitReport | RepeatExit]:
+        """`count` single-threaded processes called `comm` (children of init, uid 0, no
+        counters), each spawned and exiting at once with status 0, the i-th on
+        `cpus[i % len(cpus)]`: what `spawn` then `exit_task` would report for each, made
+        for load tests at a fraction of the cost.
+
+        The first goes through `spawn` and `exit_task`; the others differ from it only in
+        their pid (allocated as `spawn` allocates, and freed at once) and in their clock
+        fields, so each is a `RepeatExit` of the first. Every one of them starts and exits
+        at the instant the call began (ac_etime 0), as a process living less than a
+        microsecond would."""
+        if count <= 0:
+            return []
+        for cpu in cpus:
+            self._check_cpu(cpu)
+        ncpus = len(cpus)
+        model = self.exit_task(self.spawn(comm=comm, cpu=cpus[0]).tid)
+        reports: list[ExitReport | RepeatExit] = [model]
+        if count == 1:
+            return reports
+        self.generation += 1
+        now = self.clock.monotonic_ns()
+        clock = accounting.clock_fields(now, now, now, self.clock.wall_seconds())
+        alloc = self._alloc_pid
+        append = reports.append
+        for i in range(1, count):
+            append(RepeatExit(cpus[i % ncpus], alloc(), model, clock))
+        return reports
+
     def _exit(self, task: Task, *, exit_code: int, signaled: bool, core: bool,
               cpu: int) -> ExitReport:
         """taskstats_exit, then the task leaves the table."""
+        self.generation += 1
         group = self._groups[task.tgid]
         # taskstats_tgid_alloc: a thread leaving others behind (a zombie leader counts: it is
         # still on the thread list) allocates the group's totals, once.

@@ -1,0 +1,82 @@
+"""GET-by-PID replies kept as bytes while the process table stands still.
+
+Why: computing a PID record takes the accounting rules about 13 µs and packing it 3 µs more,
+most of a GET's cost in the server. Yet between two changes of the table (its `generation`,
+bumped by every spawn, set, add, move and exit), the record of a task is the same from one GET
+to the next except for the fields that move with the clock (`accounting.CLOCK_FIELDS`). So
+the first GET for a pid packs the whole reply and keeps it; the next ones patch seq, port id
+and the clock fields into a copy (`ReplyPatch`, offsets from the construct layouts), which
+the table computes with the same rule as the full record.
+
+A change anywhere in the table drops every kept reply (a generation is cheap to compare,
+and working out which records a change touches would be a second copy of the accounting
+rules). The number kept is bounded, so a client walking 100,000 pids does not double the
+server's memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from tsemu.wire.taskstats import ReplyTemplate
+from tsemu.wire.taskstats_struct import TaskstatsLayout
+
+from .accounting import CLOCK_FIELDS
+
+#: Replies kept at most; past it the lot is dropped and refilled by the next GETs.
+DEFAULT_LIMIT = 4096
+
+
+class VersionedTable(Protocol):
+    """A task source whose PID records change only with its `generation` and the clock."""
+
+    generation: int
+
+    def pid_stats(self, tid: int) -> Any: ...
+
+    def pid_clock_fields(self, tid: int) -> tuple[int, int, int, int]: ...
+
+
+class PidReplyCache:
+    """Answers to TASKSTATS_CMD_GET by PID, built from `template` and kept per pid."""
+
+    def __init__(self, table: VersionedTable, template: ReplyTemplate, layout: TaskstatsLayout,
+                 *, limit: int = DEFAULT_LIMIT) -> None:
+        self._table = table
+        self._template = template
+        self._layout = layout
+        # Older struct versions lack some clock fields (ac_btime64, ac_tgetime came later):
+        # patch those the layout has, picked from `clock_fields`' tuple by position.
+        present = [i for i, name in enumerate(CLOCK_FIELDS) if name in layout.names]
+        self._patch = template.patcher([CLOCK_FIELDS[i] for i in present])
+        self._pick = tuple(present)
+        self._all_present = len(present) == len(CLOCK_FIELDS)
+        self._limit = limit
+        self._generation = -1
+        self._replies: dict[int, bytes] = {}
+        self.hits = 0
+
+    def reply(self, seq: int, portid: int, tid: int) -> bytes:
+        """The reply to a GET for `tid`. A pid no task has raises the table's LookupError, a
+        record that does not pack the layout's WireError."""
+        table = self._table
+        replies = self._replies
+        if table.generation != self._generation:
+            replies.clear()
+            self._generation = table.generation
+        base = replies.get(tid)
+        if base is None:
+            values = table.pid_stats(tid)
+            template = self._template
+            data = template.build_values(seq, portid, tid, values)
+            if data is None:  # the layout's own build: nested fields, or it raises why not
+                data = template.build(seq, portid, tid, self._layout.build(values))
+            if len(replies) >= self._limit:
+                replies.clear()
+            replies[tid] = data
+            return data
+        clock = table.pid_clock_fields(tid)
+        self.hits += 1
+        if self._all_present:
+            return self._patch(base, seq, portid, tid, *clock)
+        return self._patch(base, seq, portid, tid, *(clock[i] for i in self._pick))
