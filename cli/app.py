@@ -54,6 +54,12 @@ def serve(
         help="A directory whose subdirectories stand for the scenario's cgroups in "
              "CGROUPSTATS requests (repeatable). Default: /sys/fs/cgroup.",
         show_default=False)] = None,
+    busy_poll: Annotated[int, typer.Option(
+        min=0, max=10_000,
+        help="Microseconds to keep polling for a client's next request after answering one, "
+             "before sleeping (answers request-reply loops faster at the cost of that much "
+             "CPU per request; stops on its own for clients that ask only now and then). "
+             "0 turns it off.")] = 50,
 ) -> None:
     """Serve the emulated kernel until SIGINT or SIGTERM.
 
@@ -83,7 +89,8 @@ def serve(
     except (ScenarioError, ValueError) as exc:
         fail(str(exc), 2)
     roots = tuple(cgroup_root) if cgroup_root else ("/sys/fs/cgroup",)
-    emulator = Emulator(loaded, socket_path(socket), admin=policy, cgroup_roots=roots)
+    emulator = Emulator(loaded, socket_path(socket), admin=policy, cgroup_roots=roots,
+                        busy_poll_ns=busy_poll * 1000)
     if big or time.monotonic() - started > 0.5:
         typer.echo(f"tsemu: loaded {len(emulator.table)} tasks and {len(loaded.timeline)} "
                    f"timeline events in {time.monotonic() - started:.1f} s", err=True)

@@ -101,7 +101,7 @@ def _stdlib_socket(sock: Any) -> socket.socket:
 
 #: While messages are held, `offer` retries sending them at most this often (ns): a reader
 #: that keeps up reads max_dgram_qlen (10) datagrams in a few microseconds.
-RETRY_NS = 20_000
+RETRY_NS = 4_000
 
 #: What a send fails with when the client's socket is gone.
 _GONE = (ConnectionError, FileNotFoundError, NotADirectoryError, PermissionError)

@@ -23,6 +23,7 @@ from typing import Any
 
 import trio
 
+from .busypoll import DEFAULT_WINDOW_NS
 from .clock import NSEC_PER_SEC, VirtualClock
 from .families import FamilyTable
 from .hostmirror import HostMirror
@@ -31,10 +32,10 @@ from .permissions import AdminPolicy
 from .profiles import profile as profile_named
 from .scenario import Event, Scenario, apply_event, build_table
 from .server import Server
-from .tasks import ExitReport, ProcessTable
+from .tasks import ExitReport, ProcessTable, RepeatExit
 
 #: Exits a storm makes before handing them to the CPU tasks as one batch.
-STORM_CHUNK = 64
+STORM_CHUNK = 256
 
 
 @dataclass
@@ -53,7 +54,8 @@ class Emulator:
 
     def __init__(self, scenario: Scenario, socket_path: Path, *,
                  admin: AdminPolicy | None = None,
-                 cgroup_roots: tuple[str, ...] = ("/sys/fs/cgroup",)) -> None:
+                 cgroup_roots: tuple[str, ...] = ("/sys/fs/cgroup",),
+                 busy_poll_ns: int = DEFAULT_WINDOW_NS) -> None:
         machine = scenario.machine
         self.scenario = scenario
         self.table: ProcessTable = build_table(scenario)
@@ -63,7 +65,7 @@ class Emulator:
         self.server = Server(
             socket_path, answers, profile=profile_named(machine.kernel),
             nr_cpus=machine.cpus, families=FamilyTable.default(machine.family_id),
-            admin=admin, cgroup_roots=cgroup_roots)
+            admin=admin, cgroup_roots=cgroup_roots, busy_poll_ns=busy_poll_ns)
         self.timeline: deque[Event] = deque(scenario.timeline)
         self.start_ns = self.table.clock.monotonic_ns()
         self._lock = trio.Lock()
@@ -189,19 +191,19 @@ class Emulator:
         when something fails (or the caller is cancelled) halfway through a chunk."""
         listeners = self.server.listeners
         table = self.table
-        spawn, exit_task, exit_group = table.spawn, table.exit_task, table.exit_group
+        spawn, exit_group = table.spawn, table.exit_group
         ncpus = len(cpus)
         done = 0
         while done < count:
             end = min(count, done + STORM_CHUNK)
-            reports: list[ExitReport] = []
+            reports: list[ExitReport | RepeatExit] = []
             try:
-                for i in range(done, end):
+                if threads == 1:  # same process after process: one built, the rest patched
+                    turn = done % ncpus
+                    reports.extend(table.storm_exits(end - done, cpus[turn:] + cpus[:turn]))
+                for i in range(done, end) if threads > 1 else ():
                     task = spawn(comm="storm", cpu=cpus[i % ncpus], threads=threads)
-                    if threads > 1:
-                        reports.extend(exit_group(task.tid))
-                    else:
-                        reports.append(exit_task(task.tid))
+                    reports.extend(exit_group(task.tid))
             except BaseException:
                 listeners.submit_nowait(reports)
                 raise

@@ -20,9 +20,11 @@ The receive loop reads the server socket directly: after a wait through trio, it
 datagram at a time with a non-blocking `recvmsg`, and after each a poll with no timeout of the
 server socket and the ports watch tells it whether another datagram waits (then no trip
 through the scheduler before it; `trio.lowlevel.checkpoint` every `_BATCH` datagrams) and
-whether client socket files changed. A datagram from a known client whose socket file is known
-unchanged is answered without an await (`_serve`; its replies leave in `Outbox.offer`);
-anything else (a new client, descriptors, a REGISTER) takes the awaiting way.
+whether client socket files changed. When none waits, it busy-polls a few microseconds for the
+next one before sleeping in trio (`busypoll.BusyPoll`: a client asking in a loop is answered
+without a trip through the scheduler per request). A datagram from a known client whose
+socket file is known unchanged is answered without an await (`_serve`; its replies leave in
+`Outbox.offer`); anything else (a new client, descriptors, a REGISTER) takes the awaiting way.
 
 Who is a client: a port id, and the socket file behind it. The kernel hands a port id to a new
 socket once the old one is closed (a process's tgid to its next socket, freed negative ids), so
@@ -61,6 +63,7 @@ import trio
 from tsemu.wire.control import ControlOp, ControlOption, decode_control, is_control
 
 from .addressing import is_stale, port_of, ports_dir
+from .busypoll import DEFAULT_WINDOW_NS, BusyPoll
 from .families import FamilyTable
 from .kernel import Action, CgroupRef, Kernel, Listen, Send, Sender, TaskSource
 from .listeners import ListenerTable
@@ -68,6 +71,7 @@ from .outbox import Outbox
 from .permissions import AdminPolicy, Credentials
 from .portwatch import PortWatch
 from .profiles import DEFAULT_PROFILE, KernelProfile
+from .tasks import RepeatExit
 
 _RECV_SIZE = 1 << 16
 _MAX_FDS = 16
@@ -119,7 +123,8 @@ class Server:
                  profile: KernelProfile = DEFAULT_PROFILE, nr_cpus: int = 2,
                  families: FamilyTable | None = None,
                  admin: AdminPolicy | None = None,
-                 cgroup_roots: tuple[str, ...] = ("/sys/fs/cgroup",)) -> None:
+                 cgroup_roots: tuple[str, ...] = ("/sys/fs/cgroup",),
+                 busy_poll_ns: int = DEFAULT_WINDOW_NS) -> None:
         self.socket_path = Path(socket_path)
         self.tasks = tasks
         self.profile = profile
@@ -135,6 +140,10 @@ class Server:
         self._watch: PortWatch | None = None
         #: client address -> its connection, for clients whose socket file is known unchanged
         self._trusted: dict[str, ClientConn] = {}
+        if busy_poll_ns < 0:
+            raise ValueError(f"a busy-poll window cannot be negative ({busy_poll_ns} ns)")
+        self._busy_poll_ns = busy_poll_ns
+        self.busy_poll: BusyPoll | None = None
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -214,6 +223,7 @@ class Server:
             watch_fd = self._watch.fd
             ready.register(watch_fd, select.POLLIN)
         poll = ready.poll
+        spin = self.busy_poll = BusyPoll(raw, self._busy_poll_ns)
         while True:
             await trio.lowlevel.wait_readable(raw)
             budget = _BATCH
@@ -232,7 +242,7 @@ class Server:
                 pending = self._receive(data, ancdata, address)
                 if pending is not None:
                     await pending
-                if not more:
+                if not more and not spin.wait():
                     break
                 budget -= 1
                 if not budget:  # a long burst: let the other tasks run now and then
@@ -433,6 +443,8 @@ class Server:
     # -- exits -----------------------------------------------------------------------------
 
     def _build_event(self, seq: int, report: Any) -> bytes:
+        if type(report) is RepeatExit:
+            return self.kernel.repeat_exit_event(seq, report)
         return self.kernel.exit_event(seq, report.tid, report.pid_values, report.tgid,
                                       report.tgid_values)
 

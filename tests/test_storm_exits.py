@@ -1,0 +1,85 @@
+"""A storm's exits: the first process goes through spawn and exit, the others are repeats of
+it. A repeat must be what spawning and exiting the same process would have reported and sent:
+same record but for pid and clock fields, same bytes on the wire, pids allocated as spawn
+allocates them, CPUs taken in turn."""
+
+from __future__ import annotations
+
+import pytest
+
+from tsemu.emulator.accounting import CLOCK_FIELDS
+from tsemu.emulator.clock import VirtualClock
+from tsemu.emulator.kernel import Kernel
+from tsemu.emulator.profiles import PROFILES
+from tsemu.emulator.tasks import ExitReport, ProcessTable, RepeatExit
+
+
+def _table(profile_name: str = "6.18") -> ProcessTable:
+    table = ProcessTable(VirtualClock(start_ns=5 * 10**9), PROFILES[profile_name], 4)
+    table.spawn(comm="init", pid=1)
+    return table
+
+
+def _one_by_one(table: ProcessTable, count: int, cpus: list[int]) -> list[ExitReport]:
+    return [table.exit_task(table.spawn(comm="storm", cpu=cpus[i % len(cpus)]).tid)
+            for i in range(count)]
+
+
+@pytest.mark.parametrize("profile_name", sorted(PROFILES))
+def test_repeats_are_what_spawn_and_exit_report_and_send(profile_name: str) -> None:
+    stormed, plain = _table(profile_name), _table(profile_name)
+    cpus = [2, 0, 3]
+    reports = stormed.storm_exits(7, cpus)
+    expected = _one_by_one(plain, 7, cpus)
+    assert isinstance(reports[0], ExitReport)
+    assert all(isinstance(r, RepeatExit) for r in reports[1:])
+    assert [(r.cpu, r.tid, r.tgid, r.group_dead, r.tgid_values) for r in reports] == \
+        [(r.cpu, r.tid, r.tgid, r.group_dead, r.tgid_values) for r in expected]
+    kernel = Kernel(stormed, profile=PROFILES[profile_name], nr_cpus=4)
+    for seq, (got, want) in enumerate(zip(reports, expected, strict=True)):
+        # On a virtual clock every process of both runs starts and exits at the same instant.
+        assert got.pid_values == want.pid_values
+        event = (kernel.repeat_exit_event(seq, got) if isinstance(got, RepeatExit)
+                 else kernel.exit_event(seq, got.tid, got.pid_values, got.tgid, None))
+        assert event == kernel.exit_event(seq, want.tid, want.pid_values, want.tgid, None)
+    assert len(stormed) == len(plain) == 1
+    assert stormed.spawn(comm="after").tid == plain.spawn(comm="after").tid
+
+
+def test_repeats_skip_taken_pids_and_leave_nothing_behind() -> None:
+    table = _table()
+    table.spawn(comm="squatter", pid=table.spawn(comm="x").tid + 2)
+    before = {t.tid for t in table}
+    tids = [r.tid for r in table.storm_exits(6, [0])]
+    assert len(set(tids)) == 6 and not set(tids) & before
+    assert {t.tid for t in table} == before
+
+
+def test_the_clock_fields_of_a_repeat_are_its_own() -> None:
+    table = _table()
+    assert isinstance(table.clock, VirtualClock)
+    table.clock.advance(3.0)
+    first, second = table.storm_exits(2, [1])
+    assert isinstance(second, RepeatExit)
+    values = second.pid_values
+    assert [values[n] for n in CLOCK_FIELDS] == list(second.clock)
+    assert values["ac_etime"] == 0 and values["ac_btime"] == table.clock.wall_seconds()
+    assert values["ac_pid"] == values["ac_tgid"] == second.tid != first.tid
+
+
+def test_a_storm_of_nothing_and_bad_cpus() -> None:
+    table = _table()
+    assert table.storm_exits(0, [0]) == []
+    with pytest.raises(ValueError):
+        table.storm_exits(3, [0, 9])
+    assert len(table) == 1
+
+
+def test_a_model_with_a_tgid_record_is_refused() -> None:
+    table = _table()
+    kernel = Kernel(table, profile=PROFILES["6.18"], nr_cpus=4)
+    leader = table.spawn(comm="pair", threads=2)
+    last = table.exit_group(leader.tid)[-1]
+    assert last.tgid_values is not None
+    with pytest.raises(ValueError, match="AGGR_TGID"):
+        kernel.repeat_exit_event(0, RepeatExit(0, 77, last, (0, 0, 0, 0)))
