@@ -38,8 +38,9 @@ import trio
 
 from .rwlock import RWLock
 
-#: deliver(port, data) -> False when the port's socket is gone.
-Deliver = Callable[[int, bytes], bool]
+#: deliver(port, events) offers a run's events to one port, in order, and returns how many it
+#: took before the port's socket turned out to be gone (all of them when it is not).
+Deliver = Callable[[int, list[bytes]], int]
 #: build(seq, exit) -> the event's bytes.
 BuildEvent = Callable[[int, Any], bytes]
 
@@ -152,14 +153,11 @@ class CpuListeners:
                     delivered = 0
                     taken = 0  # exits of the run that found some listener still listed
                     for port in ports:
-                        n = 0
-                        for data in events:
-                            if not deliver(port, data):
-                                # Gone: listed (so heard of) up to this exit, not after.
-                                gone.append(port)
-                                taken = max(taken, n + 1)
-                                break
-                            n += 1
+                        n = deliver(port, events)
+                        if n < len(events):
+                            # Gone: listed (so heard of) up to this exit, not after.
+                            gone.append(port)
+                            taken = max(taken, n + 1)
                         else:
                             taken = len(events)
                         delivered += n

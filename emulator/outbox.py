@@ -209,6 +209,15 @@ class Outbox:
             return False
         return True
 
+    def offer_many(self, messages: list[bytes]) -> int:
+        """`offer` each of `messages` in order; how many were offered before the client
+        turned out to be gone (all of them, when it is not)."""
+        offer = self.offer
+        for n, data in enumerate(messages):
+            if not offer(data):
+                return n
+        return len(messages)
+
     def _overrun(self) -> None:
         self.dropped += 1
         if self.no_enobufs or self.congested:

@@ -448,11 +448,11 @@ class Server:
         return self.kernel.exit_event(seq, report.tid, report.pid_values, report.tgid,
                                       report.tgid_values)
 
-    def _deliver(self, port: int, data: bytes) -> bool:
+    def _deliver(self, port: int, events: list[bytes]) -> int:
         client = self.clients.get(port)
         if client is None:
-            return False
-        return client.outbox.offer(data)
+            return 0
+        return client.outbox.offer_many(events)
 
     async def broadcast(self, report: Any) -> None:
         """Hand one exit (a process table's exit report) to its CPU's broadcast task."""

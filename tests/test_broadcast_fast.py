@@ -239,13 +239,14 @@ class Fake:
     def build(self, seq: int, report: Any) -> bytes:
         return f"{seq}:{report}".encode()
 
-    def deliver(self, port: int, data: bytes) -> bool:
-        seq = int(data.split(b":")[0])
-        if seq >= self.fail_from.get(port, 1 << 40):
-            self.failed.append((port, seq))
-            return False
-        self.log.append((port, data))
-        return True
+    def deliver(self, port: int, events: list[bytes]) -> int:
+        for n, data in enumerate(events):
+            seq = int(data.split(b":")[0])
+            if seq >= self.fail_from.get(port, 1 << 40):
+                self.failed.append((port, seq))
+                return n
+            self.log.append((port, data))
+        return len(events)
 
     def heard(self, port: int) -> list[tuple[int, int]]:
         """(seq, report) of each event `port` got, in order."""
