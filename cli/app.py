@@ -272,7 +272,13 @@ def ctl_storm(
                                              "all).", show_default=False)] = None,
     threads: Annotated[int, typer.Option(min=1, help="Threads per process.")] = 1,
 ) -> None:
-    """N processes exit as fast as the server can send them (load tests)."""
+    """N processes exit as fast as the server can send them (load tests).
+
+    Each is a single-threaded child of init called "storm", spawned and exiting at once with
+    status 0 (an ac_etime of a few microseconds at most), on the CPUs of --cpus in turn;
+    with --threads K each process's threads exit one by one and the last sends the TGID
+    record too. A listener that does not keep up gets ENOBUFS, as from a kernel.
+    """
     reply = _call(socket, "storm", count=count, cpus=cpus, threads=threads)
     typer.echo(f"{reply['exits']} exits in {reply['seconds']:.3f} s "
                f"({reply['rate']:.0f}/s), {reply['deliveries']} deliveries")
