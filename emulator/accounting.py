@@ -104,6 +104,10 @@ KB_MASK = U64_MASK & ~1023
 #: comes from the scheduler's sched_info, the others from the task's delay-accounting block.
 DELAY_CATEGORIES = taskstats_struct.DELAY_CATEGORIES
 _BLOCK_CATEGORIES = DELAY_CATEGORIES[1:]
+#: Each block category's field names: max, min, max timestamp, total, count (spelled once).
+_BLOCK_NAMES: tuple[tuple[str, str, str, str, str], ...] = tuple(
+    (f"{c}_delay_max", f"{c}_delay_min", f"{c}_delay_max_ts", f"{c}_delay_total", f"{c}_count")
+    for c in _BLOCK_CATEGORIES)
 
 #: The I/O counters the kernel rounds down to a multiple of 1024.
 IO_FIELDS: tuple[str, ...] = (
@@ -112,6 +116,9 @@ IO_FIELDS: tuple[str, ...] = (
 )
 
 _ZERO_TIMESPEC: Mapping[str, int] = MappingProxyType({"tv_sec": 0, "tv_nsec": 0})
+#: The ac_flag bits as plain ints (IntFlag arithmetic costs ten times more, on every GET).
+_AFORK, _ASU, _ACORE, _AXSIG = (int(f) for f in (AcFlag.AFORK, AcFlag.ASU, AcFlag.ACORE,
+                                                  AcFlag.AXSIG))
 
 
 # --- the two overflow rules ---------------------------------------------------------------
@@ -161,10 +168,10 @@ def _zero(ctype: str) -> Any:
 
 
 @cache
-def _template(version: int) -> Mapping[str, Any]:
-    """Every field of `version` at zero (fill_stats' memset); ac_pad is left to the codec."""
-    return MappingProxyType({f.name: _zero(f.ctype) for f in FIELDS
-                             if f.since <= version and f.name != "ac_pad"})
+def _template(version: int) -> Values:
+    """Every field of `version` at zero (fill_stats' memset); ac_pad is left to the codec.
+    (A plain dict, copied by `empty_record` and never handed out: a dict copies fastest.)"""
+    return {f.name: _zero(f.ctype) for f in FIELDS if f.since <= version and f.name != "ac_pad"}
 
 
 @cache
@@ -175,7 +182,7 @@ def _absent(version: int) -> tuple[str, ...]:
 
 def empty_record(version: int) -> Values:
     """A record of `version` with every field zero and `version` itself still 0."""
-    return dict(_template(version))
+    return _template(version).copy()
 
 
 def _restrict(values: Values, version: int) -> Values:
@@ -209,27 +216,32 @@ def add_delays(stats: Values, task: Task) -> None:
     cpu_delay_max lower than its leader's)."""
     get = task.counter_map.get
     stamps = task.max_ts_map
-    stats["cpu_run_real_total"] = add_s64_or_zero(
-        stats.get("cpu_run_real_total", 0), _add_u64(get("utime_ns", 0), get("stime_ns", 0)))
-    stats["cpu_scaled_run_real_total"] = add_s64_or_zero(
-        stats.get("cpu_scaled_run_real_total", 0),
-        _add_u64(get("utimescaled_ns", 0), get("stimescaled_ns", 0)))
-    stats["cpu_count"] = _add_u64(stats.get("cpu_count", 0), get("cpu_count", 0))
+    have = stats.get
+    # Every GET computes this: the sums take the overflow rules' functions only when they
+    # could apply (a sum past 2**63 - 1 for the s64 rule, past 2**64 - 1 for the u64 one);
+    # below that, both rules give the plain sum.
+    for name, value in (
+            ("cpu_run_real_total", _add_u64(get("utime_ns", 0), get("stime_ns", 0))),
+            ("cpu_scaled_run_real_total",
+             _add_u64(get("utimescaled_ns", 0), get("stimescaled_ns", 0))),
+            ("cpu_delay_total", get("cpu_delay_total", 0)),
+            ("cpu_run_virtual_total", get("cpu_run_virtual_total", 0))):
+        old = have(name, 0)
+        total = old + value
+        stats[name] = total if total < _S64_SIGN else add_s64_or_zero(old, value)
+    stats["cpu_count"] = _add_u64(have("cpu_count", 0), get("cpu_count", 0))
     stats["cpu_delay_max"] = get("cpu_delay_max", 0)
     stats["cpu_delay_min"] = get("cpu_delay_min", 0)
     stats["cpu_delay_max_ts"] = _timespec(stamps, "cpu_delay_max_ts")
-    stats["cpu_delay_total"] = add_s64_or_zero(
-        stats.get("cpu_delay_total", 0), get("cpu_delay_total", 0))
-    stats["cpu_run_virtual_total"] = add_s64_or_zero(
-        stats.get("cpu_run_virtual_total", 0), get("cpu_run_virtual_total", 0))
-    for cat in _BLOCK_CATEGORIES:
-        total = f"{cat}_delay_total"
-        count = f"{cat}_count"
-        stats[f"{cat}_delay_max"] = get(f"{cat}_delay_max", 0)
-        stats[f"{cat}_delay_min"] = get(f"{cat}_delay_min", 0)
-        stats[f"{cat}_delay_max_ts"] = _timespec(stamps, f"{cat}_delay_max_ts")
-        stats[total] = add_u64_or_zero(stats.get(total, 0), get(total, 0))
-        stats[count] = _add_u64(stats.get(count, 0), get(count, 0))
+    for max_name, min_name, ts_name, total_name, count_name in _BLOCK_NAMES:
+        stats[max_name] = get(max_name, 0)
+        stats[min_name] = get(min_name, 0)
+        stats[ts_name] = _timespec(stamps, ts_name) if stamps else _ZERO_TIMESPEC
+        old = have(total_name, 0)
+        value = get(total_name, 0)
+        total = old + value
+        stats[total_name] = total if total <= U64_MASK else add_u64_or_zero(old, value)
+        stats[count_name] = (have(count_name, 0) + get(count_name, 0)) & U64_MASK
 
 
 #: The fields of a PID record that move with the clock alone, in `clock_fields` order: all
@@ -261,14 +273,14 @@ def fill_basic(stats: Values, task: Task, *, leader_start_ns: int, now_ns: int,
         stats["ac_exitcode"] = task.exit_code
     flag = 0
     if task.is_leader and task.forked_no_exec:
-        flag |= AcFlag.AFORK
+        flag |= _AFORK
     if task.superuser:
-        flag |= AcFlag.ASU
+        flag |= _ASU
     if task.dumped_core:
-        flag |= AcFlag.ACORE
+        flag |= _ACORE
     if task.signaled:
-        flag |= AcFlag.AXSIG
-    stats["ac_flag"] = int(flag)
+        flag |= _AXSIG
+    stats["ac_flag"] = flag
     stats["ac_nice"] = task.nice & 0xFF
     stats["ac_sched"] = task.policy
     stats["ac_pid"] = task.tid

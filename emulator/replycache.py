@@ -10,8 +10,15 @@ the table computes with the same rule as the full record.
 
 A change anywhere in the table drops every kept reply (a generation is cheap to compare,
 and working out which records a change touches would be a second copy of the accounting
-rules). The number kept is bounded, so a client walking 100,000 pids does not double the
-server's memory.
+rules).
+
+Only a few replies are kept (`DEFAULT_LIMIT`, the oldest going first): what is asked again
+and again in a loop is a handful of pids (getdelays on one process, a monitor on the few it
+watches), and a small cache costs the same memory and gives the same answer times whatever
+the size of the table. Keeping a reply for every task would cost some 700 bytes per task,
+and it would make GETs over a large table slower than over a small one, which a client
+walking all pids would see (`make bench` checks that GET latency does not grow with the
+table).
 """
 
 from __future__ import annotations
@@ -23,8 +30,8 @@ from tsemu.wire.taskstats_struct import TaskstatsLayout
 
 from .accounting import CLOCK_FIELDS
 
-#: Replies kept at most; past it the lot is dropped and refilled by the next GETs.
-DEFAULT_LIMIT = 4096
+#: Replies kept at most; past it the oldest goes.
+DEFAULT_LIMIT = 64
 
 
 class VersionedTable(Protocol):
@@ -72,7 +79,7 @@ class PidReplyCache:
             if data is None:  # the layout's own build: nested fields, or it raises why not
                 data = template.build(seq, portid, tid, self._layout.build(values))
             if len(replies) >= self._limit:
-                replies.clear()
+                del replies[next(iter(replies))]
             replies[tid] = data
             return data
         clock = table.pid_clock_fields(tid)

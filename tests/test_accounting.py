@@ -456,3 +456,45 @@ def test_golden_exit_2_thread_scenario(golden: dict[str, Any]) -> None:
     assert last.pid_values["ac_tgetime"] == lv["ac_etime"]
     assert layout(16).build({**last.tgid_values, "ac_etime": tv["ac_etime"]}) == tgid_rec.stats
     assert last.tgid_values["ac_etime"] == lv["ac_etime"] + wv["ac_etime"]
+
+
+# -- add_delays' no-overflow shortcut against the rules spelled out --------------------------
+
+_SUMS = st.integers(0, 2**64 - 1) | st.integers(2**63 - 10, 2**63 + 10) | st.integers(0, 100)
+
+
+def _add_delays_by_the_rules(stats: dict[str, Any], task: Task) -> None:
+    """delayacct_add_tsk as the module docstring tables it, every sum through its rule."""
+    get = task.counter_map.get
+    s64, u64 = accounting.add_s64_or_zero, accounting.add_u64_or_zero
+    for name, value in (
+            ("cpu_run_real_total", (get("utime_ns", 0) + get("stime_ns", 0)) % 2**64),
+            ("cpu_scaled_run_real_total",
+             (get("utimescaled_ns", 0) + get("stimescaled_ns", 0)) % 2**64),
+            ("cpu_delay_total", get("cpu_delay_total", 0)),
+            ("cpu_run_virtual_total", get("cpu_run_virtual_total", 0))):
+        stats[name] = s64(stats.get(name, 0), value)
+    for cat in accounting.DELAY_CATEGORIES:
+        stats[f"{cat}_count"] = (stats.get(f"{cat}_count", 0) + get(f"{cat}_count", 0)) % 2**64
+        for kind in ("max", "min"):
+            stats[f"{cat}_delay_{kind}"] = get(f"{cat}_delay_{kind}", 0)
+        if cat != "cpu":
+            stats[f"{cat}_delay_total"] = u64(stats.get(f"{cat}_delay_total", 0),
+                                              get(f"{cat}_delay_total", 0))
+
+
+@given(st.data())
+def test_add_delays_sums_as_the_overflow_rules_do(data: st.DataObject) -> None:
+    table = ProcessTable(VirtualClock(), P618, nr_cpus=2)
+    names = [n for n in COUNTERS if n.endswith(("_total", "_count", "_ns", "_max", "_min"))
+             and not n.endswith("_max_ts")]
+    counters = data.draw(st.dictionaries(st.sampled_from(names), _SUMS, max_size=12))
+    start = data.draw(st.dictionaries(st.sampled_from(
+        [n for n in accounting.empty_record(16) if n.endswith(("_total", "_count"))]),
+        _SUMS, max_size=12))
+    task = table.spawn(comm="sum", counters=counters)
+    got = accounting.empty_record(16) | start
+    want = dict(got)
+    accounting.add_delays(got, task)
+    _add_delays_by_the_rules(want, task)
+    assert {k: v for k, v in got.items() if not k.endswith("_max_ts")} == want

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from tsemu.emulator.clock import VirtualClock
 from tsemu.emulator.kernel import Kernel, Send, Sender
 from tsemu.emulator.profiles import PROFILES
+from tsemu.emulator.replycache import DEFAULT_LIMIT
 from tsemu.emulator.tasks import NoSuchTask, ProcessTable
 from tsemu.wire import TaskstatsType, encode_taskstats_get, layout
 from tsemu.wire.taskstats import ReplyTemplate
@@ -145,3 +146,17 @@ def test_a_patch_is_a_build_with_those_values(version: int) -> None:
         template.patcher(names)(base, 2**32, 1, 1, *values)
     with pytest.raises(KeyError, match="no field"):
         template.patcher(["no_such_field"])
+
+
+def test_the_oldest_reply_goes_when_the_cache_is_full() -> None:
+    table, kernel = _machine("6.18")
+    cache = kernel._pid_cache
+    assert cache is not None
+    tids = [table.spawn(comm=f"t{i}").tid for i in range(DEFAULT_LIMIT + 1)]
+    for tid in tids:
+        _answers(kernel, tid, 1)
+    assert list(cache._replies) == tids[1:]
+    _answers(kernel, tids[-1], 2)
+    assert cache.hits == 1
+    _answers(kernel, tids[0], 3)  # gone: packed again, pushing out the next oldest
+    assert cache.hits == 1 and tids[1] not in cache._replies
