@@ -3,8 +3,10 @@
 What lives here: the scenario file format (this docstring is its reference), the reader that
 turns a file into a fully checked `Scenario`, and the two functions that carry a scenario out on
 a `ProcessTable`: `build_table` (the machine at the scenario's start) and `apply_event` (one
-timeline action). What must not: the rules of the process table itself (`tasks`), accounting
-(`accounting`), time keeping (`clock`), sockets and trio (`server`, `runner`).
+timeline action). Beside it: how each kind of value is read (`scenario_values`) and how the
+TOML is parsed (`scenario_toml`). What must not: the rules of the process table itself
+(`tasks`), accounting (`accounting`), time keeping (`clock`), sockets and trio (`server`,
+`runner`).
 
 Theory of operation. Reading is all-or-nothing: `parse_scenario` checks every key, then *plays
 the whole timeline* on a private process table with a virtual clock, so that every pid a
@@ -16,13 +18,17 @@ each naming the file, the key path (`process[2].delays.blkio.total`, indexes cou
 in file order, with the line where that entry begins) or the line and column of a TOML syntax
 error, and the problem.
 
-Big scenarios (100,000 processes) are read in one pass and built once. The table the check
-builds at the scenario's start (with a virtual clock) is kept in the `Scenario`, and the first
-`build_table` takes it instead of building it again. Nothing of the TOML document outlives the
-reading: every value kept is a copy (equal values shared), since a single object left alive
-would keep the allocator's whole arena of the document resident; the file's text is kept
-zlib-compressed, for `with_overrides`. Specs hold their counters as `tasks.FrozenCounters`,
-which the tasks made from them share until they change.
+Big scenarios (100,000 processes) are read in one pass and built once. The TOML is parsed by
+a compiled parser when there is one (`scenario_toml`: toml-rs, ten times tomllib's speed,
+the same document), by tomllib otherwise, and for every TOML error, which tomllib words. The
+[[process]] tables of the usual kind are read by `_QuickProcess`, without the readers'
+bookkeeping; any other by the readers, which report what is wrong.
+The table the check builds at the scenario's start (with a virtual clock) is kept in the
+`Scenario`, and the first `build_table` takes it instead of building it again. Nothing of the
+TOML document outlives the reading: every value kept is a copy (equal values shared), since a
+single object left alive would keep the allocator's whole arena of the document resident; the
+file's text is kept zlib-compressed, for `with_overrides`. Specs hold their counters as
+`tasks.FrozenCounters`, which the tasks made from them share until they change.
 
 The format
 ==========
@@ -324,10 +330,7 @@ from __future__ import annotations
 
 import array
 import contextlib
-import contextvars
 import dataclasses
-import datetime as dt
-import difflib
 import functools
 import gc
 import math
@@ -345,16 +348,42 @@ from typing import Any, NamedTuple, TypeVar
 
 from tsemu.wire import WireError, parse_cpulist
 
-from . import accounting
+from . import accounting, scenario_toml
 from .clock import DEFAULT_BOOT_WALL_SECONDS, NSEC_PER_SEC, RealClock, VirtualClock
 from .families import DEFAULT_TASKSTATS_ID, FamilyTable
 from .profiles import PROFILES, KernelProfile
+from .scenario_values import (
+    _SIGNALS,
+    _VALUES,
+    DURATION_MAX,
+    _Bad,
+    _boolean,
+    _boot_seconds,
+    _cgroup,
+    _comm,
+    _device,
+    _integer,
+    _nice,
+    _ranged,
+    _show,
+    _string,
+    _suggest,
+    _thread_count,
+    _timestamp,
+    _toml_type,
+    _u32,
+    _u64,
+    format_duration,
+    parse_duration,
+    parse_size,
+    policy_number,
+    signal_number,
+    task_state,
+)
 from .tasks import (
-    COMM_MAX,
     COUNTERS,
     PID_MAX_LIMIT,
     RESERVED_PIDS,
-    SIGNAL_MAX,
     U32_MAX,
     U64_MAX,
     ExitReport,
@@ -368,7 +397,7 @@ __all__ = [
     "ACTIONS", "Event", "GENERATOR_KINDS", "Machine", "ProcessSpec", "Scenario",
     "ScenarioError", "ThreadSpec", "apply_event", "build_table", "default_scenario",
     "format_duration", "load_scenario", "parse_counter_value", "parse_duration",
-    "parse_scenario", "parse_size", "play", "policy_number", "signal_number",
+    "parse_scenario", "parse_size", "play", "policy_number", "signal_number", "task_state",
 ]
 
 T = TypeVar("T")
@@ -379,8 +408,6 @@ ACTIONS: tuple[str, ...] = ("spawn", "clone", "set", "add", "move", "exit", "exi
 GENERATOR_KINDS: tuple[str, ...] = ("short_jobs",)
 #: At most this many generated jobs per scenario, all generators together.
 MAX_JOBS = 100_000
-#: The longest duration a scenario can name (the kernel's ktime is an s64 of ns).
-DURATION_MAX = 2**63 - 1
 DEFAULT_START_NS = 100 * NSEC_PER_SEC
 DEFAULT_SOURCE = "<string>"
 DEFAULT_SCENARIO_RESOURCE = "default_scenario.toml"
@@ -396,10 +423,6 @@ class ScenarioError(ValueError):
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems: tuple[str, ...] = tuple(problems)
         super().__init__("\n".join(self.problems))
-
-
-class _Bad(ValueError):
-    """One value's problem, without its key path (the reader adds that)."""
 
 
 class _Problems:
@@ -473,389 +496,6 @@ def _entry_lines(text: str) -> dict[str, int]:
             lines[f"{process}.thread[{threads}]"] = number
             threads += 1
     return lines
-
-
-def _toml_type(value: object) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, dt.datetime):
-        return "a date-time"
-    if isinstance(value, dt.date):
-        return "a date"
-    if isinstance(value, dt.time):
-        return "a time"
-    return type(value).__name__
-
-
-def _show(value: object) -> str:
-    text = f'"{value}"' if isinstance(value, str) else repr(value)
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    return text if len(text) <= 48 else text[:45] + "..."
-
-
-def _suggest(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    if close:
-        return f"did you mean {_show(close[0])}?"
-    return f"expected one of: {', '.join(choices)}"
-
-
-# --- values ----------------------------------------------------------------------------------
-
-_DURATION_UNITS: Mapping[str, int] = MappingProxyType({
-    "ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": NSEC_PER_SEC,
-    "m": 60 * NSEC_PER_SEC, "min": 60 * NSEC_PER_SEC, "h": 3600 * NSEC_PER_SEC,
-    "d": 86400 * NSEC_PER_SEC,
-})
-_DURATION_PART = re.compile(
-    r"\s*(\d+(?:\.\d+)?|\.\d+)\s*(ns|us|µs|μs|ms|min|s|m|h|d)(?![A-Za-zµμ])")
-_SIZE_UNITS: Mapping[str, int] = MappingProxyType({
-    "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4,
-})
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*([A-Za-z]*)\s*")
-#: The common forms, read without Fraction: one part, a number of at most 18 digits before
-#: and after the point (longer ones take the general path, which bounds them the same way).
-_SIMPLE_DURATION = re.compile(r"(\d{1,18})(?:\.(\d{1,18}))?\s*(ns|us|µs|μs|ms|min|s|m|h|d)")
-
-
-# Values kept from a TOML document are copies, never the document's own objects: the
-# document of a big scenario fills hundreds of the allocator's 1 MiB arenas, and one object
-# still alive in an arena keeps the whole arena resident after the document is dropped
-# (keeping only the 100,000 pid integers of a 100,000-process document keeps all of its
-# 220 MB). `_integer` and `_string`, which every reading of an integer or a string goes
-# through, hand out copies; strings are shared by value while a document is read.
-
-#: While a document is read: the copies of the integers and strings read from it, by value,
-#: so that equal values are one object (the same "5ms" in every process, say).
-_VALUES: contextvars.ContextVar[dict[int | str, Any] | None] = contextvars.ContextVar(
-    "tsemu_scenario_values", default=None)
-
-
-def _own_int(value: int) -> int:
-    """`value` as an object of its own, one per distinct integer of the document being read
-    (small integers are the interpreter's; as it is outside a reading)."""
-    if -5 <= value <= 256:
-        return value
-    values = _VALUES.get()
-    if values is None:
-        return value
-    shared: int | None = values.get(value)
-    if shared is None:
-        shared = value + 0
-        values[shared] = shared
-    return shared
-
-
-def _own_str(value: str) -> str:
-    """`value` as a copy of its own, one per distinct string of the document being read (as
-    it is outside a reading: a control request's values)."""
-    values = _VALUES.get()
-    if values is None:
-        return value
-    shared: str | None = values.get(value)
-    if shared is None:
-        shared = value.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
-        values[shared] = shared
-    return shared
-
-
-def _integer(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _Bad(f"expected an integer, got {_toml_type(value)} {_show(value)}")
-    return _own_int(value)
-
-
-def _ranged(low: int, high: int) -> Callable[[object], int]:
-    def convert(value: object) -> int:
-        number = _integer(value)
-        if number < 0 <= low:
-            raise _Bad(f"must not be negative (got {number})")
-        if not low <= number <= high:
-            raise _Bad(f"{number} is out of range {low}..{high}")
-        return number
-    return convert
-
-
-_u32 = _ranged(0, U32_MAX)
-_u64 = _ranged(0, U64_MAX)
-_nice = _ranged(-20, 19)
-_thread_count = _ranged(1, 100_000)
-
-
-def _boolean(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise _Bad(f"expected true or false, got {_toml_type(value)} {_show(value)}")
-    return value
-
-
-def _string(value: object) -> str:
-    if not isinstance(value, str):
-        raise _Bad(f"expected a string, got {_toml_type(value)} {_show(value)}")
-    return _own_str(value)
-
-
-def parse_duration(value: object) -> int:
-    """A duration in nanoseconds: an integer (ns) or a string with units ("1.5s", "1m30s",
-    "250us", "3µs"). ValueError saying what is wrong otherwise."""
-    if isinstance(value, float):
-        raise _Bad(f"a float ({value!r}) is not a duration: write an integer of nanoseconds "
-                   f'or a string with a unit, like "{value!r}s"')
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 0:
-            raise _Bad(f"a duration must not be negative (got {value})")
-        if value > DURATION_MAX:
-            raise _Bad(f"{value} ns is too long (at most {DURATION_MAX})")
-        return _own_int(value)
-    if not isinstance(value, str):
-        raise _Bad(f"expected a duration (integer nanoseconds or a string like \"3ms\"), "
-                   f"got {_toml_type(value)} {_show(value)}")
-    text = value.strip()
-    simple = _SIMPLE_DURATION.fullmatch(text)
-    if simple is not None:  # one part, a short number: integer arithmetic
-        whole, decimals, unit = simple.groups()
-        if decimals is None:
-            ns = int(whole) * _DURATION_UNITS[unit]
-            if ns <= DURATION_MAX:
-                return _own_int(ns)
-        else:
-            scaled, rest = divmod(int(whole + decimals) * _DURATION_UNITS[unit],
-                                  10 ** len(decimals))
-            if not rest and scaled <= DURATION_MAX:
-                return _own_int(scaled)
-        # too long, or not whole: the general reading below says so
-    if not text:
-        raise _Bad('an empty string is not a duration (write e.g. "0s")')
-    if text.startswith("-"):
-        raise _Bad(f"{_show(value)}: a duration must not be negative")
-    total = Fraction(0)
-    pos = 0
-    while pos < len(text):
-        match = _DURATION_PART.match(text, pos)
-        if match is None:
-            rest = text[pos:].strip()
-            if re.fullmatch(r"\d+(?:\.\d+)?", rest):
-                problem = f"{_show(rest)} has no unit"
-            else:
-                problem = f"cannot read {_show(rest)}"
-            raise _Bad(f"{_show(value)} is not a duration: {problem} (units: ns, us, µs, ms, "
-                       "s, m, min, h, d)")
-        total += Fraction(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if total.denominator != 1:
-        raise _Bad(f"{_show(value)} is not a whole number of nanoseconds")
-    if total > DURATION_MAX:
-        raise _Bad(f"{_show(value)} is too long (at most {DURATION_MAX} ns)")
-    return _own_int(int(total))
-
-
-def format_duration(ns: int) -> str:
-    """`ns` as the shortest exact duration string `parse_duration` reads back ("1500ms")."""
-    if ns == 0:
-        return "0s"
-    for unit in ("h", "m", "s", "ms", "us"):
-        size = _DURATION_UNITS[unit]
-        if ns % size == 0:
-            return f"{ns // size}{unit}"
-    return f"{ns}ns"
-
-
-def parse_size(value: object, unit: str = "B") -> int:
-    """A size in `unit` ("B" or "KiB"): an integer in that unit, or a string with a binary unit
-    ("4KiB", "1.5MiB", "2GiB"), rounded down to a whole number of `unit`."""
-    scale = _SIZE_UNITS[unit]
-    if isinstance(value, int) and not isinstance(value, bool):
-        return _u64(value)
-    if not isinstance(value, str):
-        raise _Bad(f"expected a size (an integer of {unit} or a string like \"4KiB\"), got "
-                   f"{_toml_type(value)} {_show(value)}")
-    match = _SIZE.fullmatch(value)
-    if match is None:
-        raise _Bad(f"{_show(value)} is not a size (like \"512B\", \"4KiB\", \"1.5GiB\")")
-    number, suffix = match.groups()
-    if not suffix:
-        raise _Bad(f"{_show(value)} has no unit: write an integer of {unit}, or add B, KiB, "
-                   "MiB, GiB or TiB")
-    if suffix not in _SIZE_UNITS:
-        hint = _suggest(suffix, list(_SIZE_UNITS))
-        if suffix.upper() in ("K", "KB", "M", "MB", "G", "GB", "T", "TB"):
-            hint = "use binary units: B, KiB, MiB, GiB, TiB"
-        raise _Bad(f"{_show(value)}: unknown size unit {_show(suffix)}; {hint}")
-    whole, _, decimals = number.partition(".")
-    if len(whole) <= 18 and len(decimals) <= 18:  # integer arithmetic, exactly the floor
-        return _u64(int(whole + decimals or "0") * _SIZE_UNITS[suffix]
-                    // (10 ** len(decimals) * scale))
-    amount = Fraction(number) * _SIZE_UNITS[suffix] / scale
-    return _u64(math.floor(amount))
-
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
-def _datetime(value: object) -> dt.datetime:
-    if isinstance(value, str):
-        try:
-            value = dt.datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise _Bad(f"{_show(value)} is not an RFC 3339 date-time "
-                       "(like 2024-01-01T00:00:00Z)") from None
-    if isinstance(value, dt.datetime):
-        return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
-    raise _Bad(f"expected a date-time (like 2024-01-01T00:00:00Z), got {_toml_type(value)} "
-               f"{_show(value)}")
-
-
-def _epoch_timespec(value: dt.datetime) -> tuple[int, int]:
-    micros = (value - _EPOCH) // dt.timedelta(microseconds=1)
-    seconds, rest = divmod(micros, 1_000_000)
-    return seconds, rest * 1000
-
-
-def _boot_seconds(value: object) -> int:
-    seconds = _epoch_timespec(_datetime(value))[0]
-    if not 0 <= seconds <= 2**63 - 1:
-        raise _Bad(f"{_show(value)} is before 1970 or too far ahead")
-    return seconds
-
-
-def _timestamp(boot_wall_seconds: int) -> Callable[[object], tuple[int, int]]:
-    """A `<cat>_delay_max_ts` value: [tv_sec, tv_nsec], a date-time, or a duration since boot."""
-    def convert(value: object) -> tuple[int, int]:
-        if isinstance(value, list):
-            if len(value) != 2:
-                raise _Bad(f"expected [tv_sec, tv_nsec], got an array of {len(value)}")
-            sec = _ranged(-(2**63), 2**63 - 1)(value[0])
-            nsec = _ranged(0, 999_999_999)(value[1])
-            return sec, nsec
-        if isinstance(value, (dt.datetime, dt.date, dt.time)) or (
-                isinstance(value, str) and re.match(r"\s*\d{4}-\d\d-\d\d", value)):
-            return _epoch_timespec(_datetime(value))
-        try:
-            since_boot = parse_duration(value)
-        except _Bad:
-            raise _Bad(f"expected a date-time, a duration since boot or [tv_sec, tv_nsec], "
-                       f"got {_toml_type(value)} {_show(value)}") from None
-        seconds, nsec = divmod(since_boot, NSEC_PER_SEC)
-        return boot_wall_seconds + seconds, nsec
-    return convert
-
-
-def _comm(value: object) -> str:
-    text = _string(value)
-    if not text:
-        raise _Bad("comm must not be empty")
-    if "\0" in text:
-        raise _Bad("comm must not contain NUL")
-    raw = text.encode("utf-8", "replace")
-    if len(raw) > COMM_MAX:
-        kept = raw[:COMM_MAX].decode("utf-8", "replace")
-        raise _Bad(f"{_show(text)} is {len(raw)} bytes; the kernel keeps {COMM_MAX} "
-                   f"(TASK_COMM_LEN - 1): write {_show(kept)}")
-    return text
-
-
-def _cgroup(value: object) -> str:
-    text = _string(value)
-    parts = text.split("/")
-    if not text.startswith("/") or "\0" in text or (
-            text != "/" and any(p in ("", ".", "..") for p in parts[1:])):
-        raise _Bad(f"{_show(text)} is not a cgroup path: write an absolute path below the "
-                   'hierarchy\'s root, like "/system.slice/nginx.service"')
-    return text
-
-
-_STATES = tuple(s.value for s in TaskState if s is not TaskState.ZOMBIE)
-_STATE_NAMED: Mapping[str, TaskState] = MappingProxyType({name: TaskState(name)
-                                                          for name in _STATES})
-
-
-def task_state(value: object) -> TaskState:
-    text = _string(value)
-    state = _STATE_NAMED.get(text) or _STATE_NAMED.get(text.lower())
-    if state is not None:
-        return state
-    if text.lower() == "zombie":
-        raise _Bad("a task becomes a zombie by exiting (a leader whose threads live on); "
-                   f"choose one of {', '.join(_STATES)}")
-    raise _Bad(f"unknown state {_show(text)}; {_suggest(text.lower(), _STATES)}")
-
-
-_POLICIES: Mapping[str, int] = MappingProxyType({
-    "SCHED_OTHER": 0, "SCHED_NORMAL": 0, "SCHED_FIFO": 1, "SCHED_RR": 2, "SCHED_BATCH": 3,
-    "SCHED_IDLE": 5, "SCHED_DEADLINE": 6, "SCHED_EXT": 7,
-})
-
-
-def policy_number(value: object) -> int:
-    """A scheduling policy (ac_sched) from a number 0-255 or a name ("SCHED_FIFO", "fifo")."""
-    if isinstance(value, str):
-        name = value.strip().upper()
-        if not name.startswith("SCHED_"):
-            name = "SCHED_" + name
-        if name in _POLICIES:
-            return _POLICIES[name]
-        raise _Bad(f"unknown policy {_show(value)}; {_suggest(name, list(_POLICIES))}")
-    if isinstance(value, int) and not isinstance(value, bool):
-        return _ranged(0, 255)(value)
-    raise _Bad(f"expected a policy number or name, got {_toml_type(value)} {_show(value)}")
-
-
-#: x86_64 signal numbers (the numbers exit codes carry).
-_SIGNALS: Mapping[str, int] = MappingProxyType({
-    "SIGHUP": 1, "SIGINT": 2, "SIGQUIT": 3, "SIGILL": 4, "SIGTRAP": 5, "SIGABRT": 6,
-    "SIGIOT": 6, "SIGBUS": 7, "SIGFPE": 8, "SIGKILL": 9, "SIGUSR1": 10, "SIGSEGV": 11,
-    "SIGUSR2": 12, "SIGPIPE": 13, "SIGALRM": 14, "SIGTERM": 15, "SIGSTKFLT": 16,
-    "SIGCHLD": 17, "SIGCONT": 18, "SIGSTOP": 19, "SIGTSTP": 20, "SIGTTIN": 21, "SIGTTOU": 22,
-    "SIGURG": 23, "SIGXCPU": 24, "SIGXFSZ": 25, "SIGVTALRM": 26, "SIGPROF": 27,
-    "SIGWINCH": 28, "SIGIO": 29, "SIGPOLL": 29, "SIGPWR": 30, "SIGSYS": 31,
-    "SIGRTMIN": 34, "SIGRTMAX": SIGNAL_MAX,
-})
-
-
-def signal_number(value: object) -> int:
-    """A signal number 1-64 from a number or a name ("SIGKILL", "kill", "9", "SIGRTMIN+3")."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return _ranged(1, SIGNAL_MAX)(value)
-    if not isinstance(value, str):
-        raise _Bad(f"expected a signal number or name, got {_toml_type(value)} {_show(value)}")
-    name = value.strip().upper()
-    if name.isdigit():
-        return _ranged(1, SIGNAL_MAX)(int(name))
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    match = re.fullmatch(r"(SIGRTMIN|SIGRTMAX)([+-])(\d{1,2})", name)
-    if match:
-        base, sign, offset = match.groups()
-        number = _SIGNALS[base] + int(offset) * (1 if sign == "+" else -1)
-        if _SIGNALS["SIGRTMIN"] <= number <= SIGNAL_MAX:
-            return number
-        raise _Bad(f"{_show(value)} is outside SIGRTMIN..SIGRTMAX (34..64)")
-    if name in _SIGNALS:
-        return _SIGNALS[name]
-    raise _Bad(f"unknown signal {_show(value)}; {_suggest(name, list(_SIGNALS))}")
-
-
-def _device(value: object) -> int:
-    """ac_exe_dev: an integer as the kernel encodes it, or "MAJOR:MINOR" (huge_encode_dev)."""
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", value)
-        if match is None:
-            raise _Bad(f"{_show(value)} is not a device: write \"MAJOR:MINOR\" or an integer")
-        major, minor = int(match.group(1)), int(match.group(2))
-        if major >= 1 << 12 or minor >= 1 << 20:
-            raise _Bad(f"{_show(value)}: major must be below 4096 and minor below 1048576")
-        return (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
-    return _u64(value)
 
 
 # --- counters --------------------------------------------------------------------------------
@@ -1081,14 +721,21 @@ class _Reader:
             return []
         readers = []
         for i, entry in enumerate(value):
-            if not isinstance(entry, dict):
-                self.problems.add(f"{self.sub(key)}[{i}]",
-                                  f"expected a table, got {_toml_type(entry)} {_show(entry)}")
-                self._mark()
-                continue
-            readers.append(_Reader(self.problems, entry, None, keys, parent=self, key=key,
-                                   index=i))
+            reader = self.entry(key, i, entry, keys)
+            if reader is not None:
+                readers.append(reader)
         return readers
+
+    def entry(self, key: str, index: int, entry: object, keys: Sequence[str]
+              ) -> _Reader | None:
+        """A reader for entry `index` of the array of tables at `key`; None (reported) if
+        the entry is not a table."""
+        if not isinstance(entry, dict):
+            self.problems.add(f"{self.sub(key)}[{index}]",
+                              f"expected a table, got {_toml_type(entry)} {_show(entry)}")
+            self._mark()
+            return None
+        return _Reader(self.problems, entry, None, keys, parent=self, key=key, index=index)
 
 
 # --- the parsed form -------------------------------------------------------------------------
@@ -1191,6 +838,46 @@ class ProcessSpec:
         return dataclasses.replace(self, pid=pid, threads=threads)
 
 
+#: ProcessSpec's fields, in order, each with its slot's setter (`_new_process_spec`).
+_SPEC_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ProcessSpec))
+(_set_pid, _set_comm, _set_ppid, _set_uid, _set_gid, _set_cgroup, _set_state, _set_cpu,
+ _set_age_ns, _set_nice, _set_policy, _set_forked_no_exec, _set_superuser, _set_counters,
+ _set_threads) = (getattr(ProcessSpec, name).__set__ for name in _SPEC_FIELDS)
+
+
+def _new_process_spec(pid: int | None, comm: str, ppid: int, uid: int, gid: int,
+                      cgroup: str | None,
+                      state: TaskState, cpu: int, age_ns: int, nice: int, policy: int,
+                      forked_no_exec: bool, superuser: bool,
+                      counters: Mapping[str, int | tuple[int, int]],
+                      threads: tuple[ThreadSpec, ...]) -> ProcessSpec:
+    """ProcessSpec(...) of checked values, filled slot by slot: the same object, made three
+    times faster than through the frozen dataclass's __init__ (which sets each field through
+    object.__setattr__): that counts when a scenario has 100,000 processes. (`pid` None:
+    automatic, until the simulation fills it in, as for the readers' specs.)"""
+    spec: ProcessSpec = object.__new__(ProcessSpec)
+    _set_pid(spec, pid)
+    _set_comm(spec, comm)
+    _set_ppid(spec, ppid)
+    _set_uid(spec, uid)
+    _set_gid(spec, gid)
+    _set_cgroup(spec, cgroup)
+    _set_state(spec, state)
+    _set_cpu(spec, cpu)
+    _set_age_ns(spec, age_ns)
+    _set_nice(spec, nice)
+    _set_policy(spec, policy)
+    _set_forked_no_exec(spec, forked_no_exec)
+    _set_superuser(spec, superuser)
+    _set_counters(spec, counters)
+    _set_threads(spec, threads)
+    return spec
+
+
+assert _SPEC_FIELDS == tuple(_new_process_spec.__code__.co_varnames[:len(_SPEC_FIELDS)]), (
+    "_new_process_spec takes ProcessSpec's fields, in order")
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One timeline action at `at_ns` nanoseconds after the scenario start.
@@ -1281,13 +968,7 @@ class Scenario:
             raise ValueError("this Scenario was not read from a document: build it anew")
         label = ", ".join(f"{k}={_show(v)}" for k, v in overrides.items())
         applied = {**self.overrides, **overrides}
-        with _collector_paused():
-            document = tomllib.loads(text)
-            machine = document.setdefault("machine", {})
-            machine.update(applied)
-            reading = _read_document(document, f"{self.source} (with {label})", text)
-            del document, machine
-            return _conclude(reading, self.packed_text, applied)
+        return _check_text(text, f"{self.source} (with {label})", applied, self.packed_text)
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -1372,19 +1053,62 @@ class _Context:
 
 def parse_scenario(text: str, source: str = DEFAULT_SOURCE) -> Scenario:
     """Read and check a scenario; ScenarioError listing every problem found."""
+    return _check_text(text, source)
+
+
+def _check_text(text: str, source: str, overrides: Mapping[str, Any] | None = None,
+                packed_text: bytes | None = None) -> Scenario:
+    """Read `text` (with [machine] `overrides`) and check it: the Scenario, or ScenarioError.
+
+    The compiled TOML parser reads the text first (`scenario_toml`), into the document
+    tomllib would make of it, checked as tomllib's would be. The text is read by tomllib
+    instead when the compiled parser does not read it (not there, a text it might read
+    otherwise, or a TOML error: tomllib words it), and, to be safe, when reading its document
+    failed unexpectedly."""
     with _collector_paused():
         try:
-            document = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ScenarioError([_syntax_problem(source, str(exc))]) from None
-        except ValueError as exc:  # e.g. an integer of more than 4300 digits
-            raise ScenarioError([f"{source}: invalid TOML: {exc}"]) from None
-        except RecursionError:
-            raise ScenarioError([f"{source}: invalid TOML: arrays or tables nested too deeply"]
-                                ) from None
-        reading = _read_document(document, source, text)
-        del document  # read: gone before the simulation builds a table
-        return _conclude(reading)
+            reading = _read_text(text, source, overrides, fast=True)
+            if reading is not None:
+                return _conclude(reading, packed_text, overrides)
+        except ScenarioError:
+            raise  # the scenario's problems: the same on either parser's document
+        except Exception:  # noqa: BLE001 - not expected: tomllib's document, then, to be safe
+            pass
+        reading = None  # (the fast reading, if any, gone before the second)
+        reading = _read_text(text, source, overrides, fast=False)
+        assert reading is not None
+        return _conclude(reading, packed_text, overrides)
+
+
+def _read_text(text: str, source: str, overrides: Mapping[str, Any] | None, *, fast: bool
+               ) -> _Reading | None:
+    """The reading of `text`'s document, by the compiled parser (None if it does not read
+    this text) or by tomllib (ScenarioError for a syntax error). The document lives only
+    here: it is gone before the check builds a table, whose tasks then reuse its memory."""
+    if fast:
+        document = scenario_toml.fast_document(text)
+        if document is None:
+            return None
+    else:
+        document = _reference_document(text, source)
+    if overrides:
+        machine = document.setdefault("machine", {})
+        machine.update(overrides)
+        del machine
+    return _read_document(document, source, text)
+
+
+def _reference_document(text: str, source: str) -> dict[str, Any]:
+    """tomllib's document of `text`; ScenarioError saying what is wrong with the TOML."""
+    try:
+        return scenario_toml.reference_document(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError([_syntax_problem(source, str(exc))]) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ScenarioError([f"{source}: invalid TOML: {exc}"]) from None
+    except RecursionError:
+        raise ScenarioError([f"{source}: invalid TOML: arrays or tables nested too deeply"]
+                            ) from None
 
 
 @contextlib.contextmanager
@@ -1737,22 +1461,53 @@ class _Processes(NamedTuple):
 
 
 def _read_processes(ctx: _Context, top: _Reader) -> _Processes:
-    """[[process]]: each valid entry."""
+    """[[process]]: each valid entry.
+
+    As the readers would, in two passes: every entry's reader is made first (which reports
+    the entries that are not tables and the unknown keys), then each entry is read in file
+    order (its values, then whether a pid it writes was written before). An entry of the
+    usual, plainly right kind is read by `_QuickProcess` instead, without a reader: nothing
+    of it would be reported in the first pass, and in the second only a pid written before,
+    for which a reader is made then."""
     read = _Processes([], array.array("q"))
+    entries = top.data.get("process")
+    if type(entries) is not list:
+        top.tables("process", _PROCESS_KEYS)  # none, or not an array (which it reports)
+        return read
+    quick = _QuickProcess(ctx)
+    first: list[ProcessSpec | _Reader | None] = []
+    for index, entry in enumerate(entries):
+        spec = quick.read(entry) if type(entry) is dict else None
+        first.append(spec if spec is not None
+                     else top.entry("process", index, entry, _PROCESS_KEYS))
+    del quick
     seen: set[int] = set()  # the pids written so far, valid entries or not
-    for r in top.tables("process", _PROCESS_KEYS):
-        spec = _read_process(ctx, r, ref_ns=ctx.machine.start_ns, in_timeline=False)
-        for tid, key in _written_tids(r.data):
+    for index, item in enumerate(first):
+        if item is None:
+            continue
+        if type(item) is ProcessSpec:
+            pid = item.pid
+            if pid is None or pid not in seen:
+                if pid is not None:
+                    seen.add(pid)
+                read.specs.append(item)
+                read.indexes.append(index)
+                continue
+            item = top.entry("process", index, entries[index], _PROCESS_KEYS)
+            assert item is not None
+        assert isinstance(item, _Reader)
+        spec = _read_process(ctx, item, ref_ns=ctx.machine.start_ns, in_timeline=False)
+        for tid, key in _written_tids(item.data):
             if tid in seen:
-                r.fail(key, f"pid {tid} is already taken by {_first_taker(top, tid)}")
+                item.fail(key, f"pid {tid} is already taken by {_first_taker(top, tid)}")
                 spec = None
             else:
                 seen.add(tid)
         if spec is None:
-            ctx.drop(r.data.get("pid"))
+            ctx.drop(item.data.get("pid"))
             continue
         read.specs.append(spec)
-        read.indexes.append(r._index)
+        read.indexes.append(index)
     return read
 
 
@@ -1824,6 +1579,316 @@ def _read_process(ctx: _Context, r: _Reader, *, ref_ns: int, in_timeline: bool
         superuser=r.get("superuser", _boolean, False), counters=_frozen(leader_counters),
         threads=tuple(spec_threads))
     return spec if r.ok else None
+
+
+class _QuickProcess:
+    """Reads a [[process]] table of the usual kind, plainly right, into the ProcessSpec
+    `_read_process` would make of it (equal values, shared alike, counters in the same
+    order), without readers or key paths, converting each distinct string of the document
+    ("5ms", "sleeping", a comm) once. `read` answers None for anything else (a table with
+    [[process.thread]] entries, a value it does not plainly accept...): the readers then read
+    that entry and say what is wrong with it. (At 100,000 processes the readers' way costs
+    about 1.5 s, this one a fraction of that.)
+
+    Lives as long as one reading: the caches hold strings of the document as keys."""
+
+    def __init__(self, ctx: _Context) -> None:
+        machine = ctx.machine
+        values = _VALUES.get()
+        assert values is not None, "made while a document is read (_read_document)"
+        self._ctx = ctx
+        self._values: dict[int | str, Any] = values
+        self._pid_max = machine.pid_max
+        self._cpus = machine.cpus
+        self._start_ns = machine.start_ns
+        #: per converter, what each string it was given converts to
+        self._strings: dict[Callable[[object], Any], dict[str, Any]] = {}
+        #: per counter table ("times", or a delay category: "cpu"), per tuple of the keys a
+        #: table of it has, in the order written: its leaves, in the readers' order (None if
+        #: a key is unknown)
+        self._plans: dict[str, dict[tuple[str, ...], tuple[_Leaf, ...] | None]] = {
+            group: {} for group in _QUICK_LEAVES}
+        self._leaf_cache = {kind: self._strings.setdefault(convert, {})
+                            for kind, convert in ctx.converters.items()}
+        self._converters = ctx.converters
+        self._comms: dict[str, str] = self._strings.setdefault(_comm, {})
+        self._states: dict[str, TaskState] = self._strings.setdefault(task_state, {})
+        #: per tuple of a table's keys, in the order written: what `read` makes of it
+        self._shapes: dict[tuple[str, ...], _Shape] = {}
+
+    def read(self, data: dict[str, Any]) -> ProcessSpec | None:
+        """The spec of a [[process]] table, or None (not plainly right: ask the readers).
+        (Written for speed: the usual keys inline, the others through `_rare`.)"""
+        keys = tuple(data)
+        shape = self._shapes.get(keys)
+        if shape is None:
+            shape = self._shapes[keys] = _process_shape(keys)
+        if not shape.quick:
+            return None
+        values = self._values
+        pid = data.get("pid")
+        if pid is not None:
+            if type(pid) is not int or not 0 < pid < self._pid_max:
+                return None
+            if pid > 256:  # `_own_int`, inline (as below)
+                shared = values.get(pid)
+                if shared is None:
+                    shared = pid + 0
+                    values[shared] = shared
+                pid = shared
+        comm = data["comm"]
+        if type(comm) is not str:
+            return None
+        if (known := self._comms.get(comm)) is not None:
+            comm = known
+        elif (comm := self._string(_comm, comm)) is None:
+            return None
+        ppid = data.get("ppid")
+        if ppid is None:
+            ppid = 0 if pid == 1 else 1
+        elif (type(ppid) is not int or not 0 <= ppid <= 256) and (
+                ppid := self._int(ppid, 0, U32_MAX)) is None:
+            return None
+        cpu = data.get("cpu", 0)
+        if (type(cpu) is not int or not 0 <= cpu <= 256) and (
+                cpu := self._int(cpu, 0, U32_MAX)) is None:
+            return None
+        if cpu >= self._cpus:
+            return None
+        state = data.get("state")
+        if state is None:
+            state = TaskState.RUNNING
+        elif type(state) is not str:
+            return None
+        elif (known_state := self._states.get(state)) is not None:
+            state = known_state
+        elif (state := self._string(task_state, state)) is None:
+            return None
+        if shape.rare:
+            rare = self._rare(data)
+            if rare is None:
+                return None
+            uid, gid, cgroup, nice, policy, forked_no_exec, superuser, age, count = rare
+        else:
+            uid = gid = nice = policy = 0
+            cgroup = None
+            forked_no_exec = superuser = False
+            age = self._start_ns
+            count = 1
+        counters: Mapping[str, Any] = _NO_COUNTERS
+        if shape.tables:
+            read = self._counters(data, shape.tables)
+            if read is None:
+                return None
+            if read:
+                counters = FrozenCounters(read)
+        threads: tuple[ThreadSpec, ...] = ()
+        if count > 1:  # plain threads, as the readers make them: one spec for them all
+            threads = (ThreadSpec(tid=None, age_ns=age),) * (count - 1)  # type: ignore[arg-type]
+        if pid is not None:
+            self._ctx.written_pids.append(pid)
+        return _new_process_spec(pid, comm, ppid, uid, gid, cgroup, state, cpu, age, nice,
+                                 policy, forked_no_exec, superuser, counters, threads)
+
+    def _rare(self, data: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """The less usual keys of a process: uid, gid, cgroup, nice, policy,
+        forked_no_exec, superuser, the age (start or age) and the number of threads."""
+        get = data.get
+        uid = self._int(get("uid"), 0, U32_MAX, 0)
+        gid = self._int(get("gid"), 0, U32_MAX, 0)
+        nice = self._int(get("nice"), -20, 19, 0)
+        if uid is None or gid is None or nice is None:
+            return None
+        cgroup = get("cgroup")
+        if cgroup is not None and (cgroup := self._string(_cgroup, cgroup)) is None:
+            return None
+        policy = get("policy")
+        if policy is None:
+            policy = 0
+        elif (policy := self._int(policy, 0, 255) if type(policy) is int
+              else self._string(policy_number, policy)) is None:
+            return None
+        forked_no_exec = get("forked_no_exec", False)
+        superuser = get("superuser", False)
+        if type(forked_no_exec) is not bool or type(superuser) is not bool:
+            return None
+        age = self._age(data)
+        count = self._int(get("threads"), 1, 100_000, 1)
+        if age is None or count is None:
+            return None
+        return uid, gid, cgroup, nice, policy, forked_no_exec, superuser, age, count
+
+    def _own(self, value: int) -> int:
+        """`_own_int`, with the reading's shared values at hand."""
+        if -5 <= value <= 256:
+            return value
+        shared: int | None = self._values.get(value)
+        if shared is None:
+            shared = value + 0
+            self._values[shared] = shared
+        return shared
+
+    def _int(self, value: object, low: int, high: int, default: int | None = None
+             ) -> int | None:
+        """An integer in low..high, owned; `default` if absent (None); None if not so."""
+        if value is None:
+            return default
+        if type(value) is not int or not low <= value <= high:
+            return None
+        return self._own(value)
+
+    def _string(self, convert: Callable[[object], T], value: object) -> T | None:
+        """`convert(value)` for a string, once per distinct string; None if `value` is not
+        a string, or the conversion refuses it."""
+        if type(value) is not str:
+            return None
+        cache = self._strings.get(convert)
+        if cache is None:
+            cache = self._strings[convert] = {}
+        converted = cache.get(value, _MISSING)
+        if converted is _MISSING:
+            try:
+                converted = cache[value] = convert(value)
+            except _Bad:
+                return None
+        result: T = converted
+        return result
+
+    def _duration(self, value: object) -> int | None:
+        if type(value) is int:
+            return self._own(value) if 0 <= value <= DURATION_MAX else None
+        return self._string(parse_duration, value)
+
+    def _age(self, data: Mapping[str, Any]) -> int | None:
+        """`_read_age` of a [[process]] (its default: started at boot)."""
+        ref = self._start_ns
+        if "start" in data:
+            if "age" in data:
+                return None
+            start = self._duration(data["start"])
+            if start is None or start > ref:
+                return None
+            return int(ref - start)
+        if "age" in data:
+            age = self._duration(data["age"])
+            if age is None or age > ref:
+                return None
+            return age
+        return ref
+
+    def _counters(self, data: Mapping[str, Any], tables: tuple[str, ...]
+                  ) -> dict[str, Any] | None:
+        """`_counters_without_problems` of a process's counter `tables` (in the readers'
+        order; mode "set")."""
+        out: dict[str, Any] = {}
+        for group in tables:
+            if group != "delays":
+                if not self._leaves(group, data[group], out):
+                    return None
+                continue
+            delays = data["delays"]
+            if type(delays) is not dict or not _DELAY_CATEGORY_SET.issuperset(delays):
+                return None
+            categories = delays if len(delays) < 2 else [
+                cat for cat in accounting.DELAY_CATEGORIES if cat in delays]
+            for cat in categories:
+                table = delays[cat]
+                if not self._leaves(cat, table, out):
+                    return None
+                if "max" in table:
+                    low, high, total = (out.get(name) for name in _DELAY_ORDER[cat])
+                    if (low is not None and low > high) or (total is not None and high > total):
+                        return None
+        return out
+
+    def _leaves(self, group: str, table: object, out: dict[str, Any]) -> bool:
+        """Read the counters of one table of `group` (a delay category or a table name)
+        into `out`; False at anything not plainly right (an unknown key, a value its
+        converter refuses, a counter given twice)."""
+        if type(table) is not dict:
+            return False
+        plans = self._plans[group]
+        shape = tuple(table)
+        plan = plans.get(shape, _MISSING)
+        if plan is _MISSING:
+            known, leaves = _QUICK_LEAVES[group]
+            plan = plans[shape] = None if not known.issuperset(shape) else tuple(
+                _Leaf(key, counter, _INT_HIGH.get(kind, -1), self._leaf_cache[kind],
+                      self._converters[kind])
+                for key, counter, kind, _ in leaves if key in table)
+        if plan is None:
+            return False
+        values = self._values
+        raw = group == "counters"  # (only a raw table can give a counter twice)
+        for key, counter, high, cache, convert in plan:
+            value = table[key]
+            if type(value) is int and 0 <= value <= high:
+                if not -5 <= value <= 256:  # `_own_int`, inline: this is the hot loop
+                    shared = values.get(value)
+                    if shared is None:
+                        shared = value + 0
+                        values[shared] = shared
+                    value = shared
+            elif type(value) is str and (converted := cache.get(value)) is not None:
+                value = converted
+            else:
+                try:
+                    converted = convert(value)
+                except _Bad:
+                    return False
+                if type(value) is str:
+                    cache[value] = converted
+                value = converted
+            if raw and counter in out:
+                return False
+            out[counter] = value
+        return True
+
+
+class _Leaf(NamedTuple):
+    """One counter of a table, as `_QuickProcess` reads it: its key, its counter, the
+    largest integer it takes as it is (-1: none, it converts every value), and its
+    converter with the strings converted so far."""
+
+    key: str
+    counter: str
+    high: int
+    cache: dict[str, Any]
+    convert: Callable[[object], Any]
+
+
+#: The integers counter values of each kind take as they are (the converter's own range).
+_INT_HIGH: Mapping[str, int] = MappingProxyType({
+    "count": U64_MAX, "bytes": U64_MAX, "kib": U64_MAX, "dev": U64_MAX,
+    "duration": DURATION_MAX})
+#: Per counter table `_QuickProcess` reads: its keys and its leaves, in the readers' order.
+_QUICK_LEAVES: Mapping[str, tuple[frozenset[str], tuple[tuple[str, str, str, str], ...]]] = (
+    MappingProxyType({
+        **{cat: (_DELAY_KEY_SET, leaves) for cat, leaves in _DELAY_LEAVES.items()},
+        **{group: (frozenset(keys), leaves) for group, keys, leaves in _GROUP_LEAVES},
+        "counters": (frozenset(COUNTERS), _RAW_LEAVES),
+    }))
+_PROCESS_KEY_SET = frozenset(_PROCESS_KEYS)
+#: The keys `_QuickProcess.read` leaves to `_rare`.
+_RARE_PROCESS_KEYS = frozenset(("uid", "gid", "cgroup", "nice", "policy", "forked_no_exec",
+                                "superuser", "start", "age", "threads"))
+
+
+class _Shape(NamedTuple):
+    """What `_QuickProcess.read` makes of a [[process]] table's keys: whether it reads such
+    a table at all (every key known, a comm, no [[process.thread]] entries), whether any of
+    the `_RARE_PROCESS_KEYS` is there, and the counter tables there, in the readers' order."""
+
+    quick: bool
+    rare: bool
+    tables: tuple[str, ...]
+
+
+def _process_shape(keys: tuple[str, ...]) -> _Shape:
+    return _Shape(quick="comm" in keys and "thread" not in keys
+                  and _PROCESS_KEY_SET.issuperset(keys),
+                  rare=not _RARE_PROCESS_KEYS.isdisjoint(keys),
+                  tables=tuple(table for table in _COUNTER_TABLES if table in keys))
 
 
 def _read_timeline(ctx: _Context, top: _Reader) -> list[_Draft]:
@@ -2246,22 +2311,33 @@ def _create(table: ProcessTable, clock: VirtualClock, base_ns: int,
     that threads too start when they should. Returns the specs with every pid filled in, and
     the pids of the processes that could not be created (with `problems` only, under the
     path `where` gives for a spec's position)."""
-    steps: list[tuple[int, int, int, int]] = []  # (start, order, process index, thread or -1)
+    # The steps, each a leader (its process's index) or a thread (~ its index in `threads`),
+    # in file order (a leader, then its threads), with their start times; made in the order
+    # of their starts (a stable sort: file order among equal starts).
+    steps: list[int] = []
+    starts: list[int] = []
+    threads: list[tuple[int, int]] = []  # (process index, thread index)
     for i, spec in enumerate(specs):
-        steps.append((max(0, base_ns - spec.age_ns), len(steps), i, -1))
+        steps.append(i)
+        start = base_ns - spec.age_ns
+        starts.append(start if start > 0 else 0)
         for j, thread in enumerate(spec.threads):
-            steps.append((max(0, base_ns - thread.age_ns), len(steps), i, j))
-    steps.sort()
+            steps.append(~len(threads))
+            threads.append((i, j))
+            start = base_ns - thread.age_ns
+            starts.append(start if start > 0 else 0)
     leaders: dict[int, int] = {}
     tids: dict[int, list[int | None]] = {}  # process index: its threads' tids, once made
     failed: set[int] = set()
     comms: dict[str, bytes] = {}
     now = clock.monotonic_ns()
-    for start, _, i, j in steps:
-        spec = specs[i]
+    for k in sorted(range(len(steps)), key=starts.__getitem__):
+        start, step = starts[k], steps[k]
         if start > now:
             clock.advance_ns(start - now)
             now = start
+        i, j = (step, -1) if step >= 0 else threads[~step]
+        spec = specs[i]
         if j >= 0 and i not in leaders:
             continue  # its process could not be created
         try:
@@ -2281,9 +2357,15 @@ def _create(table: ProcessTable, clock: VirtualClock, base_ns: int,
     clock.advance_ns(max(0, base_ns - clock.monotonic_ns()))
     resolved = []
     for i, spec in enumerate(specs):
-        made = tids.get(i, ()) if spec.threads else ()
-        if i in leaders and len(made) == len(spec.threads) and None not in made:
-            resolved.append(spec._with_tids(leaders[i], made))  # type: ignore[arg-type]
+        pid = leaders.get(i)
+        if pid is None:
+            continue
+        if not spec.threads:  # (`_with_tids`, without the call)
+            resolved.append(spec if pid == spec.pid else spec._with_tids(pid, ()))
+            continue
+        made = tids.get(i, ())
+        if len(made) == len(spec.threads) and None not in made:
+            resolved.append(spec._with_tids(pid, made))  # type: ignore[arg-type]
     return resolved, failed
 
 
@@ -2383,7 +2465,9 @@ def _spawn_leader(table: ProcessTable, spec: ProcessSpec, start_ns: int,
     bytes) between the processes created together."""
     if spec.cgroup is not None:
         table.add_cgroup(spec.cgroup)
-    comm = _encoded(spec.comm, comms)
+    comm: str | bytes | None = comms.get(spec.comm) if comms is not None else None
+    if comm is None:
+        comm = _encoded(spec.comm, comms)
     leader = table.spawn(
         pid=spec.pid, comm=comm, ppid=spec.ppid, uid=spec.uid, gid=spec.gid, cpu=spec.cpu,
         cgroup=spec.cgroup, nice=spec.nice, policy=spec.policy, state=spec.state,
