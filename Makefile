@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed
 # Debian packages the tests use: a C compiler for the shim and the test clients, iproute2
 # for `genl`, procps for `pgrep`: installed when missing and when we may (root, apt-get).
 
-.PHONY: install system-deps run test bench lint golden clean
+.PHONY: install system-deps bytecode run test bench lint golden clean
 
 install: $(STAMP)
 
@@ -38,7 +38,14 @@ $(STAMP): pyproject.toml setup.py $(wildcard shim/*.c shim/*.h)
 	$(PY) -m pip install --quiet -e '.[test,dev]'
 	@touch $@
 
-run: install
+# An editable install leaves the sources uncompiled (and PYTHONDONTWRITEBYTECODE, where set,
+# keeps Python from caching what it compiles): byte-compile them as a regular install would,
+# so `tsemu serve` starts without compiling tsemu first (about 40 ms). Only stale files are
+# compiled again.
+bytecode: install
+	@$(PY) -m compileall -q wire emulator cli tsemu
+
+run: install bytecode
 	$(VENV)/bin/tsemu serve
 
 test: install
@@ -51,7 +58,7 @@ $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'
 	@touch $@
 
-bench: install $(BENCH_STAMP)
+bench: install $(BENCH_STAMP) bytecode
 	$(PY) -m bench
 
 # mypy sees the package as it is installed (wire/ is tsemu.wire, ...) through a symlink tree.
@@ -67,3 +74,4 @@ golden: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis tsemu/libtsemu-shim.so
+	find wire emulator cli tsemu tests bench scripts -name __pycache__ -type d -prune -exec rm -rf {} +
