@@ -190,9 +190,8 @@ class Kernel:
                       and get_flags & _CAP_DO) else None)
         self._get_needs_admin = bool(get_flags is not None and get_flags & _ADMIN_PERM)
         # A repeated exit's event: its model's bytes with pid and clock fields patched in.
-        self._repeat_patch = self._pid_reply.patcher(
-            ("ac_pid", "ac_tgid", *(n for n in CLOCK_FIELDS if n in self.layout.names)))
-        self._repeat_clock = tuple(i for i, n in enumerate(CLOCK_FIELDS) if n in self.layout.names)
+        self._repeat_patch = self._pid_reply.patcher(("ac_pid", "ac_tgid", *CLOCK_FIELDS),
+                                                     absent_ok=True)
         self._repeat_model: Any = None
         self._repeat_base = b""
         # A table whose records change only with its generation and the clock: keep replies.
@@ -400,11 +399,7 @@ class Kernel:
             self._repeat_base = self.exit_event(0, model.tid, model.pid_values, model.tgid, None)
             self._repeat_model = model
         tid = report.tid
-        clock = report.clock
-        if len(self._repeat_clock) == len(clock):
-            return self._repeat_patch(self._repeat_base, seq, 0, tid, tid, tid, *clock)
-        return self._repeat_patch(self._repeat_base, seq, 0, tid, tid, tid,
-                                  *(clock[i] for i in self._repeat_clock))
+        return self._repeat_patch(self._repeat_base, seq, 0, tid, tid, tid, *report.clock)
 
     def exit_event(self, seq: int, pid: int, pid_values: Mapping[str, Any], tgid: int,
                    tgid_values: Mapping[str, Any] | None) -> bytes:

@@ -52,12 +52,8 @@ class PidReplyCache:
         self._table = table
         self._template = template
         self._layout = layout
-        # Older struct versions lack some clock fields (ac_btime64, ac_tgetime came later):
-        # patch those the layout has, picked from `clock_fields`' tuple by position.
-        present = [i for i, name in enumerate(CLOCK_FIELDS) if name in layout.names]
-        self._patch = template.patcher([CLOCK_FIELDS[i] for i in present])
-        self._pick = tuple(present)
-        self._all_present = len(present) == len(CLOCK_FIELDS)
+        # (Older struct versions lack some clock fields: ac_btime64, ac_tgetime came later.)
+        self._patch = template.patcher(CLOCK_FIELDS, absent_ok=True)
         self._limit = limit
         self._generation = -1
         self._replies: dict[int, bytes] = {}
@@ -82,8 +78,5 @@ class PidReplyCache:
                 del replies[next(iter(replies))]
             replies[tid] = data
             return data
-        clock = table.pid_clock_fields(tid)
         self.hits += 1
-        if self._all_present:
-            return self._patch(base, seq, portid, tid, *clock)
-        return self._patch(base, seq, portid, tid, *(clock[i] for i in self._pick))
+        return self._patch(base, seq, portid, tid, *table.pid_clock_fields(tid))

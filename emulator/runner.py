@@ -198,12 +198,13 @@ class Emulator:
             end = min(count, done + STORM_CHUNK)
             reports: list[ExitReport | RepeatExit] = []
             try:
-                if threads == 1:  # same process after process: one built, the rest patched
+                if threads == 1:  # the same process again and again: one built, the rest patched
                     turn = done % ncpus
                     reports.extend(table.storm_exits(end - done, cpus[turn:] + cpus[:turn]))
-                for i in range(done, end) if threads > 1 else ():
-                    task = spawn(comm="storm", cpu=cpus[i % ncpus], threads=threads)
-                    reports.extend(exit_group(task.tid))
+                else:
+                    for i in range(done, end):
+                        task = spawn(comm="storm", cpu=cpus[i % ncpus], threads=threads)
+                        reports.extend(exit_group(task.tid))
             except BaseException:
                 listeners.submit_nowait(reports)
                 raise

@@ -160,3 +160,14 @@ def test_the_oldest_reply_goes_when_the_cache_is_full() -> None:
     assert cache.hits == 1
     _answers(kernel, tids[0], 3)  # gone: packed again, pushing out the next oldest
     assert cache.hits == 1 and tids[1] not in cache._replies
+
+
+def test_a_patch_may_skip_fields_the_layout_lacks() -> None:
+    shape = layout(8)  # no ac_btime64, no ac_tgetime
+    template = ReplyTemplate(FAMILY, TaskstatsType.AGGR_PID, shape.size, shape)
+    base = template.build(1, 2, 3, shape.build({}))
+    patched = template.patcher(["ac_etime", "ac_tgetime", "ac_btime64"], absent_ok=True)(
+        base, 4, 5, 6, 111, 222, 333)
+    assert patched == template.build(4, 5, 6, shape.build({"ac_etime": 111}))
+    with pytest.raises(KeyError, match="ac_tgetime"):
+        template.patcher(["ac_etime", "ac_tgetime"])

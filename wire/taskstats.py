@@ -321,17 +321,23 @@ class ReplyTemplate:
             return None
 
 
-    def patcher(self, names: Sequence[str]) -> ReplyPatch:
+    def patcher(self, names: Sequence[str], *, absent_ok: bool = False) -> ReplyPatch:
         """A `ReplyPatch` rewriting seq, port id, the id and the record fields `names` of a
-        message this template built (see `ReplyPatch`)."""
-        if self._layout is None:
+        message this template built (see `ReplyPatch`). With `absent_ok`, a name the layout
+        lacks (a field of a later struct version) is accepted and its value ignored; else it
+        is a KeyError."""
+        layout = self._layout
+        if layout is None:
             raise ValueError("a template without a layout cannot patch record fields")
         seq_at, seq_codec = NLMSGHDR_CODEC.field("seq")
         pid_at, pid_codec = NLMSGHDR_CODEC.field("pid")
         id_at, id_codec = _ID_CODEC.field("id")
-        fields = []
+        fields: list[tuple[Callable[..., None], int] | None] = []
         for name in names:
-            offset, codec = self._layout.codec.field(name)
+            if absent_ok and name not in layout.codec.fields:
+                fields.append(None)
+                continue
+            offset, codec = layout.codec.field(name)
             fields.append((codec.pack_into, self._record_offset + offset))
         return ReplyPatch(self.length, (seq_codec.pack_into, seq_at), (pid_codec.pack_into, pid_at),
                           (id_codec.pack_into, self._ident_offset + id_at), tuple(fields))
@@ -344,19 +350,21 @@ class ReplyPatch:
     clock fields move) or to send the same exit record for another pid.
 
     `patch(base, seq, portid, ident, *values)` gives `base` with those values in place; the
-    values are the fields named when the patch was made, in that order. A value that does
-    not fit its field raises `struct.error`, as the full build would."""
+    values are the fields named when the patch was made, in that order (those of fields the
+    layout lacks, when the patch accepted them, are ignored). A value that does not fit its
+    field raises `struct.error`, as the full build would."""
 
-    __slots__ = ("length", "_seq", "_pid", "_ident", "_fields")
+    __slots__ = ("length", "_seq", "_pid", "_ident", "_fields", "_skips")
 
     def __init__(self, length: int, seq: tuple[Callable[..., None], int],
                  pid: tuple[Callable[..., None], int], ident: tuple[Callable[..., None], int],
-                 fields: tuple[tuple[Callable[..., None], int], ...]) -> None:
+                 fields: tuple[tuple[Callable[..., None], int] | None, ...]) -> None:
         self.length = length
         self._seq = seq
         self._pid = pid
         self._ident = ident
         self._fields = fields
+        self._skips = None in fields
 
     def __call__(self, base: bytes, seq: int, portid: int, ident: int, *values: Any) -> bytes:
         if len(base) != self.length:
@@ -368,8 +376,13 @@ class ReplyPatch:
         pack(buf, at, portid)
         pack, at = self._ident
         pack(buf, at, ident)
-        for (pack, at), value in zip(self._fields, values, strict=True):
-            pack(buf, at, value)
+        if self._skips:
+            for field, value in zip(self._fields, values, strict=True):
+                if field is not None:
+                    field[0](buf, field[1], value)
+        else:
+            for (pack, at), value in zip(self._fields, values, strict=True):  # type: ignore[misc]
+                pack(buf, at, value)
         return bytes(buf)
 
 
