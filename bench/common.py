@@ -307,7 +307,7 @@ class TsemuServer:
         return self.proc.pid
 
     def control(self, timeout: float = 120.0) -> Any:
-        from tsemu.emulator.control import ControlClient
+        from tsemu.emulator.shell.control import ControlClient
 
         return ControlClient(self.socket_path, timeout=timeout)
 
@@ -334,7 +334,7 @@ def start_serve(ctx: Context, name: str, *, scenario: Path | None = None,
 
 
 def wait_for_control(server: TsemuServer, timeout: float) -> None:
-    from tsemu.emulator.control import ControlError, control_path
+    from tsemu.emulator.shell.control import ControlError, control_path
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

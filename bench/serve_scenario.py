@@ -38,9 +38,9 @@ def main() -> None:
     trace = "--tracemalloc" in sys.argv
     import trio
 
-    from tsemu.emulator.permissions import AdminPolicy
-    from tsemu.emulator.runner import Emulator
-    from tsemu.emulator.scenario import load_scenario
+    from tsemu.emulator.scenario.reader import load_scenario
+    from tsemu.emulator.shell.permissions import AdminPolicy
+    from tsemu.emulator.shell.runner import Emulator
 
     if trace:
         import tracemalloc

@@ -28,7 +28,7 @@ TARGET_S = 0.3
 def first_reply(path: Path, request: bytes, accept: Callable[[bytes], bool],
                 proc: subprocess.Popen[Any], timeout: float) -> float:
     """The monotonic time of the first accepted reply from the server at `path`."""
-    from tsemu.emulator.addressing import bind_port, ports_dir
+    from tsemu.emulator.shell.addressing import bind_port, ports_dir
 
     ports = ports_dir(path)
     sock: socket.socket | None = None
@@ -84,7 +84,7 @@ def once(ctx: Context, argv: list[str], path: Path, request: bytes,
 
 def tsemu_probe() -> tuple[bytes, Callable[[bytes], bool], int]:
     """A GET for a pid of the default scenario, and the test of its reply."""
-    from tsemu.emulator.scenario import default_scenario
+    from tsemu.emulator.scenario.reader import default_scenario
     from tsemu.wire import encode_taskstats_get
 
     scenario = default_scenario()

@@ -71,9 +71,9 @@ def serve(
 
     import trio
 
-    from tsemu.emulator.permissions import AdminPolicy
-    from tsemu.emulator.runner import Emulator
-    from tsemu.emulator.scenario import ScenarioError, default_scenario, load_scenario
+    from tsemu.emulator.scenario.reader import ScenarioError, default_scenario, load_scenario
+    from tsemu.emulator.shell.permissions import AdminPolicy
+    from tsemu.emulator.shell.runner import Emulator
 
     started = time.monotonic()
     big = scenario is not None and scenario.is_file() and scenario.stat().st_size > 256 << 10
@@ -142,7 +142,7 @@ def ctl_main(socket: SocketOption = None) -> None:
 
 
 def _call(socket: Path | None, op: str, **args: Any) -> dict[str, Any]:
-    from tsemu.emulator.control import ControlClient, ControlError
+    from tsemu.emulator.shell.control import ControlClient, ControlError
 
     try:
         with ControlClient(socket_path(socket if socket is not None else _ctl_socket[0])

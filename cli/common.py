@@ -9,7 +9,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from tsemu.emulator.addressing import default_socket_path
+from tsemu.emulator.shell.addressing import default_socket_path
 
 SocketOption = Annotated[
     Path | None,

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tsemu.emulator.addressing import default_socket_path
+from tsemu.emulator.shell.addressing import default_socket_path
 from tsemu.shim import ShimNotBuilt, shim_environment
 
 #: Signals passed on to the command rather than acted on by `tsemu run` itself.

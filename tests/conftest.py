@@ -46,10 +46,10 @@ def short_tmp() -> Any:
 async def server(short_tmp: Path) -> Any:
     """A live tsemu server (profile 6.18, 2 CPUs, virtual clock, empty process table) on a
     socket in a private directory; yields the Server (`.tasks` is its ProcessTable)."""
-    from tsemu.emulator.clock import VirtualClock
-    from tsemu.emulator.profiles import DEFAULT_PROFILE
-    from tsemu.emulator.server import running_server
-    from tsemu.emulator.tasks import ProcessTable
+    from tsemu.emulator.model.clock import VirtualClock
+    from tsemu.emulator.model.profiles import DEFAULT_PROFILE
+    from tsemu.emulator.model.tasks import ProcessTable
+    from tsemu.emulator.shell.server import running_server
 
     table = ProcessTable(VirtualClock(), DEFAULT_PROFILE, 2)
     async with running_server(short_tmp / "genl.sock", table, nr_cpus=2) as server:

@@ -1,4 +1,4 @@
-"""Tests for tsemu.emulator.accounting: the records a task and its group turn into, field by
+"""Tests for tsemu.emulator.model.accounting: the records a task and its group turn into, field by
 field, checked against the rules of the kernel's taskstats.c / tsacct.c / delayacct.c and
 against the host kernel's own records in tests/golden/kernel.json."""
 
@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tsemu.emulator import accounting
-from tsemu.emulator.clock import VirtualClock
-from tsemu.emulator.profiles import PROFILES, KernelProfile
-from tsemu.emulator.tasks import COUNTERS, ProcessTable, Task, TaskState
+from tsemu.emulator.model import accounting
+from tsemu.emulator.model.clock import VirtualClock
+from tsemu.emulator.model.profiles import PROFILES, KernelProfile
+from tsemu.emulator.model.tasks import COUNTERS, ProcessTable, Task, TaskState
 from tsemu.wire import AcFlag, TaskstatsReply, TaskstatsType, decode_message, layout, split_datagram
 
 P618 = PROFILES["6.18"]

@@ -19,10 +19,10 @@ import pytest
 import trio
 
 from tsemu.client import Client
-from tsemu.emulator.listeners import BATCH, CpuListeners, ListenerTable
-from tsemu.emulator.outbox import Outbox, truesize
-from tsemu.emulator.runner import STORM_CHUNK, Emulator
-from tsemu.emulator.scenario import parse_scenario
+from tsemu.emulator.scenario.reader import parse_scenario
+from tsemu.emulator.shell.listeners import BATCH, CpuListeners, ListenerTable
+from tsemu.emulator.shell.outbox import Outbox, truesize
+from tsemu.emulator.shell.runner import STORM_CHUNK, Emulator
 from tsemu.wire.control import ENOBUFS_NOTICE
 
 SIZE = 596  # an exit event: 1280 bytes of truesize

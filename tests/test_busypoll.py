@@ -13,11 +13,11 @@ import pytest
 import trio
 
 from tsemu.client import Client
-from tsemu.emulator.busypoll import MISSES, REST, BusyPoll
-from tsemu.emulator.clock import VirtualClock
-from tsemu.emulator.profiles import PROFILES
-from tsemu.emulator.server import Server, running_server
-from tsemu.emulator.tasks import ProcessTable
+from tsemu.emulator.model.clock import VirtualClock
+from tsemu.emulator.model.profiles import PROFILES
+from tsemu.emulator.model.tasks import ProcessTable
+from tsemu.emulator.shell.busypoll import MISSES, REST, BusyPoll
+from tsemu.emulator.shell.server import Server, running_server
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from tsemu.client import Client
-from tsemu.emulator.server import Server
+from tsemu.emulator.shell.server import Server
 from tsemu.wire import (
     Flag,
     SockOpt,

@@ -11,10 +11,10 @@ import pytest
 import trio
 
 from tsemu.client import Client
-from tsemu.emulator.control import ControlClient, answer, control_path
-from tsemu.emulator.kernel import Kernel
-from tsemu.emulator.runner import Emulator
-from tsemu.emulator.scenario import build_table, load_scenario, parse_scenario, play
+from tsemu.emulator.model.kernel import Kernel
+from tsemu.emulator.scenario.reader import build_table, load_scenario, parse_scenario, play
+from tsemu.emulator.shell.control import ControlClient, answer, control_path
+from tsemu.emulator.shell.runner import Emulator
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.toml"))
 

@@ -24,13 +24,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tsemu.client import Client, NetlinkError
-from tsemu.emulator import portwatch as portwatch_module
-from tsemu.emulator.clock import VirtualClock
-from tsemu.emulator.families import FamilyTable
-from tsemu.emulator.kernel import Kernel, Listen, Send, Sender
-from tsemu.emulator.profiles import PROFILES
-from tsemu.emulator.server import Server, running_server
-from tsemu.emulator.tasks import ProcessTable
+from tsemu.emulator.model.clock import VirtualClock
+from tsemu.emulator.model.families import FamilyTable
+from tsemu.emulator.model.kernel import Kernel, Listen, Send, Sender
+from tsemu.emulator.model.profiles import PROFILES
+from tsemu.emulator.model.tasks import ProcessTable
+from tsemu.emulator.shell import portwatch as portwatch_module
+from tsemu.emulator.shell.server import Server, running_server
 from tsemu.wire import (
     Flag,
     SockOpt,

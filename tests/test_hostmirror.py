@@ -1,4 +1,4 @@
-"""Tests for tsemu.emulator.hostmirror: pids the table does not know, answered from /proc.
+"""Tests for tsemu.emulator.shell.hostmirror: pids the table does not know, answered from /proc.
 
 Three kinds: a fake /proc tree with fixed clocks (every conversion of the module's field table,
 exactly); the live host's /proc (the test process, one of its threads, sleeping children);
@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
-from tsemu.emulator import hostmirror
-from tsemu.emulator.clock import VirtualClock
-from tsemu.emulator.hostmirror import HostMirror, huge_encode_dev
-from tsemu.emulator.kernel import Kernel, Send, Sender
-from tsemu.emulator.profiles import DEFAULT_PROFILE, PROFILES
-from tsemu.emulator.tasks import NoSuchTask, ProcessTable
+from tsemu.emulator.model.clock import VirtualClock
+from tsemu.emulator.model.kernel import Kernel, Send, Sender
+from tsemu.emulator.model.profiles import DEFAULT_PROFILE, PROFILES
+from tsemu.emulator.model.tasks import NoSuchTask, ProcessTable
+from tsemu.emulator.shell import hostmirror
+from tsemu.emulator.shell.hostmirror import HostMirror, huge_encode_dev
 from tsemu.wire import (
     AcFlag,
     ErrorMessage,

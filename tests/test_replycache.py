@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tsemu.emulator.clock import VirtualClock
-from tsemu.emulator.kernel import Kernel, Send, Sender
-from tsemu.emulator.profiles import PROFILES
-from tsemu.emulator.replycache import DEFAULT_LIMIT
-from tsemu.emulator.tasks import NoSuchTask, ProcessTable
+from tsemu.emulator.model.clock import VirtualClock
+from tsemu.emulator.model.kernel import Kernel, Send, Sender
+from tsemu.emulator.model.profiles import PROFILES
+from tsemu.emulator.model.replycache import DEFAULT_LIMIT
+from tsemu.emulator.model.tasks import NoSuchTask, ProcessTable
 from tsemu.wire import TaskstatsType, encode_taskstats_get, layout
 from tsemu.wire.taskstats import ReplyTemplate
 
@@ -122,7 +122,7 @@ def test_a_kept_reply_is_used_until_the_table_changes() -> None:
 
 
 def test_host_mirrors_keep_nothing() -> None:
-    from tsemu.emulator.hostmirror import HostMirror
+    from tsemu.emulator.shell.hostmirror import HostMirror
 
     table, _kernel = _machine("6.18")
     mirror = HostMirror(table, PROFILES["6.18"])

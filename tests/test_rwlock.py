@@ -1,4 +1,5 @@
-"""Tests for tsemu.emulator.rwlock: exclusion, writer and phase fairness, cancellation, misuse.
+"""Tests for tsemu.emulator.shell.rwlock: exclusion, writer and phase fairness,
+cancellation, misuse.
 
 Ordering is made deterministic without real time: each helper task is started and then
 `wait_all_tasks_blocked()` lets it reach the lock (and queue there) before the next one starts,
@@ -17,7 +18,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tsemu.emulator.rwlock import RWLock, RWLockStatistics
+from tsemu.emulator.shell.rwlock import RWLock, RWLockStatistics
 
 Side = Literal["read", "write"]
 

@@ -17,11 +17,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tsemu.emulator import scenario as scenario_module
-from tsemu.emulator.clock import NSEC_PER_SEC, RealClock, VirtualClock
-from tsemu.emulator.families import FamilyTable
-from tsemu.emulator.kernel import Kernel
-from tsemu.emulator.scenario import (
+from tsemu.emulator.model.clock import NSEC_PER_SEC, RealClock, VirtualClock
+from tsemu.emulator.model.families import FamilyTable
+from tsemu.emulator.model.kernel import Kernel
+from tsemu.emulator.model.tasks import ExitReport, ProcessTable, TaskState
+from tsemu.emulator.scenario import reader as scenario_module
+from tsemu.emulator.scenario.reader import (
     Event,
     Scenario,
     ScenarioError,
@@ -38,7 +39,6 @@ from tsemu.emulator.scenario import (
     policy_number,
     signal_number,
 )
-from tsemu.emulator.tasks import ExitReport, ProcessTable, TaskState
 from tsemu.wire import AcFlag, TaskstatsReply, TaskstatsType, decode_message, split_datagram
 
 from .test_tasks import table_state
@@ -142,7 +142,7 @@ def test_the_default_scenario_timeline_exits_jobs_on_both_cpus() -> None:
 def test_the_default_scenario_ships_with_the_package() -> None:
     from importlib import resources
 
-    text = resources.files("tsemu.emulator").joinpath("default_scenario.toml").read_text()
+    text = resources.files("tsemu.emulator.scenario").joinpath("default.toml").read_text()
     assert parse_scenario(text, default_scenario().source) == default_scenario()
 
 

@@ -19,9 +19,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tsemu.emulator import scenario as scenario_module
-from tsemu.emulator import scenario_toml
-from tsemu.emulator.scenario import (
+from tsemu.emulator.scenario import reader as scenario_module
+from tsemu.emulator.scenario import toml_fast as scenario_toml
+from tsemu.emulator.scenario.reader import (
     Scenario,
     ScenarioError,
     build_table,
@@ -34,7 +34,7 @@ from .test_tasks import table_state
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
 BAD = sorted((Path(__file__).resolve().parent / "scenarios").glob("*.toml"))
-DEFAULT = ROOT / "emulator" / "default_scenario.toml"
+DEFAULT = ROOT / "emulator" / "scenario" / "default.toml"
 #: CPython's own tomllib test data, where the interpreter ships its tests.
 TOMLLIB_DATA = Path(tomllib.__file__).resolve().parent.parent / "test" / "test_tomllib" / "data"
 
@@ -277,7 +277,7 @@ def test_values_nested_thousands_deep_are_refused_not_a_crash() -> None:
     such a text to tomllib, which refuses it. In a child process: a crash fails the test
     instead of killing the test run."""
     script = (
-        "from tsemu.emulator.scenario import parse_scenario, ScenarioError\n"
+        "from tsemu.emulator.scenario.reader import parse_scenario, ScenarioError\n"
         "for text in ['a = ' + '[' * 20000 + ']' * 20000,\n"
         "             'a = ' + '{b=' * 20000 + '1' + '}' * 20000,\n"
         "             'a = [' + '[\\n' * 20000 + ']\\n' * 20000 + ']']:\n"
@@ -359,7 +359,7 @@ def test_importing_the_parser_leaves_the_environment_as_it_was(before: str | Non
     env = {k: v for k, v in os.environ.items() if k not in names}
     if before is not None:
         env[names[0]] = before
-    script = ("import os\nfrom tsemu.emulator import scenario_toml\n"
+    script = ("import os\nfrom tsemu.emulator.scenario import toml_fast as scenario_toml\n"
               f"print([os.environ.get(name) for name in {names!r}])\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env=env, timeout=60)
@@ -374,7 +374,7 @@ def test_a_big_document_frees_its_memory() -> None:
     whose RSS nothing else has touched)."""
     script = (
         "from bench.tables import scenario_text\n"
-        "from tsemu.emulator import scenario_toml\n"
+        "from tsemu.emulator.scenario import toml_fast as scenario_toml\n"
         "text = scenario_text(20_000)\n"
         "def rss():\n"
         "    for row in open('/proc/self/status'):\n"

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from tsemu.client import Client, NetlinkError
-from tsemu.emulator.server import Server
+from tsemu.emulator.shell.server import Server
 from tsemu.wire import AcFlag, Flag, SockOpt, TaskstatsType, encode_taskstats_get
 
 pytestmark = pytest.mark.trio
@@ -243,7 +243,7 @@ async def test_ack_follows_the_reply_and_several_requests_are_answered_in_order(
 
 
 async def test_cgroupstats_counts_the_tables_cgroup(server: Server, short_tmp: Path) -> None:
-    from tsemu.emulator.tasks import TaskState
+    from tsemu.emulator.model.tasks import TaskState
 
     root = short_tmp / "cgroup"
     (root / "jobs").mkdir(parents=True)

@@ -23,11 +23,11 @@ import trio
 
 import tsemu.shim as shim_module
 from tsemu.cli.run import exit_status, run_command
-from tsemu.emulator.addressing import ports_dir
-from tsemu.emulator.clock import VirtualClock
-from tsemu.emulator.profiles import DEFAULT_PROFILE
-from tsemu.emulator.server import running_server
-from tsemu.emulator.tasks import ProcessTable
+from tsemu.emulator.model.clock import VirtualClock
+from tsemu.emulator.model.profiles import DEFAULT_PROFILE
+from tsemu.emulator.model.tasks import ProcessTable
+from tsemu.emulator.shell.addressing import ports_dir
+from tsemu.emulator.shell.server import running_server
 from tsemu.shim import ShimNotBuilt, shim_environment, shim_path
 
 from .clients.harness import (

@@ -24,11 +24,11 @@ from typing import Any
 import pytest
 import trio
 
-from tsemu.emulator.addressing import ports_dir
-from tsemu.emulator.clock import VirtualClock
-from tsemu.emulator.profiles import DEFAULT_PROFILE
-from tsemu.emulator.server import running_server
-from tsemu.emulator.tasks import ProcessTable, TaskState
+from tsemu.emulator.model.clock import VirtualClock
+from tsemu.emulator.model.profiles import DEFAULT_PROFILE
+from tsemu.emulator.model.tasks import ProcessTable, TaskState
+from tsemu.emulator.shell.addressing import ports_dir
+from tsemu.emulator.shell.server import running_server
 
 from .clients.harness import (
     CLIENTS,

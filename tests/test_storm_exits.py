@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from tsemu.emulator.accounting import CLOCK_FIELDS
-from tsemu.emulator.clock import VirtualClock
-from tsemu.emulator.kernel import Kernel
-from tsemu.emulator.profiles import PROFILES
-from tsemu.emulator.tasks import ExitReport, ProcessTable, RepeatExit
+from tsemu.emulator.model.accounting import CLOCK_FIELDS
+from tsemu.emulator.model.clock import VirtualClock
+from tsemu.emulator.model.kernel import Kernel
+from tsemu.emulator.model.profiles import PROFILES
+from tsemu.emulator.model.tasks import ExitReport, ProcessTable, RepeatExit
 
 
 def _table(profile_name: str = "6.18") -> ProcessTable:

@@ -1,5 +1,6 @@
-"""Tests for tsemu.emulator.tasks: pid allocation, thread groups, changing tasks, cgroup counts,
-and what an exit does to the table (which records it sends is tested in test_accounting)."""
+"""Tests for tsemu.emulator.model.tasks: pid allocation, thread groups, changing tasks,
+cgroup counts, and what an exit does to the table (which records it sends is tested in
+test_accounting)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from tsemu.emulator.clock import VirtualClock
-from tsemu.emulator.profiles import PROFILES
-from tsemu.emulator.tasks import (
+from tsemu.emulator.model.clock import VirtualClock
+from tsemu.emulator.model.profiles import PROFILES
+from tsemu.emulator.model.tasks import (
     COUNTERS,
     INT_COUNTERS,
     MAX_TS_COUNTERS,

@@ -30,7 +30,7 @@ from types import TracebackType
 
 import trio
 
-from tsemu.emulator.addressing import bind_port, default_socket_path, port_path
+from tsemu.emulator.shell.addressing import bind_port, default_socket_path, port_path
 from tsemu.wire import (
     CgroupstatsReply,
     Decoded,

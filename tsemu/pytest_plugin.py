@@ -48,7 +48,7 @@ class TsemuHandle:
     """A running tsemu: where it listens, how to run clients through it, how to script it."""
 
     def __init__(self, socket_path: Path, process: subprocess.Popen[bytes]) -> None:
-        from tsemu.emulator.control import ControlClient
+        from tsemu.emulator.shell.control import ControlClient
 
         self.socket_path = socket_path
         self.process = process

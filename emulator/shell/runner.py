@@ -23,16 +23,16 @@ from typing import Any
 
 import trio
 
+from ..model.clock import NSEC_PER_SEC, VirtualClock
+from ..model.families import FamilyTable
+from ..model.kernel import TaskSource
+from ..model.profiles import profile as profile_named
+from ..model.tasks import ExitReport, ProcessTable, RepeatExit
+from ..scenario.reader import Event, Scenario, apply_event, build_table
 from .busypoll import DEFAULT_WINDOW_NS
-from .clock import NSEC_PER_SEC, VirtualClock
-from .families import FamilyTable
 from .hostmirror import HostMirror
-from .kernel import TaskSource
 from .permissions import AdminPolicy
-from .profiles import profile as profile_named
-from .scenario import Event, Scenario, apply_event, build_table
 from .server import Server
-from .tasks import ExitReport, ProcessTable, RepeatExit
 
 #: Exits a storm makes before handing them to the CPU tasks as one batch.
 STORM_CHUNK = 256

@@ -348,11 +348,24 @@ from typing import Any, NamedTuple, TypeVar
 
 from tsemu.wire import WireError, parse_cpulist
 
-from . import accounting, scenario_toml
-from .clock import DEFAULT_BOOT_WALL_SECONDS, NSEC_PER_SEC, RealClock, VirtualClock
-from .families import DEFAULT_TASKSTATS_ID, FamilyTable
-from .profiles import PROFILES, KernelProfile
-from .scenario_values import (
+from ..model import accounting
+from ..model.clock import DEFAULT_BOOT_WALL_SECONDS, NSEC_PER_SEC, RealClock, VirtualClock
+from ..model.families import DEFAULT_TASKSTATS_ID, FamilyTable
+from ..model.profiles import PROFILES, KernelProfile
+from ..model.tasks import (
+    COUNTERS,
+    PID_MAX_LIMIT,
+    RESERVED_PIDS,
+    U32_MAX,
+    U64_MAX,
+    ExitReport,
+    FrozenCounters,
+    NoSuchTask,
+    ProcessTable,
+    TaskState,
+)
+from . import toml_fast
+from .values import (
     _SIGNALS,
     _VALUES,
     DURATION_MAX,
@@ -380,18 +393,6 @@ from .scenario_values import (
     signal_number,
     task_state,
 )
-from .tasks import (
-    COUNTERS,
-    PID_MAX_LIMIT,
-    RESERVED_PIDS,
-    U32_MAX,
-    U64_MAX,
-    ExitReport,
-    FrozenCounters,
-    NoSuchTask,
-    ProcessTable,
-    TaskState,
-)
 
 __all__ = [
     "ACTIONS", "Event", "GENERATOR_KINDS", "Machine", "ProcessSpec", "Scenario",
@@ -410,7 +411,7 @@ GENERATOR_KINDS: tuple[str, ...] = ("short_jobs",)
 MAX_JOBS = 100_000
 DEFAULT_START_NS = 100 * NSEC_PER_SEC
 DEFAULT_SOURCE = "<string>"
-DEFAULT_SCENARIO_RESOURCE = "default_scenario.toml"
+DEFAULT_SCENARIO_RESOURCE = "default.toml"
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -1086,7 +1087,7 @@ def _read_text(text: str, source: str, overrides: Mapping[str, Any] | None, *, f
     this text) or by tomllib (ScenarioError for a syntax error). The document lives only
     here: it is gone before the check builds a table, whose tasks then reuse its memory."""
     if fast:
-        document = scenario_toml.fast_document(text)
+        document = toml_fast.fast_document(text)
         if document is None:
             return None
     else:
@@ -1101,7 +1102,7 @@ def _read_text(text: str, source: str, overrides: Mapping[str, Any] | None, *, f
 def _reference_document(text: str, source: str) -> dict[str, Any]:
     """tomllib's document of `text`; ScenarioError saying what is wrong with the TOML."""
     try:
-        return scenario_toml.reference_document(text)
+        return toml_fast.reference_document(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError([_syntax_problem(source, str(exc))]) from None
     except ValueError as exc:  # e.g. an integer of more than 4300 digits
@@ -1157,9 +1158,9 @@ def load_scenario(path: str | Path) -> Scenario:
 @functools.cache
 def default_scenario() -> Scenario:
     """The embedded default machine (`tsemu serve` without --scenario, `make run`)."""
-    resource = resources.files("tsemu.emulator").joinpath(DEFAULT_SCENARIO_RESOURCE)
+    resource = resources.files("tsemu.emulator.scenario").joinpath(DEFAULT_SCENARIO_RESOURCE)
     return parse_scenario(resource.read_text(encoding="utf-8"),
-                          f"tsemu.emulator/{DEFAULT_SCENARIO_RESOURCE}")
+                          f"tsemu.emulator.scenario/{DEFAULT_SCENARIO_RESOURCE}")
 
 
 @dataclass

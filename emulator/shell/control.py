@@ -21,7 +21,7 @@ object with an "op"; each answer is one line of JSON: `{"ok": true, ...}` or
 | wait_listener | cpus? (cpulist), timeout? (s, default 10)    | listeners               |
 | now           | -                                            | now (s since the start) |
 
-Counter values are integers in the kernel's units (see `tsemu.emulator.tasks.COUNTERS`) or,
+Counter values are integers in the kernel's units (see `tsemu.emulator.model.tasks.COUNTERS`) or,
 for durations, strings such as "3ms".
 
 `ControlClient` is the Python side (blocking, standard library only), used by `tsemu ctl` and
@@ -41,14 +41,14 @@ import trio
 
 from tsemu.wire import WireError, parse_cpulist
 
-from .scenario import (
+from ..model.tasks import COUNTERS
+from ..scenario.reader import (
     ScenarioError,
     parse_counter_value,
     policy_number,
     signal_number,
     task_state,
 )
-from .tasks import COUNTERS
 
 CTL_SUFFIX = ".ctl"
 MAX_LINE = 1 << 20

@@ -115,12 +115,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from . import accounting
-from .kernel import TaskSource
-from .profiles import KernelProfile
+from ..model import accounting
+from ..model.kernel import TaskSource
+from ..model.profiles import KernelProfile
 
 if TYPE_CHECKING:
-    from .tasks import Task
+    from ..model.tasks import Task
 
 # task->flags bits as stat field 9 shows them (include/linux/sched.h).
 PF_EXITING = 0x00000004

@@ -21,8 +21,8 @@ from fractions import Fraction
 from types import MappingProxyType
 from typing import Any
 
-from .clock import NSEC_PER_SEC
-from .tasks import COMM_MAX, SIGNAL_MAX, U32_MAX, U64_MAX, TaskState
+from ..model.clock import NSEC_PER_SEC
+from ..model.tasks import COMM_MAX, SIGNAL_MAX, U32_MAX, U64_MAX, TaskState
 
 __all__ = [
     "DURATION_MAX", "format_duration", "parse_duration", "parse_size", "policy_number",

@@ -62,16 +62,16 @@ import trio
 
 from tsemu.wire.control import ControlOp, ControlOption, decode_control, is_control
 
+from ..model.families import FamilyTable
+from ..model.kernel import Action, CgroupRef, Kernel, Listen, Send, Sender, TaskSource
+from ..model.profiles import DEFAULT_PROFILE, KernelProfile
+from ..model.tasks import RepeatExit
 from .addressing import is_stale, port_of, ports_dir
 from .busypoll import DEFAULT_WINDOW_NS, BusyPoll
-from .families import FamilyTable
-from .kernel import Action, CgroupRef, Kernel, Listen, Send, Sender, TaskSource
 from .listeners import ListenerTable
 from .outbox import Outbox
 from .permissions import AdminPolicy, Credentials
 from .portwatch import PortWatch
-from .profiles import DEFAULT_PROFILE, KernelProfile
-from .tasks import RepeatExit
 
 _RECV_SIZE = 1 << 16
 _MAX_FDS = 16
