@@ -48,7 +48,7 @@ async def server(short_tmp: Path) -> Any:
     socket in a private directory; yields the Server (`.tasks` is its ProcessTable)."""
     from tsemu.emulator.model.clock import VirtualClock
     from tsemu.emulator.model.profiles import DEFAULT_PROFILE
-    from tsemu.emulator.model.tasks import ProcessTable
+    from tsemu.emulator.model.table import ProcessTable
     from tsemu.emulator.shell.server import running_server
 
     table = ProcessTable(VirtualClock(), DEFAULT_PROFILE, 2)

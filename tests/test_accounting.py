@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from tsemu.emulator.model import accounting
 from tsemu.emulator.model.clock import VirtualClock
 from tsemu.emulator.model.profiles import PROFILES, KernelProfile
-from tsemu.emulator.model.tasks import COUNTERS, ProcessTable, Task, TaskState
+from tsemu.emulator.model.table import ProcessTable
+from tsemu.emulator.model.tasks import COUNTERS, Task, TaskState
 from tsemu.wire import AcFlag, TaskstatsReply, TaskstatsType, decode_message, layout, split_datagram
 
 P618 = PROFILES["6.18"]

@@ -15,7 +15,7 @@ import trio
 from tsemu.client import Client
 from tsemu.emulator.model.clock import VirtualClock
 from tsemu.emulator.model.profiles import PROFILES
-from tsemu.emulator.model.tasks import ProcessTable
+from tsemu.emulator.model.table import ProcessTable
 from tsemu.emulator.shell.busypoll import MISSES, REST, BusyPoll
 from tsemu.emulator.shell.server import Server, running_server
 

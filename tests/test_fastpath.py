@@ -28,7 +28,7 @@ from tsemu.emulator.model.clock import VirtualClock
 from tsemu.emulator.model.families import FamilyTable
 from tsemu.emulator.model.kernel import Kernel, Listen, Send, Sender
 from tsemu.emulator.model.profiles import PROFILES
-from tsemu.emulator.model.tasks import ProcessTable
+from tsemu.emulator.model.table import ProcessTable
 from tsemu.emulator.shell import portwatch as portwatch_module
 from tsemu.emulator.shell.server import Server, running_server
 from tsemu.wire import (

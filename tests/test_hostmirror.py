@@ -22,7 +22,8 @@ import pytest
 from tsemu.emulator.model.clock import VirtualClock
 from tsemu.emulator.model.kernel import Kernel, Send, Sender
 from tsemu.emulator.model.profiles import DEFAULT_PROFILE, PROFILES
-from tsemu.emulator.model.tasks import NoSuchTask, ProcessTable
+from tsemu.emulator.model.table import ProcessTable
+from tsemu.emulator.model.tasks import NoSuchTask
 from tsemu.emulator.shell import hostmirror
 from tsemu.emulator.shell.hostmirror import HostMirror, huge_encode_dev
 from tsemu.wire import (

@@ -18,7 +18,8 @@ from tsemu.emulator.model.clock import VirtualClock
 from tsemu.emulator.model.kernel import Kernel, Send, Sender
 from tsemu.emulator.model.profiles import PROFILES
 from tsemu.emulator.model.replycache import DEFAULT_LIMIT
-from tsemu.emulator.model.tasks import NoSuchTask, ProcessTable
+from tsemu.emulator.model.table import ProcessTable
+from tsemu.emulator.model.tasks import NoSuchTask
 from tsemu.wire import TaskstatsType, encode_taskstats_get, layout
 from tsemu.wire.taskstats import ReplyTemplate
 

@@ -25,7 +25,7 @@ import tsemu.shim as shim_module
 from tsemu.cli.run import exit_status, run_command
 from tsemu.emulator.model.clock import VirtualClock
 from tsemu.emulator.model.profiles import DEFAULT_PROFILE
-from tsemu.emulator.model.tasks import ProcessTable
+from tsemu.emulator.model.table import ProcessTable
 from tsemu.emulator.shell.addressing import ports_dir
 from tsemu.emulator.shell.server import running_server
 from tsemu.shim import ShimNotBuilt, shim_environment, shim_path

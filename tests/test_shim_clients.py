@@ -26,7 +26,8 @@ import trio
 
 from tsemu.emulator.model.clock import VirtualClock
 from tsemu.emulator.model.profiles import DEFAULT_PROFILE
-from tsemu.emulator.model.tasks import ProcessTable, TaskState
+from tsemu.emulator.model.table import ProcessTable
+from tsemu.emulator.model.tasks import TaskState
 from tsemu.emulator.shell.addressing import ports_dir
 from tsemu.emulator.shell.server import running_server
 

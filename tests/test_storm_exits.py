@@ -11,7 +11,8 @@ from tsemu.emulator.model.accounting import CLOCK_FIELDS
 from tsemu.emulator.model.clock import VirtualClock
 from tsemu.emulator.model.kernel import Kernel
 from tsemu.emulator.model.profiles import PROFILES
-from tsemu.emulator.model.tasks import ExitReport, ProcessTable, RepeatExit
+from tsemu.emulator.model.table import ProcessTable
+from tsemu.emulator.model.tasks import ExitReport, RepeatExit
 
 
 def _table(profile_name: str = "6.18") -> ProcessTable:

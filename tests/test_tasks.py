@@ -14,13 +14,13 @@ import pytest
 
 from tsemu.emulator.model.clock import VirtualClock
 from tsemu.emulator.model.profiles import PROFILES
+from tsemu.emulator.model.table import ProcessTable
 from tsemu.emulator.model.tasks import (
     COUNTERS,
     INT_COUNTERS,
     MAX_TS_COUNTERS,
     FrozenCounters,
     NoSuchTask,
-    ProcessTable,
     Task,
     TaskState,
 )

@@ -14,9 +14,11 @@ Direct operations (`spawn`, `exit`, `set`, `storm`) act at the clock's current t
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
 from collections import deque
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +29,30 @@ from ..model.clock import NSEC_PER_SEC, VirtualClock
 from ..model.families import FamilyTable
 from ..model.kernel import TaskSource
 from ..model.profiles import profile as profile_named
-from ..model.tasks import ExitReport, ProcessTable, RepeatExit
-from ..scenario.reader import Event, Scenario, apply_event, build_table
+from ..model.table import ProcessTable
+from ..model.tasks import ExitReport, RepeatExit
+from ..scenario import Event, Scenario, apply_event, build_table
 from .busypoll import DEFAULT_WINDOW_NS
 from .hostmirror import HostMirror
 from .permissions import AdminPolicy
 from .server import Server
+
+@contextlib.contextmanager
+def loading_for_good() -> Iterator[None]:
+    """The scope in which a server loads its machine (the scenario, the table, the server):
+    the cyclic garbage collector is paused meanwhile, and what was made is then frozen
+    (`gc.freeze`), so that no collection ever scans the machine's hundred thousand tasks
+    again: they live as long as the server. (Frozen objects are still freed when their last
+    reference goes; only cycles among them would stay.)"""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
 
 #: Exits a storm makes before handing them to the CPU tasks as one batch.
 STORM_CHUNK = 256
