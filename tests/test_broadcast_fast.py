@@ -19,7 +19,7 @@ import pytest
 import trio
 
 from tsemu.client import Client
-from tsemu.emulator.scenario.reader import parse_scenario
+from tsemu.emulator.scenario import parse_scenario
 from tsemu.emulator.shell.listeners import BATCH, CpuListeners, ListenerTable
 from tsemu.emulator.shell.outbox import Outbox, truesize
 from tsemu.emulator.shell.runner import STORM_CHUNK, Emulator

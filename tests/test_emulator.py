@@ -12,7 +12,7 @@ import trio
 
 from tsemu.client import Client
 from tsemu.emulator.model.kernel import Kernel
-from tsemu.emulator.scenario.reader import build_table, load_scenario, parse_scenario, play
+from tsemu.emulator.scenario import build_table, load_scenario, parse_scenario, play
 from tsemu.emulator.shell.control import ControlClient, answer, control_path
 from tsemu.emulator.shell.runner import Emulator
 

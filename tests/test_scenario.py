@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from tsemu.emulator.model.clock import NSEC_PER_SEC, RealClock, VirtualClock
 from tsemu.emulator.model.families import FamilyTable
 from tsemu.emulator.model.kernel import Kernel
-from tsemu.emulator.model.tasks import ExitReport, ProcessTable, TaskState
-from tsemu.emulator.scenario import reader as scenario_module
-from tsemu.emulator.scenario.reader import (
+from tsemu.emulator.model.table import ProcessTable
+from tsemu.emulator.model.tasks import ExitReport, TaskState
+from tsemu.emulator.scenario import (
     Event,
     Scenario,
     ScenarioError,
@@ -39,6 +39,7 @@ from tsemu.emulator.scenario.reader import (
     policy_number,
     signal_number,
 )
+from tsemu.emulator.scenario.files import check_document
 from tsemu.wire import AcFlag, TaskstatsReply, TaskstatsType, decode_message, split_datagram
 
 from .test_tasks import table_state
@@ -77,8 +78,8 @@ def one_error(text: str) -> str:
 # --- every example and the default ---------------------------------------------------------
 
 
-def test_there_are_the_three_promised_examples() -> None:
-    assert [p.name for p in EXAMPLE_FILES] == ["burst.toml", "cgroups.toml",
+def test_there_are_the_four_promised_examples() -> None:
+    assert [p.name for p in EXAMPLE_FILES] == ["burst.toml", "cgroups.toml", "fleet.toml",
                                                "multithreaded.toml"]
     readme = (EXAMPLES / "README.md").read_text()
     for path in EXAMPLE_FILES:
@@ -146,11 +147,16 @@ def test_the_default_scenario_ships_with_the_package() -> None:
     assert parse_scenario(text, default_scenario().source) == default_scenario()
 
 
-def test_the_docstring_example_parses() -> None:
-    doc = scenario_module.__doc__ or ""
-    example = re.search(r"```toml\n(.*?)```", doc, re.S)
+def reference_example() -> str:
+    """The big example of the format's reference (FORMAT.md, under "## Example")."""
+    text = (ROOT / "emulator" / "scenario" / "FORMAT.md").read_text()
+    example = re.search(r"## Example\n+```toml\n(.*?)```", text, re.S)
     assert example is not None
-    scenario = parse_scenario(example.group(1), "docstring")
+    return example.group(1)
+
+
+def test_the_reference_example_parses() -> None:
+    scenario = parse_scenario(reference_example(), "reference")
     assert scenario.machine.kernel == "7.2"
     assert scenario.process(812).tids[:2] == (812, 813)
     _, exits = run_all(scenario)
@@ -836,9 +842,7 @@ def test_the_first_build_takes_the_checks_table_the_same_as_a_new_one(name: str)
     if name in _BUILT_ONCE:
         scenario = parse_scenario(_BUILT_ONCE[name])
     elif name == "docstring":
-        example = re.search(r"```toml\n(.*?)```", scenario_module.__doc__ or "", re.S)
-        assert example is not None
-        scenario = parse_scenario(example.group(1))
+        scenario = parse_scenario(reference_example())
     elif name.startswith("default"):
         scenario = default_scenario().with_overrides(clock="virtual")
     else:
@@ -902,7 +906,7 @@ def test_nothing_of_the_document_is_kept() -> None:
         set = { pid = 12345, comm = "renamed", uid = 4242 }
         """
     document = tomllib.loads(text)
-    scenario = scenario_module._conclude(scenario_module._read_document(document, "d", text))
+    scenario = check_document(document, "d", text=text)
     process = document["process"][0]
     spec = scenario.process(12345)
     kept = [(spec.pid, process["pid"]), (spec.comm, process["comm"]),

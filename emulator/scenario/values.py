@@ -1,25 +1,27 @@
-"""The values of a scenario file: durations, sizes, date-times, signals, policies, states,
-comms, cgroup paths, devices, and how each is checked.
+"""The values of a scenario: durations, sizes, date-times, signals, policies, states, comms,
+cgroup paths, devices, and how each is checked.
 
-What lives here: one converter per kind of value, each taking what the TOML document holds and
-returning the checked value, or raising `_Bad` with the problem in words (the reader adds the
-key path and the file; see `scenario`, whose docstring is the format's reference). Also the
-sharing of values while a document is read (`_VALUES`, `_own_int`, `_own_str`): every value
-kept is a copy of the document's, equal values one object. What must not: reading tables, key
-paths, the scenario's structure (`scenario`).
+What lives here: one converter per kind of value, each taking what the document holds (TOML or
+JSON) and returning the checked value, or raising `Bad` with the problem in words (the reader
+adds the key path and the file; FORMAT.md is the format's reference). Also what a reading
+shares (`shared_values`): every value kept is a copy of the document's, equal values are one
+object, and each distinct string a converter reads is converted once. The control protocol
+reads its arguments with the same converters. What must not: reading tables, key paths, the
+scenario's structure (`reader`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import datetime as dt
 import difflib
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from fractions import Fraction
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from ..model.clock import NSEC_PER_SEC
 from ..model.tasks import COMM_MAX, SIGNAL_MAX, U32_MAX, U64_MAX, TaskState
@@ -36,11 +38,11 @@ DURATION_MAX = 2**63 - 1
 # --- problems --------------------------------------------------------------------------------
 
 
-class _Bad(ValueError):
+class Bad(ValueError):
     """One value's problem, without its key path (the reader adds that)."""
 
 
-def _toml_type(value: object) -> str:
+def type_name(value: object) -> str:
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, int):
@@ -62,17 +64,17 @@ def _toml_type(value: object) -> str:
     return type(value).__name__
 
 
-def _show(value: object) -> str:
+def show(value: object) -> str:
     text = f'"{value}"' if isinstance(value, str) else repr(value)
     if isinstance(value, bool):
         text = "true" if value else "false"
     return text if len(text) <= 48 else text[:45] + "..."
 
 
-def _suggest(word: str, choices: Sequence[str]) -> str:
+def suggest(word: str, choices: Sequence[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     if close:
-        return f"did you mean {_show(close[0])}?"
+        return f"did you mean {show(close[0])}?"
     return f"expected one of: {', '.join(choices)}"
 
 
@@ -94,97 +96,153 @@ _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*([A-Za-z]*)\s*")
 _SIMPLE_DURATION = re.compile(r"(\d{1,18})(?:\.(\d{1,18}))?\s*(ns|us|µs|μs|ms|min|s|m|h|d)")
 
 
-# Values kept from a TOML document are copies, never the document's own objects: the
-# document of a big scenario fills hundreds of the allocator's 1 MiB arenas, and one object
-# still alive in an arena keeps the whole arena resident after the document is dropped
-# (keeping only the 100,000 pid integers of a 100,000-process document keeps all of its
-# 220 MB). `_integer` and `_string`, which every reading of an integer or a string goes
-# through, hand out copies; strings are shared by value while a document is read.
-
-#: While a document is read: the copies of the integers and strings read from it, by value,
-#: so that equal values are one object (the same "5ms" in every process, say).
-_VALUES: contextvars.ContextVar[dict[int | str, Any] | None] = contextvars.ContextVar(
-    "tsemu_scenario_values", default=None)
+# Values kept from a document are copies, never the document's own objects: the document of a
+# big scenario fills hundreds of the allocator's 1 MiB arenas, and one object still alive in an
+# arena keeps the whole arena resident after the document is dropped (keeping only the 100,000
+# pid integers of a 100,000-process document keeps all of its 220 MB). `integer` and `string`,
+# which every reading of an integer or a string goes through, hand out copies; equal values
+# are shared while a document is read.
 
 
-def _own_int(value: int) -> int:
+class Shared:
+    """What one reading of a document shares: the copies of its integers and strings, by value
+    (the same "5ms" in every process is one object), and what each converter made of each
+    distinct string it was given (`remembers_strings`)."""
+
+    __slots__ = ("values", "converted")
+
+    def __init__(self) -> None:
+        self.values: dict[int | str, Any] = {}
+        self.converted: dict[Callable[[Any], Any], dict[str, Any]] = {}
+
+
+_SHARED: contextvars.ContextVar[Shared | None] = contextvars.ContextVar(
+    "tsemu_scenario_shared", default=None)
+
+
+@contextlib.contextmanager
+def shared_values() -> Iterator[Shared]:
+    """The scope of one document's reading: values read inside it are shared (see above)."""
+    shared = Shared()
+    token = _SHARED.set(shared)
+    try:
+        yield shared
+    finally:
+        _SHARED.reset(token)
+
+
+def own_int(value: int) -> int:
     """`value` as an object of its own, one per distinct integer of the document being read
     (small integers are the interpreter's; as it is outside a reading)."""
     if -5 <= value <= 256:
         return value
-    values = _VALUES.get()
-    if values is None:
-        return value
-    shared: int | None = values.get(value)
+    shared = _SHARED.get()
     if shared is None:
-        shared = value + 0
-        values[shared] = shared
-    return shared
+        return value
+    values = shared.values
+    kept: int | None = values.get(value)
+    if kept is None:
+        kept = value + 0
+        values[kept] = kept
+    return kept
 
 
-def _own_str(value: str) -> str:
+def own_str(value: str) -> str:
     """`value` as a copy of its own, one per distinct string of the document being read (as
     it is outside a reading: a control request's values)."""
-    values = _VALUES.get()
-    if values is None:
-        return value
-    shared: str | None = values.get(value)
+    shared = _SHARED.get()
     if shared is None:
-        shared = value.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
-        values[shared] = shared
-    return shared
+        return value
+    values = shared.values
+    kept: str | None = values.get(value)
+    if kept is None:
+        kept = value.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
+        values[kept] = kept
+    return kept
 
 
-def _integer(value: object) -> int:
+R = TypeVar("R")
+
+
+def remembers_strings(convert: Callable[[object], R]) -> Callable[[object], R]:
+    """`convert`, made to convert each distinct string once per reading: a big scenario says
+    "5ms" or "sleeping" a hundred thousand times. Only for converters whose result depends on
+    nothing but the value, and is immutable; a string it refuses is refused every time."""
+    def converter(value: object) -> R:
+        if type(value) is str:
+            shared = _SHARED.get()
+            if shared is not None:
+                seen = shared.converted.get(convert)
+                if seen is None:
+                    seen = shared.converted[convert] = {}
+                result = seen.get(value, _UNSEEN)
+                if result is _UNSEEN:
+                    result = seen[own_str(value)] = convert(value)
+                return result  # type: ignore[no-any-return]
+        return convert(value)
+    converter.__name__ = convert.__name__
+    converter.__doc__ = convert.__doc__
+    converter.__wrapped__ = convert  # type: ignore[attr-defined]
+    return converter
+
+
+_UNSEEN: Any = object()
+
+
+def integer(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _Bad(f"expected an integer, got {_toml_type(value)} {_show(value)}")
-    return _own_int(value)
+        raise Bad(f"expected an integer, got {type_name(value)} {show(value)}")
+    return own_int(value)
 
 
-def _ranged(low: int, high: int) -> Callable[[object], int]:
+def ranged(low: int, high: int) -> Callable[[object], int]:
+    """An integer in [low, high]."""
     def convert(value: object) -> int:
-        number = _integer(value)
+        if type(value) is int and low <= value <= high:
+            return value if -5 <= value <= 256 else own_int(value)
+        number = integer(value)
         if number < 0 <= low:
-            raise _Bad(f"must not be negative (got {number})")
+            raise Bad(f"must not be negative (got {number})")
         if not low <= number <= high:
-            raise _Bad(f"{number} is out of range {low}..{high}")
+            raise Bad(f"{number} is out of range {low}..{high}")
         return number
     return convert
 
 
-_u32 = _ranged(0, U32_MAX)
-_u64 = _ranged(0, U64_MAX)
-_nice = _ranged(-20, 19)
-_thread_count = _ranged(1, 100_000)
+u32 = ranged(0, U32_MAX)
+u64 = ranged(0, U64_MAX)
+nice_value = ranged(-20, 19)
+thread_count = ranged(1, 100_000)
 
 
-def _boolean(value: object) -> bool:
+def boolean(value: object) -> bool:
     if not isinstance(value, bool):
-        raise _Bad(f"expected true or false, got {_toml_type(value)} {_show(value)}")
+        raise Bad(f"expected true or false, got {type_name(value)} {show(value)}")
     return value
 
 
-def _string(value: object) -> str:
+def string(value: object) -> str:
     if not isinstance(value, str):
-        raise _Bad(f"expected a string, got {_toml_type(value)} {_show(value)}")
-    return _own_str(value)
+        raise Bad(f"expected a string, got {type_name(value)} {show(value)}")
+    return own_str(value)
 
 
+@remembers_strings
 def parse_duration(value: object) -> int:
     """A duration in nanoseconds: an integer (ns) or a string with units ("1.5s", "1m30s",
     "250us", "3µs"). ValueError saying what is wrong otherwise."""
     if isinstance(value, float):
-        raise _Bad(f"a float ({value!r}) is not a duration: write an integer of nanoseconds "
+        raise Bad(f"a float ({value!r}) is not a duration: write an integer of nanoseconds "
                    f'or a string with a unit, like "{value!r}s"')
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 0:
-            raise _Bad(f"a duration must not be negative (got {value})")
+            raise Bad(f"a duration must not be negative (got {value})")
         if value > DURATION_MAX:
-            raise _Bad(f"{value} ns is too long (at most {DURATION_MAX})")
-        return _own_int(value)
+            raise Bad(f"{value} ns is too long (at most {DURATION_MAX})")
+        return own_int(value)
     if not isinstance(value, str):
-        raise _Bad(f"expected a duration (integer nanoseconds or a string like \"3ms\"), "
-                   f"got {_toml_type(value)} {_show(value)}")
+        raise Bad(f"expected a duration (integer nanoseconds or a string like \"3ms\"), "
+                   f"got {type_name(value)} {show(value)}")
     text = value.strip()
     simple = _SIMPLE_DURATION.fullmatch(text)
     if simple is not None:  # one part, a short number: integer arithmetic
@@ -192,17 +250,17 @@ def parse_duration(value: object) -> int:
         if decimals is None:
             ns = int(whole) * _DURATION_UNITS[unit]
             if ns <= DURATION_MAX:
-                return _own_int(ns)
+                return own_int(ns)
         else:
             scaled, rest = divmod(int(whole + decimals) * _DURATION_UNITS[unit],
                                   10 ** len(decimals))
             if not rest and scaled <= DURATION_MAX:
-                return _own_int(scaled)
+                return own_int(scaled)
         # too long, or not whole: the general reading below says so
     if not text:
-        raise _Bad('an empty string is not a duration (write e.g. "0s")')
+        raise Bad('an empty string is not a duration (write e.g. "0s")')
     if text.startswith("-"):
-        raise _Bad(f"{_show(value)}: a duration must not be negative")
+        raise Bad(f"{show(value)}: a duration must not be negative")
     total = Fraction(0)
     pos = 0
     while pos < len(text):
@@ -210,18 +268,18 @@ def parse_duration(value: object) -> int:
         if match is None:
             rest = text[pos:].strip()
             if re.fullmatch(r"\d+(?:\.\d+)?", rest):
-                problem = f"{_show(rest)} has no unit"
+                problem = f"{show(rest)} has no unit"
             else:
-                problem = f"cannot read {_show(rest)}"
-            raise _Bad(f"{_show(value)} is not a duration: {problem} (units: ns, us, µs, ms, "
+                problem = f"cannot read {show(rest)}"
+            raise Bad(f"{show(value)} is not a duration: {problem} (units: ns, us, µs, ms, "
                        "s, m, min, h, d)")
         total += Fraction(match.group(1)) * _DURATION_UNITS[match.group(2)]
         pos = match.end()
     if total.denominator != 1:
-        raise _Bad(f"{_show(value)} is not a whole number of nanoseconds")
+        raise Bad(f"{show(value)} is not a whole number of nanoseconds")
     if total > DURATION_MAX:
-        raise _Bad(f"{_show(value)} is too long (at most {DURATION_MAX} ns)")
-    return _own_int(int(total))
+        raise Bad(f"{show(value)} is too long (at most {DURATION_MAX} ns)")
+    return own_int(int(total))
 
 
 def format_duration(ns: int) -> str:
@@ -240,44 +298,56 @@ def parse_size(value: object, unit: str = "B") -> int:
     ("4KiB", "1.5MiB", "2GiB"), rounded down to a whole number of `unit`."""
     scale = _SIZE_UNITS[unit]
     if isinstance(value, int) and not isinstance(value, bool):
-        return _u64(value)
+        return u64(value)
     if not isinstance(value, str):
-        raise _Bad(f"expected a size (an integer of {unit} or a string like \"4KiB\"), got "
-                   f"{_toml_type(value)} {_show(value)}")
+        raise Bad(f"expected a size (an integer of {unit} or a string like \"4KiB\"), got "
+                   f"{type_name(value)} {show(value)}")
     match = _SIZE.fullmatch(value)
     if match is None:
-        raise _Bad(f"{_show(value)} is not a size (like \"512B\", \"4KiB\", \"1.5GiB\")")
+        raise Bad(f"{show(value)} is not a size (like \"512B\", \"4KiB\", \"1.5GiB\")")
     number, suffix = match.groups()
     if not suffix:
-        raise _Bad(f"{_show(value)} has no unit: write an integer of {unit}, or add B, KiB, "
+        raise Bad(f"{show(value)} has no unit: write an integer of {unit}, or add B, KiB, "
                    "MiB, GiB or TiB")
     if suffix not in _SIZE_UNITS:
-        hint = _suggest(suffix, list(_SIZE_UNITS))
+        hint = suggest(suffix, list(_SIZE_UNITS))
         if suffix.upper() in ("K", "KB", "M", "MB", "G", "GB", "T", "TB"):
             hint = "use binary units: B, KiB, MiB, GiB, TiB"
-        raise _Bad(f"{_show(value)}: unknown size unit {_show(suffix)}; {hint}")
+        raise Bad(f"{show(value)}: unknown size unit {show(suffix)}; {hint}")
     whole, _, decimals = number.partition(".")
     if len(whole) <= 18 and len(decimals) <= 18:  # integer arithmetic, exactly the floor
-        return _u64(int(whole + decimals or "0") * _SIZE_UNITS[suffix]
+        return u64(int(whole + decimals or "0") * _SIZE_UNITS[suffix]
                     // (10 ** len(decimals) * scale))
     amount = Fraction(number) * _SIZE_UNITS[suffix] / scale
-    return _u64(math.floor(amount))
+    return u64(math.floor(amount))
+
+
+@remembers_strings
+def size_in_bytes(value: object) -> int:
+    """A size in bytes (`parse_size`)."""
+    return parse_size(value, "B")
+
+
+@remembers_strings
+def size_in_kib(value: object) -> int:
+    """A size in KiB (`parse_size`)."""
+    return parse_size(value, "KiB")
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def _datetime(value: object) -> dt.datetime:
+def date_time(value: object) -> dt.datetime:
     if isinstance(value, str):
         try:
             value = dt.datetime.fromisoformat(value.strip())
         except ValueError:
-            raise _Bad(f"{_show(value)} is not an RFC 3339 date-time "
+            raise Bad(f"{show(value)} is not an RFC 3339 date-time "
                        "(like 2024-01-01T00:00:00Z)") from None
     if isinstance(value, dt.datetime):
         return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
-    raise _Bad(f"expected a date-time (like 2024-01-01T00:00:00Z), got {_toml_type(value)} "
-               f"{_show(value)}")
+    raise Bad(f"expected a date-time (like 2024-01-01T00:00:00Z), got {type_name(value)} "
+               f"{show(value)}")
 
 
 def _epoch_timespec(value: dt.datetime) -> tuple[int, int]:
@@ -286,55 +356,58 @@ def _epoch_timespec(value: dt.datetime) -> tuple[int, int]:
     return seconds, rest * 1000
 
 
-def _boot_seconds(value: object) -> int:
-    seconds = _epoch_timespec(_datetime(value))[0]
+@remembers_strings
+def boot_seconds(value: object) -> int:
+    seconds = _epoch_timespec(date_time(value))[0]
     if not 0 <= seconds <= 2**63 - 1:
-        raise _Bad(f"{_show(value)} is before 1970 or too far ahead")
+        raise Bad(f"{show(value)} is before 1970 or too far ahead")
     return seconds
 
 
-def _timestamp(boot_wall_seconds: int) -> Callable[[object], tuple[int, int]]:
+def timestamp(boot_wall_seconds: int) -> Callable[[object], tuple[int, int]]:
     """A `<cat>_delay_max_ts` value: [tv_sec, tv_nsec], a date-time, or a duration since boot."""
     def convert(value: object) -> tuple[int, int]:
         if isinstance(value, list):
             if len(value) != 2:
-                raise _Bad(f"expected [tv_sec, tv_nsec], got an array of {len(value)}")
-            sec = _ranged(-(2**63), 2**63 - 1)(value[0])
-            nsec = _ranged(0, 999_999_999)(value[1])
+                raise Bad(f"expected [tv_sec, tv_nsec], got an array of {len(value)}")
+            sec = ranged(-(2**63), 2**63 - 1)(value[0])
+            nsec = ranged(0, 999_999_999)(value[1])
             return sec, nsec
         if isinstance(value, (dt.datetime, dt.date, dt.time)) or (
                 isinstance(value, str) and re.match(r"\s*\d{4}-\d\d-\d\d", value)):
-            return _epoch_timespec(_datetime(value))
+            return _epoch_timespec(date_time(value))
         try:
             since_boot = parse_duration(value)
-        except _Bad:
-            raise _Bad(f"expected a date-time, a duration since boot or [tv_sec, tv_nsec], "
-                       f"got {_toml_type(value)} {_show(value)}") from None
+        except Bad:
+            raise Bad(f"expected a date-time, a duration since boot or [tv_sec, tv_nsec], "
+                       f"got {type_name(value)} {show(value)}") from None
         seconds, nsec = divmod(since_boot, NSEC_PER_SEC)
         return boot_wall_seconds + seconds, nsec
     return convert
 
 
-def _comm(value: object) -> str:
-    text = _string(value)
+@remembers_strings
+def comm_name(value: object) -> str:
+    text = string(value)
     if not text:
-        raise _Bad("comm must not be empty")
+        raise Bad("comm must not be empty")
     if "\0" in text:
-        raise _Bad("comm must not contain NUL")
+        raise Bad("comm must not contain NUL")
     raw = text.encode("utf-8", "replace")
     if len(raw) > COMM_MAX:
         kept = raw[:COMM_MAX].decode("utf-8", "replace")
-        raise _Bad(f"{_show(text)} is {len(raw)} bytes; the kernel keeps {COMM_MAX} "
-                   f"(TASK_COMM_LEN - 1): write {_show(kept)}")
+        raise Bad(f"{show(text)} is {len(raw)} bytes; the kernel keeps {COMM_MAX} "
+                   f"(TASK_COMM_LEN - 1): write {show(kept)}")
     return text
 
 
-def _cgroup(value: object) -> str:
-    text = _string(value)
+@remembers_strings
+def cgroup_path(value: object) -> str:
+    text = string(value)
     parts = text.split("/")
     if not text.startswith("/") or "\0" in text or (
             text != "/" and any(p in ("", ".", "..") for p in parts[1:])):
-        raise _Bad(f"{_show(text)} is not a cgroup path: write an absolute path below the "
+        raise Bad(f"{show(text)} is not a cgroup path: write an absolute path below the "
                    'hierarchy\'s root, like "/system.slice/nginx.service"')
     return text
 
@@ -344,15 +417,16 @@ _STATE_NAMED: Mapping[str, TaskState] = MappingProxyType({name: TaskState(name)
                                                           for name in _STATES})
 
 
+@remembers_strings
 def task_state(value: object) -> TaskState:
-    text = _string(value)
+    text = string(value)
     state = _STATE_NAMED.get(text) or _STATE_NAMED.get(text.lower())
     if state is not None:
         return state
     if text.lower() == "zombie":
-        raise _Bad("a task becomes a zombie by exiting (a leader whose threads live on); "
+        raise Bad("a task becomes a zombie by exiting (a leader whose threads live on); "
                    f"choose one of {', '.join(_STATES)}")
-    raise _Bad(f"unknown state {_show(text)}; {_suggest(text.lower(), _STATES)}")
+    raise Bad(f"unknown state {show(text)}; {suggest(text.lower(), _STATES)}")
 
 
 _POLICIES: Mapping[str, int] = MappingProxyType({
@@ -361,6 +435,7 @@ _POLICIES: Mapping[str, int] = MappingProxyType({
 })
 
 
+@remembers_strings
 def policy_number(value: object) -> int:
     """A scheduling policy (ac_sched) from a number 0-255 or a name ("SCHED_FIFO", "fifo")."""
     if isinstance(value, str):
@@ -369,14 +444,14 @@ def policy_number(value: object) -> int:
             name = "SCHED_" + name
         if name in _POLICIES:
             return _POLICIES[name]
-        raise _Bad(f"unknown policy {_show(value)}; {_suggest(name, list(_POLICIES))}")
+        raise Bad(f"unknown policy {show(value)}; {suggest(name, list(_POLICIES))}")
     if isinstance(value, int) and not isinstance(value, bool):
-        return _ranged(0, 255)(value)
-    raise _Bad(f"expected a policy number or name, got {_toml_type(value)} {_show(value)}")
+        return ranged(0, 255)(value)
+    raise Bad(f"expected a policy number or name, got {type_name(value)} {show(value)}")
 
 
 #: x86_64 signal numbers (the numbers exit codes carry).
-_SIGNALS: Mapping[str, int] = MappingProxyType({
+SIGNALS: Mapping[str, int] = MappingProxyType({
     "SIGHUP": 1, "SIGINT": 2, "SIGQUIT": 3, "SIGILL": 4, "SIGTRAP": 5, "SIGABRT": 6,
     "SIGIOT": 6, "SIGBUS": 7, "SIGFPE": 8, "SIGKILL": 9, "SIGUSR1": 10, "SIGSEGV": 11,
     "SIGUSR2": 12, "SIGPIPE": 13, "SIGALRM": 14, "SIGTERM": 15, "SIGSTKFLT": 16,
@@ -387,37 +462,60 @@ _SIGNALS: Mapping[str, int] = MappingProxyType({
 })
 
 
+@remembers_strings
 def signal_number(value: object) -> int:
     """A signal number 1-64 from a number or a name ("SIGKILL", "kill", "9", "SIGRTMIN+3")."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return _ranged(1, SIGNAL_MAX)(value)
+        return ranged(1, SIGNAL_MAX)(value)
     if not isinstance(value, str):
-        raise _Bad(f"expected a signal number or name, got {_toml_type(value)} {_show(value)}")
+        raise Bad(f"expected a signal number or name, got {type_name(value)} {show(value)}")
     name = value.strip().upper()
     if name.isdigit():
-        return _ranged(1, SIGNAL_MAX)(int(name))
+        return ranged(1, SIGNAL_MAX)(int(name))
     if not name.startswith("SIG"):
         name = "SIG" + name
     match = re.fullmatch(r"(SIGRTMIN|SIGRTMAX)([+-])(\d{1,2})", name)
     if match:
         base, sign, offset = match.groups()
-        number = _SIGNALS[base] + int(offset) * (1 if sign == "+" else -1)
-        if _SIGNALS["SIGRTMIN"] <= number <= SIGNAL_MAX:
+        number = SIGNALS[base] + int(offset) * (1 if sign == "+" else -1)
+        if SIGNALS["SIGRTMIN"] <= number <= SIGNAL_MAX:
             return number
-        raise _Bad(f"{_show(value)} is outside SIGRTMIN..SIGRTMAX (34..64)")
-    if name in _SIGNALS:
-        return _SIGNALS[name]
-    raise _Bad(f"unknown signal {_show(value)}; {_suggest(name, list(_SIGNALS))}")
+        raise Bad(f"{show(value)} is outside SIGRTMIN..SIGRTMAX (34..64)")
+    if name in SIGNALS:
+        return SIGNALS[name]
+    raise Bad(f"unknown signal {show(value)}; {suggest(name, list(SIGNALS))}")
 
 
-def _device(value: object) -> int:
+@remembers_strings
+def device(value: object) -> int:
     """ac_exe_dev: an integer as the kernel encodes it, or "MAJOR:MINOR" (huge_encode_dev)."""
     if isinstance(value, str):
         match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", value)
         if match is None:
-            raise _Bad(f"{_show(value)} is not a device: write \"MAJOR:MINOR\" or an integer")
+            raise Bad(f"{show(value)} is not a device: write \"MAJOR:MINOR\" or an integer")
         major, minor = int(match.group(1)), int(match.group(2))
         if major >= 1 << 12 or minor >= 1 << 20:
-            raise _Bad(f"{_show(value)}: major must be below 4096 and minor below 1048576")
+            raise Bad(f"{show(value)}: major must be below 4096 and minor below 1048576")
         return (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
-    return _u64(value)
+    return u64(value)
+
+
+def comm_template(index: str, about: str) -> Callable[[object], str]:
+    """A command name for many tasks: `{index}` stands for each one's index ("job{n}",
+    "worker-{i}"); `about` says what is counted, for the error ("the job's index")."""
+    def convert(value: object) -> str:
+        text = string(value)
+        try:
+            text.format_map({index: 0})
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
+            raise Bad(f"{show(text)}: only {{{index}}} ({about}) may appear in braces; write "
+                      f"{{{{ and }}}} for literal braces ({exc})") from None
+        return text
+    return convert
+
+
+def render_comm(template: str, index: str, number: int) -> str:
+    """`template` for task `number` (see `comm_template`)."""
+    if "{" not in template and "}" not in template:
+        return template
+    return template.format_map({index: number})

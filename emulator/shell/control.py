@@ -42,7 +42,7 @@ import trio
 from tsemu.wire import WireError, parse_cpulist
 
 from ..model.tasks import COUNTERS
-from ..scenario.reader import (
+from ..scenario import (
     ScenarioError,
     parse_counter_value,
     policy_number,

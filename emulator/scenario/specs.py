@@ -1,0 +1,222 @@
+"""A checked scenario, as values: the machine, the processes alive at its start, the timeline.
+
+What lives here: the types a reading produces and the rest of tsemu consumes (`Machine`,
+`ProcessSpec`, `ThreadSpec`, `Event`, `Scenario`). Specs and events are named tuples: a big
+scenario makes a hundred thousand of them, and a tuple is made several times faster than a
+frozen dataclass. What must not: reading (`reader`), carrying a scenario out (`build`).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ..model.clock import DEFAULT_BOOT_WALL_SECONDS, NSEC_PER_SEC
+from ..model.families import DEFAULT_TASKSTATS_ID, FamilyTable
+from ..model.profiles import PROFILES, KernelProfile
+from ..model.tasks import PID_MAX_LIMIT, FrozenCounters, TaskState
+
+if TYPE_CHECKING:
+    from ..model.table import ProcessTable
+
+#: Where a scenario starts on the virtual clock, by default: 100 s after boot.
+DEFAULT_START_NS = 100 * NSEC_PER_SEC
+
+
+@dataclass(frozen=True)
+class Machine:
+    """`[machine]`, with defaults filled in; see FORMAT.md."""
+
+    cpus: int = 2
+    kernel: str = "6.18"
+    family_id: int = DEFAULT_TASKSTATS_ID
+    clock: str = "virtual"
+    boot_wall_seconds: int = DEFAULT_BOOT_WALL_SECONDS
+    #: the scenario's start on the virtual clock: nanoseconds since boot
+    start_ns: int = DEFAULT_START_NS
+    next_pid: int = 1
+    pid_max: int = PID_MAX_LIMIT
+    mirror_host: bool = False
+
+    @property
+    def profile(self) -> KernelProfile:
+        return PROFILES[self.kernel]
+
+    def families(self) -> FamilyTable:
+        return FamilyTable.default(self.family_id)
+
+
+#: The counters of a spec that gives none: one shared empty mapping, not a dict per spec.
+NO_COUNTERS = FrozenCounters()
+
+
+def frozen(counters: Mapping[str, Any]) -> FrozenCounters:
+    """A spec's counters: immutable, so that the tasks made from the spec can share them."""
+    if type(counters) is FrozenCounters:
+        return counters
+    return FrozenCounters(counters) if counters else NO_COUNTERS
+
+
+class ThreadSpec(NamedTuple):
+    """A thread besides the leader. None means "as the leader" (cpu, state), "its own name is
+    the leader's" (comm), or, for `tid`, "automatic" until the scenario is checked. `age_ns`
+    is how long before its creation point (the scenario start, or the spawn) it started;
+    threads of a timeline spawn start with it (0). `counters` are `tasks.COUNTERS` values;
+    the mm's counters come from the leader."""
+
+    tid: int | None
+    comm: str | None = None
+    cpu: int | None = None
+    state: TaskState | None = None
+    superuser: bool = False
+    age_ns: int = 0
+    counters: Mapping[str, int | tuple[int, int]] = NO_COUNTERS
+
+    def with_tid(self, tid: int) -> ThreadSpec:
+        """This thread with its tid filled in (itself if it already has that one)."""
+        return self if self.tid == tid else self._replace(tid=tid)
+
+
+class ProcessSpec(NamedTuple):
+    """A process: its leader's identity and counters, and its other threads. `age_ns` is how
+    long before its creation point (the scenario start for [[process]], the event's time for
+    a spawn) it started. `pid` None: automatic, until the scenario is checked."""
+
+    pid: int | None
+    comm: str
+    ppid: int = 1
+    uid: int = 0
+    gid: int = 0
+    cgroup: str | None = None
+    state: TaskState = TaskState.RUNNING
+    cpu: int = 0
+    age_ns: int = 0
+    nice: int = 0
+    policy: int = 0
+    forked_no_exec: bool = False
+    superuser: bool = False
+    counters: Mapping[str, int | tuple[int, int]] = NO_COUNTERS
+    threads: tuple[ThreadSpec, ...] = ()
+
+    @property
+    def tids(self) -> tuple[int | None, ...]:
+        """Every thread's tid, the leader's first."""
+        return (self.pid, *(t.tid for t in self.threads))
+
+    def with_tids(self, pid: int, tids: Sequence[int]) -> ProcessSpec:
+        """This process with its pid and its threads' tids filled in (itself if it already
+        has those)."""
+        if not self.threads and pid == self.pid:
+            return self
+        threads = tuple(t.with_tid(tid) for t, tid in zip(self.threads, tids, strict=True))
+        if pid == self.pid and all(a is b for a, b in zip(threads, self.threads, strict=True)):
+            return self
+        return self._replace(pid=pid, threads=threads)
+
+
+class Event(NamedTuple):
+    """One timeline action at `at_ns` nanoseconds after the scenario start.
+
+    `args`, by action (every pid explicit):
+    - spawn: {"process": ProcessSpec}
+    - clone: {"tgid": int, "thread": ThreadSpec}
+    - set: {"pid": int, "values": {identity or counter name: value}} (as `ProcessTable.set`)
+    - add: {"pid": int, "deltas": {counter name: int}}
+    - move: {"pid": int, "cpu": int}
+    - exit: {"pid": int, "code": int, "signal": int | None, "core": bool, "cpu": int | None}
+    - exit_group: {"pid": int, "code": int, "signal": int | None, "core": bool,
+      "caller": int | None}
+    """
+
+    at_ns: int
+    action: str
+    args: dict[str, Any]
+
+
+def _no_overrides() -> Mapping[str, Any]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A checked scenario: the machine, declared cgroups, the processes alive at the start
+    (every pid explicit, populations expanded) and the timeline, generators expanded, sorted
+    by time (stable)."""
+
+    source: str
+    machine: Machine
+    cgroups: tuple[str, ...]
+    processes: tuple[ProcessSpec, ...]
+    timeline: tuple[Event, ...]
+    #: the text it was read from, zlib-compressed (for `with_overrides`): neither the text
+    #: nor its document is kept as such (~2.2 KB per [[process]] table)
+    packed_text: bytes | None = field(default=None, repr=False, compare=False)
+    #: the language of that text: "toml" or "json"
+    syntax: str = field(default="toml", repr=False, compare=False)
+    #: the [machine] keys `with_overrides` replaced in that text to make this scenario
+    overrides: Mapping[str, Any] = field(default_factory=_no_overrides, repr=False,
+                                         compare=False)
+    #: the table the check built at the scenario's start, for the first `build_table` to
+    #: take instead of building it again (a list: empty once taken, or if there is none;
+    #: not an argument, so that `dataclasses.replace` makes a scenario without it)
+    _start_table: list[ProcessTable] = field(default_factory=list, init=False, repr=False,
+                                             compare=False)
+
+    @property
+    def text(self) -> str | None:
+        """The text it was read from (None if it was not read from a text)."""
+        if self.packed_text is None:
+            return None
+        return zlib.decompress(self.packed_text).decode("utf-8", "surrogatepass")
+
+    @property
+    def document(self) -> Mapping[str, Any] | None:
+        """The document it was read from (with the `overrides`), read again from `text` on
+        each access."""
+        text = self.text
+        if text is None:
+            return None
+        document = json.loads(text) if self.syntax == "json" else tomllib.loads(text)
+        if self.overrides:
+            document.setdefault("machine", {}).update(self.overrides)
+        return MappingProxyType(document)
+
+    @property
+    def task_count(self) -> int:
+        """How many tasks are alive at the scenario's start."""
+        return sum(1 + len(p.threads) for p in self.processes)
+
+    def clock_ns(self, event: Event) -> int:
+        """When `event` happens on the virtual clock (nanoseconds since boot)."""
+        return self.machine.start_ns + event.at_ns
+
+    def process(self, pid: int) -> ProcessSpec:
+        """The process with that pid alive at the start; KeyError if none."""
+        for spec in self.processes:
+            if spec.pid == pid:
+                return spec
+        raise KeyError(pid)
+
+    def with_overrides(self, *, kernel: str | None = None, cpus: int | None = None,
+                       family_id: int | None = None, clock: str | None = None) -> Scenario:
+        """The same scenario with [machine] keys replaced (None keeps the file's), checked
+        again as a whole: ScenarioError if, say, a process runs on a CPU the new count lacks."""
+        overrides = {key: value for key, value in (
+            ("kernel", kernel), ("cpus", cpus), ("family_id", family_id), ("clock", clock))
+            if value is not None}
+        if not overrides:
+            return self
+        text = self.text
+        if text is None:
+            raise ValueError("this Scenario was not read from a document: build it anew")
+        from .files import read_text
+        from .values import show
+        label = ", ".join(f"{k}={show(v)}" for k, v in overrides.items())
+        applied = {**self.overrides, **overrides}
+        return read_text(text, f"{self.source} (with {label})", syntax=self.syntax,
+                         overrides=applied, packed_text=self.packed_text)
