@@ -36,7 +36,8 @@ app.add_typer(ctl_app, name="ctl")
 def serve(
     socket: SocketOption = None,
     scenario: Annotated[Path | None, typer.Option(
-        help="A scenario file (TOML). Default: the embedded default machine.",
+        help="A scenario file (TOML, or JSON if it ends in .json; see `tsemu scenario "
+             "reference`). Default: the embedded default machine.",
         show_default=False)] = None,
     kernel: Annotated[str | None, typer.Option(
         help="Kernel profile to emulate: 6.1, 6.18 or 7.2 (overrides the scenario's).",
@@ -71,9 +72,9 @@ def serve(
 
     import trio
 
-    from tsemu.emulator.scenario.reader import ScenarioError, default_scenario, load_scenario
+    from tsemu.emulator.scenario import ScenarioError, default_scenario, load_scenario
     from tsemu.emulator.shell.permissions import AdminPolicy
-    from tsemu.emulator.shell.runner import Emulator
+    from tsemu.emulator.shell.runner import Emulator, loading_for_good
 
     started = time.monotonic()
     big = scenario is not None and scenario.is_file() and scenario.stat().st_size > 256 << 10
@@ -81,16 +82,17 @@ def serve(
         assert scenario is not None
         typer.echo(f"tsemu: loading {scenario} ({scenario.stat().st_size >> 10} KiB)...",
                    err=True)
-    try:
-        loaded = load_scenario(scenario) if scenario is not None else default_scenario()
-        loaded = loaded.with_overrides(kernel=kernel, cpus=cpus,
-                                       family_id=int(family_id, 0) if family_id else None)
-        policy = AdminPolicy.parse(admin)
-    except (ScenarioError, ValueError) as exc:
-        fail(str(exc), 2)
-    roots = tuple(cgroup_root) if cgroup_root else ("/sys/fs/cgroup",)
-    emulator = Emulator(loaded, socket_path(socket), admin=policy, cgroup_roots=roots,
-                        busy_poll_ns=busy_poll * 1000)
+    with loading_for_good():
+        try:
+            loaded = load_scenario(scenario) if scenario is not None else default_scenario()
+            loaded = loaded.with_overrides(kernel=kernel, cpus=cpus,
+                                           family_id=int(family_id, 0) if family_id else None)
+            policy = AdminPolicy.parse(admin)
+        except (ScenarioError, ValueError) as exc:
+            fail(str(exc), 2)
+        roots = tuple(cgroup_root) if cgroup_root else ("/sys/fs/cgroup",)
+        emulator = Emulator(loaded, socket_path(socket), admin=policy, cgroup_roots=roots,
+                            busy_poll_ns=busy_poll * 1000)
     if big or time.monotonic() - started > 0.5:
         typer.echo(f"tsemu: loaded {len(emulator.table)} tasks and {len(loaded.timeline)} "
                    f"timeline events in {time.monotonic() - started:.1f} s", err=True)
@@ -284,10 +286,12 @@ def ctl_storm(
                f"({reply['rate']:.0f}/s), {reply['deliveries']} deliveries")
 
 
-# -- client verbs: get, listen, families (cli/client_verbs.py) ------------------------------
+# -- client verbs: get, listen, families (cli/client_verbs.py); scenario (cli/scenario_verbs.py)
 from tsemu.cli.client_verbs import register as _register_client_verbs  # noqa: E402
+from tsemu.cli.scenario_verbs import register as _register_scenario_verbs  # noqa: E402
 
 _register_client_verbs(app)
+_register_scenario_verbs(app)
 
 
 def main() -> None:
