@@ -84,7 +84,7 @@ def once(ctx: Context, argv: list[str], path: Path, request: bytes,
 
 def tsemu_probe() -> tuple[bytes, Callable[[bytes], bool], int]:
     """A GET for a pid of the default scenario, and the test of its reply."""
-    from tsemu.emulator.scenario.reader import default_scenario
+    from tsemu.emulator.scenario import default_scenario
     from tsemu.wire import encode_taskstats_get
 
     scenario = default_scenario()
