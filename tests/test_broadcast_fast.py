@@ -458,7 +458,10 @@ async def test_storm_drops_a_vanished_listener_and_the_others_lose_nothing(
         stats = emu.server.listeners.cpus[0].stats
         assert emu.server.listeners.listeners() == {0: [alive.port]}
     assert [seq for seq, _ in got] == list(range(300))
-    assert result.deliveries == 300 and stats.dropped_listeners == 1
+    # Dropped either when its file went (the server forgets a client whose socket is gone)
+    # or at the first send to it that failed, as the kernel drops it.
+    assert result.deliveries == 300
+    assert stats.dropped_listeners + emu.server.stats.clients_gone >= 1
 
 
 async def test_storm_with_threads_broadcasts_each_thread_then_the_group(

@@ -189,6 +189,16 @@ class ListenerTable:
             else:
                 await self.cpus[cpu].deregister(port)
 
+    def listening(self, port: int) -> bool:
+        """Whether `port` is registered on some CPU."""
+        return any(port in cpu.ports for cpu in self.cpus)
+
+    async def forget(self, port: int) -> None:
+        """`port`'s socket is gone: off every CPU's list."""
+        for cpu in self.cpus:
+            if port in cpu.ports:
+                await cpu.deregister(port)
+
     def listeners(self) -> dict[int, list[int]]:
         """cpu -> ports, for `ctl listeners` and tests."""
         return {c.cpu: list(c.ports) for c in self.cpus if c.ports}

@@ -37,6 +37,7 @@ from .hostmirror import HostMirror
 from .permissions import AdminPolicy
 from .server import Server
 
+
 @contextlib.contextmanager
 def loading_for_good() -> Iterator[None]:
     """The scope in which a server loads its machine (the scenario, the table, the server):

@@ -39,22 +39,29 @@ hard link made to a client's file from another directory changes its ctime witho
 here; the per-datagram stat took that for a new socket, the watch does not. Neither the shim
 nor `tsemu.client` does that; a bind, close, unlink, rename, chmod or chown of the file is
 seen, and the ports directory moving or going away ends the watch: stat from then on.)
-Addresses outside the ports directory, or with inotify unavailable, are checked by stat every
-time, as before.
+With inotify unavailable, every datagram's sender is checked (`Clients.admit`).
+
+Who may send is `clients`' business: a sender must be a socket in the server's own ports
+directory, named as a port id, and is forgotten as soon as its socket is gone. What the
+server's files are and who may own them is `sockdir`'s. Limits, all documented in the README:
+clients (`max_clients`), a datagram's size (`MAX_DATAGRAM`, the kernel's default send buffer
+and then some; a longer one is dropped, counted), a client's receive budget (SO_RCVBUF as
+net.core.rmem_max bounds it, more only for a privileged sender's SO_RCVBUFFORCE, and never
+over `MAX_FORCED_RCVBUF`).
 """
 
 from __future__ import annotations
 
 import array
-import errno
 import os
+import resource
 import select
 import socket
 import stat
 import sys
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +73,27 @@ from ..model.families import FamilyTable
 from ..model.kernel import Action, CgroupRef, Kernel, Listen, Send, Sender, TaskSource
 from ..model.profiles import DEFAULT_PROFILE, KernelProfile
 from ..model.tasks import RepeatExit
-from .addressing import is_stale, port_of, ports_dir
+from .addressing import is_stale, ports_dir
 from .busypoll import DEFAULT_WINDOW_NS, BusyPoll
+from .clients import DEFAULT_MAX_CLIENTS, ClientConn, Clients
 from .listeners import ListenerTable
-from .outbox import Outbox
 from .permissions import AdminPolicy, Credentials
 from .portwatch import PortWatch
+from .sockdir import (
+    prepare_ports_dir,
+    prepare_socket_dir,
+    private_files,
+    remove_stale,
+)
 
-_RECV_SIZE = 1 << 16
+#: The longest datagram the server takes: netlink takes a message up to the sender's send
+#: buffer (212992 bytes by default, more with SO_SNDBUF); longer ones are dropped, counted.
+MAX_DATAGRAM = 1 << 20
+#: SO_RCVBUFFORCE by a privileged sender is honoured up to this (a budget is memory the
+#: server holds for a client that does not read).
+MAX_FORCED_RCVBUF = 64 << 20
+#: The least receive budget (SOCK_MIN_RCVBUF on x86_64, as the kernel floors SO_RCVBUF).
+MIN_RCVBUF = 2304
 _MAX_FDS = 16
 _ANC_SIZE = socket.CMSG_SPACE(12) + socket.CMSG_SPACE(4 * _MAX_FDS)
 #: Datagrams read per wake-up at most, before the loop lets other tasks run.
@@ -91,29 +111,7 @@ class ServerStats:
     unaddressed: int = 0
     clients_gone: int = 0
     internal_errors: int = 0
-
-
-@dataclass
-class ClientConn:
-    """What the server keeps for one client port."""
-
-    port: int
-    sock: trio.socket.SocketType
-    outbox: Outbox
-    cap_ack: bool = False
-    ext_ack: bool = False
-    #: (inode, ctime) of the client's socket file: a new socket on the same port id (the
-    #: kernel reuses a process's tgid and freed negative ids) is a new client
-    identity: tuple[int, int] = (-1, -1)
-    admin_cache: dict[tuple[int, int], bool] = field(default_factory=dict)
-    #: the address the connection was made to
-    address: Any = None
-    #: the `Sender` of the last datagram without descriptors, and its raw SCM_CREDENTIALS
-    #: (b"" for none): the next datagram with the same credentials reuses it
-    sender: Sender | None = None
-    sender_creds: bytes | None = None
-    #: addresses under which the server trusts this client's identity (see `PortWatch`)
-    trusted_as: list[str] = field(default_factory=list)
+    too_long: int = 0
 
 
 class Server:
@@ -124,7 +122,9 @@ class Server:
                  families: FamilyTable | None = None,
                  admin: AdminPolicy | None = None,
                  cgroup_roots: tuple[str, ...] = ("/sys/fs/cgroup",),
-                 busy_poll_ns: int = DEFAULT_WINDOW_NS) -> None:
+                 busy_poll_ns: int = DEFAULT_WINDOW_NS,
+                 max_clients: int = DEFAULT_MAX_CLIENTS,
+                 shared_dir: bool = False) -> None:
         self.socket_path = Path(socket_path)
         self.tasks = tasks
         self.profile = profile
@@ -132,14 +132,17 @@ class Server:
                              cgroup_roots=cgroup_roots)
         self.listeners = ListenerTable(nr_cpus)
         self.admin = admin or AdminPolicy()
-        self.clients: dict[int, ClientConn] = {}
+        self.client_table = Clients(ports_dir(self.socket_path), budget=profile.rmem_default,
+                                    max_clients=max_clients, on_forget=self._forgotten)
+        #: the clients by port id
+        self.clients: dict[int, ClientConn] = self.client_table.by_port
         self.stats = ServerStats()
+        self.shared_dir = shared_dir
         self._nursery: trio.Nursery | None = None
         self._sock: trio.socket.SocketType | None = None
         self._raw: socket.socket | None = None
         self._watch: PortWatch | None = None
-        #: client address -> its connection, for clients whose socket file is known unchanged
-        self._trusted: dict[str, ClientConn] = {}
+        self._buffer = bytearray(MAX_DATAGRAM + 1)
         if busy_poll_ns < 0:
             raise ValueError(f"a busy-poll window cannot be negative ({busy_poll_ns} ns)")
         self._busy_poll_ns = busy_poll_ns
@@ -150,52 +153,58 @@ class Server:
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED,
                     announce: bool = False) -> None:
         """Bind, then serve until cancelled; the socket file is removed on the way out."""
+        _raise_descriptor_limit()
         self._sock = await self._bind()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self.client_table.start(nursery)
                 nursery.start_soon(self.listeners.run, self._build_event, self._deliver)
                 nursery.start_soon(self._receive_loop)
+                nursery.start_soon(self._watch_ports)
+                nursery.start_soon(self.client_table.sweep_forever)
                 if announce:
                     print(f"tsemu: listening on {self.socket_path}", file=sys.stderr,
                           flush=True)
                 task_status.started(self)
         finally:
             self._sock.close()
-            for client in self.clients.values():
+            for client in list(self.clients.values()):
                 client.sock.close()
             if self._watch is not None:
                 self._watch.close()
                 self._watch = None
-            self._trusted.clear()
+            self.client_table.trusted.clear()
             self._cleanup_files()
 
     async def _bind(self) -> trio.socket.SocketType:
         path = self.socket_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() or path.is_symlink():
-            if not stat.S_ISSOCK(path.lstat().st_mode):
-                raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
-            if not is_stale(path):
-                raise OSError(errno.EADDRINUSE, f"another server is listening on {path}")
-            path.unlink()
+        prepare_socket_dir(path.parent, shared=self.shared_dir)
+        if os.path.lexists(path):
+            if stat.S_ISSOCK(os.lstat(path).st_mode) and not is_stale(path):
+                raise OSError(98, f"another server is listening on {path}")
+            remove_stale(path, "socket")
         raw = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            raw.bind(str(path))
+            with private_files(0o666):  # anyone may send, as to the kernel's netlink
+                raw.bind(str(path))
             sock = trio.socket.from_stdlib_socket(raw)  # non-blocking from here on
         except BaseException:
             raw.close()
             raise
-        os.chmod(path, 0o666)
-        ports = ports_dir(path)
-        ports.mkdir(exist_ok=True)
-        os.chmod(ports, 0o1777)
         self._raw = raw
-        self._watch = PortWatch.open(ports)
+        self._open_ports()
         await trio.lowlevel.checkpoint()
         return sock
+
+    def _open_ports(self) -> None:
+        """Make (or take over) the ports directory and watch it."""
+        ports = ports_dir(self.socket_path)
+        prepare_ports_dir(ports)
+        self._watch = PortWatch.open(ports)
+        self.client_table.watching = self._watch is not None
 
     def _cleanup_files(self) -> None:
         try:
@@ -207,41 +216,95 @@ class Server:
         except OSError:
             pass  # clients still have sockets there
 
+    # -- the ports directory ---------------------------------------------------------------
+
+    async def _watch_ports(self) -> None:
+        """Read the ports watch whenever it has something to say, datagrams or not: a client
+        that closes its socket is forgotten at once, not at its next datagram (it has none)."""
+        while True:
+            watch = self._watch
+            if watch is None:
+                await trio.sleep(1)
+                self._reopen_ports()
+                continue
+            try:
+                await trio.lowlevel.wait_readable(watch.fd)
+            except (trio.ClosedResourceError, OSError, ValueError):
+                await trio.lowlevel.checkpoint()
+            self._check_ports()
+
+    def _check_ports(self) -> bool:
+        """Tell the clients which names of the ports directory changed (the watch has events
+        waiting). False when the watch died (the directory was removed or moved): every
+        client is checked, and the directory made again."""
+        watch = self._watch
+        if watch is None:
+            return False
+        names = watch.changes()
+        self.client_table.names_changed(names)
+        if watch.alive:
+            return True
+        watch.close()
+        self._watch = None
+        self.client_table.watching = False
+        self._reopen_ports()
+        return False
+
+    def _reopen_ports(self) -> None:
+        if self._watch is not None:
+            return
+        try:
+            self._open_ports()
+        except OSError as exc:
+            print(f"tsemu: cannot make the ports directory again: {exc}", file=sys.stderr,
+                  flush=True)
+            return
+        self.client_table.names_changed(None)  # what was in the old one is gone
+
     # -- datagrams in ----------------------------------------------------------------------
 
     async def _receive_loop(self) -> None:
         raw = self._raw
         assert raw is not None
-        recvmsg = raw.recvmsg
+        recvmsg_into = raw.recvmsg_into
+        buffers = [self._buffer]
+        view = memoryview(self._buffer)
         # One poll, no timeout, after each datagram: are more waiting (then no trip through
         # trio before the next), and did client socket files change (then before this
         # datagram is answered: see `PortWatch`)?
         ready = select.poll()
         ready.register(raw, select.POLLIN)
-        watch_fd = -1
-        if self._watch is not None:
-            watch_fd = self._watch.fd
-            ready.register(watch_fd, select.POLLIN)
         poll = ready.poll
+        watch_fd = -1
         spin = self.busy_poll = BusyPoll(raw, self._busy_poll_ns)
         while True:
             await trio.lowlevel.wait_readable(raw)
+            if self._watch is not None and self._watch.fd != watch_fd:
+                if watch_fd >= 0:
+                    ready.unregister(watch_fd)
+                watch_fd = self._watch.fd
+                ready.register(watch_fd, select.POLLIN)
             budget = _BATCH
             while True:
                 try:
-                    data, ancdata, _flags, address = recvmsg(_RECV_SIZE, _ANC_SIZE)
+                    size, ancdata, flags, address = recvmsg_into(buffers, _ANC_SIZE)
                 except BlockingIOError:
                     break
+                data = bytes(view[:size])
                 more = False
                 for fd, _events in poll(0):
                     if fd != watch_fd:
                         more = True
                     elif not self._check_ports():
-                        ready.unregister(watch_fd)  # the watch is dead: stat from now on
+                        ready.unregister(watch_fd)  # the watch is dead: it is made again
                         watch_fd = -1
-                pending = self._receive(data, ancdata, address)
-                if pending is not None:
-                    await pending
+                if size > MAX_DATAGRAM or flags & socket.MSG_TRUNC:
+                    self.stats.too_long += 1
+                    _close_descriptors(ancdata)
+                else:
+                    pending = self._receive(data, ancdata, address)
+                    if pending is not None:
+                        await pending
                 if not more and not spin.wait():
                     break
                 budget -= 1
@@ -256,7 +319,7 @@ class Server:
         if len(ancdata) == 1:
             level, kind, creds = ancdata[0]
             if kind == _SCM_CREDENTIALS and level == _SOL_SOCKET and len(creds) == _CREDS_SIZE:
-                client = self._trusted.get(address)
+                client = self.client_table.trusted.get(address)
                 if client is not None and not client.outbox.gone:
                     try:
                         pending = self._serve(client, data, creds, _NO_FDS)
@@ -270,13 +333,15 @@ class Server:
                                address: Any) -> None:
         creds, fds = _ancillary(ancdata)
         try:
-            client = self._trusted.get(address)
+            client = self.client_table.trusted.get(address)
             if client is None or client.outbox.gone:
-                await self._datagram_checked(data, creds, fds, address)
-            else:
-                pending = self._serve(client, data, creds, fds)
-                if pending is not None:
-                    await pending
+                client = await self.client_table.admit(address)
+                if client is None:
+                    self.stats.unaddressed += 1
+                    return
+            pending = self._serve(client, data, creds, fds)
+            if pending is not None:
+                await pending
         except Exception as exc:  # one bad datagram must not take the server down
             self._internal_error(address, exc)
         finally:
@@ -294,33 +359,21 @@ class Server:
         print(f"tsemu: internal error on a datagram from {address!r}: {exc!r}",
               file=sys.stderr, flush=True)
 
-    async def _datagram_checked(self, data: bytes, creds: bytes, fds: Sequence[int],
-                                address: Any) -> None:
-        """A datagram whose sender must be looked up (and its socket file checked) first."""
-        port = port_of(address) if isinstance(address, (str, bytes)) else None
-        if port is None:
-            self.stats.unaddressed += 1
-            return
-        client = await self._client(port, address)
-        if client is None:
-            return
-        pending = self._serve(client, data, creds, fds)
-        if pending is not None:
-            await pending
-
     def _serve(self, client: ClientConn, data: bytes, creds: bytes,
                fds: Sequence[int]) -> Awaitable[None] | None:
         """What `client`'s datagram earns, offered to its outbox; from the first action that
         needs an await (a REGISTER's `Listen`) on, the rest is returned to be awaited."""
         if data[:1] == b"\0" and is_control(data):  # a netlink message starts with its length
             self.stats.control += 1
-            self._control(client, data)
+            self._control(client, data, creds)
             return None
         self.stats.datagrams += 1
         if fds:
             sender = self._sender(client, creds, fds)
         elif creds == client.sender_creds and client.sender is not None:
             sender = client.sender
+            if self._judge_each:  # privilege is judged per datagram, as the kernel does
+                sender.admin = self.admin.is_admin(_credentials(creds))
         else:
             sender = client.sender = self._sender(client, creds, fds)
             client.sender_creds = creds
@@ -333,34 +386,32 @@ class Server:
                 return self._carry_out(client, actions, index)
         return None
 
+    @property
+    def _judge_each(self) -> bool:
+        return self.admin.mode == "auto"
+
     async def _carry_out(self, client: ClientConn, actions: list[Action], start: int) -> None:
         for action in actions[start:]:
             if isinstance(action, Send):
                 client.outbox.offer(action.data)
             elif isinstance(action, Listen):
-                await self.listeners.apply(client.port, action.cpus, action.register)
+                if self.clients.get(client.port) is client:  # (not forgotten meanwhile)
+                    await self.listeners.apply(client.port, action.cpus, action.register)
 
     def _sender(self, client: ClientConn, creds: bytes, fds: Sequence[int]) -> Sender:
-        who = Credentials._make(array.array("i", creds)) if creds else _NO_CREDENTIALS
-        return Sender(client.port, admin=self._is_admin(client, who), cap_ack=client.cap_ack,
-                      ext_ack=client.ext_ack, cgroup_refs=[_cgroup_ref(fd) for fd in fds])
+        return Sender(client.port, admin=self.admin.is_admin(_credentials(creds)),
+                      cap_ack=client.cap_ack, ext_ack=client.ext_ack,
+                      cgroup_refs=[_cgroup_ref(fd) for fd in fds])
 
-    def _is_admin(self, client: ClientConn, creds: Credentials) -> bool:
-        key = (creds.pid, creds.uid)
-        cached = client.admin_cache.get(key)
-        if cached is None:
-            cached = client.admin_cache[key] = self.admin.is_admin(creds)
-        return cached
-
-    def _control(self, client: ClientConn, data: bytes) -> None:
+    def _control(self, client: ClientConn, data: bytes, creds: bytes) -> None:
         try:
             control = decode_control(data)
         except Exception:
             return
         if control.op != ControlOp.SETOPT:
             return
-        if control.option == ControlOption.RCVBUF and control.value > 0:
-            client.outbox.budget = control.value
+        if control.option == ControlOption.RCVBUF:
+            client.outbox.budget = self._budget(control.value, creds)
         elif control.option == ControlOption.CAP_ACK:
             client.cap_ack = bool(control.value)
         elif control.option == ControlOption.EXT_ACK:
@@ -369,76 +420,21 @@ class Server:
             client.outbox.no_enobufs = bool(control.value)
         client.sender = client.sender_creds = None  # its options may have changed
 
-    async def _client(self, port: int, address: Any) -> ClientConn | None:
-        identity = _file_identity(address)
-        client = self.clients.get(port)
-        if client is not None and not client.outbox.gone:
-            if client.identity == identity:
-                self._trust(client, address, identity)
-                return client
-            client.outbox.close()  # the port's old socket is gone: forget what it had
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            await sock.connect(address)
-        except OSError:
-            sock.close()
-            return None
-        outbox = Outbox(sock, self.profile.rmem_default,
-                        on_gone=lambda: self._client_gone(port, sock))
-        client = ClientConn(port, sock, outbox, identity=identity, address=address)
-        self.clients[port] = client
-        assert self._nursery is not None
-        self._nursery.start_soon(outbox.drain)
-        self._trust(client, address, identity)
-        return client
+    def _budget(self, value: int, creds: bytes) -> int:
+        """A receive budget asked for (SO_RCVBUF as getsockopt reports it: twice what was
+        set), as the kernel bounds it: by net.core.rmem_max, or for a privileged sender
+        (SO_RCVBUFFORCE) by `MAX_FORCED_RCVBUF`."""
+        ceiling = 2 * self.profile.rmem_max
+        if value > ceiling and self.admin.is_admin(_credentials(creds)):
+            ceiling = MAX_FORCED_RCVBUF
+        return max(MIN_RCVBUF, min(value, ceiling))
 
-    def _trust(self, client: ClientConn, address: Any, identity: tuple[int, int]) -> None:
-        """Serve `address` as `client` without checking its file again, until the ports
-        directory's watch reports a change of that name: only for a socket file (not a link
-        to one) directly in the watched directory, whose identity is `identity` now."""
-        watch = self._watch
-        if (watch is None or not isinstance(address, str)
-                or self._trusted.get(address) is client
-                or not address.startswith(watch.prefix)
-                or "/" in address[len(watch.prefix):]):
-            return
-        try:
-            st = os.lstat(address)
-        except OSError:
-            return
-        if stat.S_ISSOCK(st.st_mode) and (st.st_ino, st.st_ctime_ns) == identity:
-            self._trusted[address] = client
-            if address not in client.trusted_as:
-                client.trusted_as.append(address)
-
-    def _check_ports(self) -> bool:
-        """Forget the trust of every client whose socket file changed since the last look
-        (the watch has events waiting). False when the watch died: it is closed then."""
-        watch = self._watch
-        if watch is None:
-            return False
-        names = watch.changes()
-        if names is None:  # events lost, or the directory itself moved: trust nothing
-            self._trusted.clear()
-            if not watch.alive:
-                watch.close()
-                self._watch = None
-                return False
-            return True
-        trusted = self._trusted
-        for name in names:
-            trusted.pop(watch.prefix + name, None)
-        return True
-
-    def _client_gone(self, port: int, sock: trio.socket.SocketType) -> None:
-        client = self.clients.get(port)
-        if client is not None and client.sock is sock:
-            del self.clients[port]
-            for address in client.trusted_as:
-                if self._trusted.get(address) is client:
-                    del self._trusted[address]
-        sock.close()
+    def _forgotten(self, client: ClientConn) -> None:
+        """A client is gone: its registrations go with it (as the kernel drops a listener
+        whose socket is closed)."""
         self.stats.clients_gone += 1
+        if self._nursery is not None and self.listeners.listening(client.port):
+            self._nursery.start_soon(self.listeners.forget, client.port)
 
     # -- exits -----------------------------------------------------------------------------
 
@@ -463,6 +459,26 @@ class Server:
         await self.listeners.wait_idle()
 
 
+def _credentials(creds: bytes) -> Credentials:
+    return Credentials._make(array.array("i", creds)) if creds else _NO_CREDENTIALS
+
+
+def _close_descriptors(ancdata: list[tuple[int, int, bytes]]) -> None:
+    """Close the descriptors a dropped datagram brought (SCM_RIGHTS)."""
+    for fd in _ancillary(ancdata)[1]:
+        os.close(fd)
+
+
+def _raise_descriptor_limit() -> None:
+    """Each client holds a descriptor: take the hard limit as the soft one."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError):
+        pass
+
+
 _NO_CREDENTIALS = Credentials(0, -1, -1)
 
 
@@ -479,15 +495,6 @@ def _ancillary(ancdata: list[tuple[int, int, bytes]]) -> tuple[bytes, list[int]]
             usable = len(payload) - len(payload) % 4
             fds.extend(array.array("i", payload[:usable]))
     return creds, fds
-
-
-def _file_identity(address: Any) -> tuple[int, int]:
-    """(inode, ctime) of a client's socket file; inode numbers alone are reused at once."""
-    try:
-        st = os.stat(address)
-    except (OSError, TypeError, ValueError):
-        return (-1, -1)
-    return (st.st_ino, st.st_ctime_ns)
 
 
 def _cgroup_ref(fd: int) -> CgroupRef | None:

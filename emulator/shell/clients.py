@@ -1,0 +1,270 @@
+"""Who the server's clients are: admitting a sender, trusting it, and forgetting it when it goes.
+
+A client is a socket bound in the ports directory (`SOCKET.ports/<port id>`, see
+`addressing`). Its datagrams carry its bound name as their source address, as the kernel
+reports it, in the client's own view of the file system: a client in a container may see the
+directory at another absolute path than the server. So the server takes nothing from that
+address but the port id, and checks the rest itself:
+
+- the name must be a port id as the shim and `tsemu.client` spell it (signed decimal: `4242`,
+  `-4096`); anything else (another spelling, a file elsewhere without such a name) is refused,
+  as the kernel refuses a datagram from no netlink socket;
+- the file of that name in the server's own ports directory must be a socket (not a link: the
+  server would follow it anywhere), and the server connects to it and asks the connection
+  whose socket it reached (`getpeername`): only the sender's own bound name is accepted. A
+  socket bound elsewhere under a client's name (`/tmp/x/4242`) reaches no one.
+
+Admitted, a client is served by its address without these checks until the ports directory's
+watch (`PortWatch`) names its file, or until a check finds it gone. A client is forgotten, with
+its connection, its queue and its registrations, as soon as its socket is known gone: its file
+removed or replaced (the shim removes it on close), the ports directory removed, its socket
+closed with the file left behind (a process killed by SIGKILL: found by a connect probe, on
+every event naming it and by a sweep of every client once a second), or a send refused.
+
+Limits: at most `max_clients` clients (`--max-clients`); past that, new senders are refused
+(counted, said once).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ..model.kernel import Sender
+from .outbox import Outbox
+
+#: Clients at most, by default (each holds a descriptor and a queue on the server).
+DEFAULT_MAX_CLIENTS = 4096
+#: How often every client's socket is checked for a close the watch cannot see (seconds).
+SWEEP_SECONDS = 1.0
+#: Clients checked between two checkpoints of a sweep.
+_SWEEP_CHUNK = 64
+
+
+@dataclass(eq=False)
+class ClientConn:
+    """What the server keeps for one client port."""
+
+    port: int
+    sock: trio.socket.SocketType
+    outbox: Outbox
+    #: the client's file name in the ports directory (its port id, signed)
+    name: str = ""
+    cap_ack: bool = False
+    ext_ack: bool = False
+    #: (inode, ctime) of the client's socket file: a new socket on the same port id (the
+    #: kernel reuses a process's tgid and freed negative ids) is a new client
+    identity: tuple[int, int] = (-1, -1)
+    #: the address the client's datagrams come from (its bound name, in its own view)
+    address: Any = None
+    #: the `Sender` of the last datagram without descriptors, and its raw SCM_CREDENTIALS
+    #: (b"" for none): the next datagram with the same credentials reuses it
+    sender: Sender | None = None
+    sender_creds: bytes | None = None
+    #: addresses under which the server trusts this client's identity (see `PortWatch`)
+    trusted_as: list[str] = field(default_factory=list)
+
+
+def signed_name(port: int) -> str:
+    """A port id as the ports directory names it: signed decimal."""
+    port &= 0xFFFFFFFF
+    return str(port - 2**32 if port >= 2**31 else port)
+
+
+def port_name(address: Any) -> tuple[int, str] | None:
+    """The port id and file name a sender's address names, or None for an address that is
+    no client's: unnamed, abstract, or a base name that is not a port id spelled as the
+    ports directory spells it."""
+    if isinstance(address, bytes):
+        address = os.fsdecode(address)
+    if not isinstance(address, str) or not address or address.startswith("\0"):
+        return None
+    name = address.rsplit("/", 1)[-1]
+    try:
+        port = int(name, 10)
+    except ValueError:
+        return None
+    if not -(2**31) <= port < 2**31 or signed_name(port) != name:
+        return None
+    return port & 0xFFFFFFFF, name
+
+
+class Clients:
+    """The server's clients, by port id and by trusted address."""
+
+    def __init__(self, ports: Path, *, budget: int, max_clients: int = DEFAULT_MAX_CLIENTS,
+                 on_forget: Callable[[ClientConn], None] | None = None) -> None:
+        self.ports = ports
+        self.budget = budget
+        self.max_clients = max_clients
+        self.by_port: dict[int, ClientConn] = {}
+        #: client address -> its connection, for clients whose socket file is known unchanged
+        self.trusted: dict[str, ClientConn] = {}
+        self.refused = 0
+        self.gone = 0
+        #: whether the ports directory's watch would say when a trusted client's file
+        #: changes: without it, every datagram's sender is checked (`admit`)
+        self.watching = False
+        self._on_forget = on_forget
+        self._nursery: trio.Nursery | None = None
+        self._full_said = 0.0
+
+    def start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+
+    def __len__(self) -> int:
+        return len(self.by_port)
+
+    # -- admitting -------------------------------------------------------------------------
+
+    async def admit(self, address: Any) -> ClientConn | None:
+        """The client a datagram from `address` comes from, admitted now if need be; None
+        for a sender that is no client (refused, counted)."""
+        named = port_name(address)
+        if named is None:
+            self.refused += 1
+            return None
+        port, name = named
+        path = self.ports / name
+        try:
+            st = os.lstat(path)
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISSOCK(st.st_mode):
+            self.refused += 1  # no socket of that name here (a file elsewhere, or a link)
+            return None
+        identity = (st.st_ino, st.st_ctime_ns)
+        client = self.by_port.get(port)
+        if client is not None and not client.outbox.gone:
+            if client.identity == identity and client.address == address:
+                self._trust(client, address)
+                return client
+            self.forget(client)  # the port's old socket is gone: forget what it had
+        if len(self.by_port) >= self.max_clients:
+            self.refused += 1
+            now = time.monotonic()
+            if now - self._full_said > 60:
+                self._full_said = now
+                print(f"tsemu: {len(self.by_port)} clients already (--max-clients): refusing "
+                      f"new ones (port {name} the first)", file=sys.stderr, flush=True)
+            return None
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            await sock.connect(str(path))
+            reached = sock.getpeername()
+        except OSError:
+            sock.close()
+            self.refused += 1
+            return None
+        if reached != address:  # the socket of that name is not the sender: refuse it
+            sock.close()
+            self.refused += 1
+            return None
+        holder: list[ClientConn] = []
+        outbox = Outbox(sock, self.budget, on_gone=lambda: self.forget(holder[0]))
+        client = ClientConn(port, sock, outbox, name=name, identity=identity, address=address)
+        holder.append(client)
+        self.by_port[port] = client
+        assert self._nursery is not None
+        self._nursery.start_soon(outbox.drain)
+        self._trust(client, address)
+        return client
+
+    def _trust(self, client: ClientConn, address: Any) -> None:
+        if not self.watching:
+            return
+        if isinstance(address, str) and self.trusted.get(address) is not client:
+            self.trusted[address] = client
+            client.trusted_as.append(address)
+
+    # -- forgetting ------------------------------------------------------------------------
+
+    def forget(self, client: ClientConn) -> None:
+        """Forget `client` with everything it held (once; a replaced one is not the current
+        one of its port any more and is forgotten all the same)."""
+        if self.by_port.get(client.port) is client:
+            del self.by_port[client.port]
+        else:
+            return
+        for address in client.trusted_as:
+            if self.trusted.get(address) is client:
+                del self.trusted[address]
+        if not client.outbox.gone:
+            client.outbox.close()
+        client.sock.close()
+        self.gone += 1
+        if self._on_forget is not None:
+            self._on_forget(client)
+
+    def forget_all(self) -> None:
+        for client in list(self.by_port.values()):
+            self.forget(client)
+
+    def names_changed(self, names: list[str] | None) -> None:
+        """The watch saw these names change (None: it cannot tell which): trust them no more,
+        and forget the clients whose socket is gone."""
+        if names is None:
+            self.trusted.clear()
+            for client in list(self.by_port.values()):
+                self.check(client)
+            return
+        for name in set(names):
+            named = port_name(name)
+            if named is None:
+                continue
+            client = self.by_port.get(named[0])
+            if client is not None:
+                for address in client.trusted_as:
+                    self.trusted.pop(address, None)
+                client.trusted_as.clear()
+                self.check(client)
+
+    def check(self, client: ClientConn) -> bool:
+        """Whether `client`'s socket is still there (its file, the same one, with a socket
+        bound to it); forgotten if not."""
+        path = self.ports / client.name
+        try:
+            st = os.lstat(path)
+        except OSError:
+            st = None
+        alive = (st is not None and stat.S_ISSOCK(st.st_mode)
+                 and (st.st_ino, st.st_ctime_ns) == client.identity and _bound(path))
+        if not alive:
+            self.forget(client)
+        return alive
+
+    async def sweep_forever(self) -> None:
+        """Check every client once a second: a socket closed without its file being removed
+        (a process killed by SIGKILL) shows nowhere else."""
+        while True:
+            await trio.sleep(SWEEP_SECONDS)
+            clients = list(self.by_port.values())
+            for start in range(0, len(clients), _SWEEP_CHUNK):
+                for client in clients[start:start + _SWEEP_CHUNK]:
+                    if self.by_port.get(client.port) is client:
+                        self.check(client)
+                await trio.lowlevel.checkpoint()
+
+
+def _bound(path: Path) -> bool:
+    """Whether a socket is bound to the socket file at `path` (connecting to one that is
+    not gives ECONNREFUSED; nothing is sent)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        probe.connect(str(path))
+    except ConnectionRefusedError:
+        return False
+    except OSError:
+        return True  # (anything else: not known gone)
+    finally:
+        probe.close()
+    return True
