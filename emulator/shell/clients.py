@@ -221,12 +221,12 @@ class Clients:
             named = port_name(name)
             if named is None:
                 continue
-            client = self.by_port.get(named[0])
-            if client is not None:
-                for address in client.trusted_as:
+            changed = self.by_port.get(named[0])
+            if changed is not None:
+                for address in changed.trusted_as:
                     self.trusted.pop(address, None)
-                client.trusted_as.clear()
-                self.check(client)
+                changed.trusted_as.clear()
+                self.check(changed)
 
     def check(self, client: ClientConn) -> bool:
         """Whether `client`'s socket is still there (its file, the same one, with a socket

@@ -61,7 +61,8 @@ class _Capget:
         self._header.pid = pid
         if self._call(self._header, self._data) != 0:
             return None
-        return self._data[0].effective | self._data[1].effective << 32
+        effective: int = self._data[0].effective | self._data[1].effective << 32
+        return effective
 
 
 _capget: _Capget | None = None
