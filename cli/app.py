@@ -61,6 +61,16 @@ def serve(
              "before sleeping (answers request-reply loops faster at the cost of that much "
              "CPU per request; stops on its own for clients that ask only now and then). "
              "0 turns it off.")] = 50,
+    max_clients: Annotated[int, typer.Option(
+        min=1, max=1_000_000, help="Clients at most (each holds a descriptor and a queue); "
+                                   "past it, new senders are refused.")] = 4096,
+    shared_dir: Annotated[bool, typer.Option(
+        "--shared-dir", help="Serve from a socket directory other users can write (a volume "
+                             "shared on purpose); refused otherwise, since they could plant "
+                             "files under the server's names.")] = False,
+    ctl_group: Annotated[str | None, typer.Option(
+        help="Share the control socket (0600, the server's user only) with this group "
+             "(0660).", show_default=False)] = None,
 ) -> None:
     """Serve the emulated kernel until SIGINT or SIGTERM.
 
@@ -92,13 +102,14 @@ def serve(
             fail(str(exc), 2)
         roots = tuple(cgroup_root) if cgroup_root else ("/sys/fs/cgroup",)
         emulator = Emulator(loaded, socket_path(socket), admin=policy, cgroup_roots=roots,
-                            busy_poll_ns=busy_poll * 1000)
+                            busy_poll_ns=busy_poll * 1000, max_clients=max_clients,
+                            shared_dir=shared_dir, ctl_group=ctl_group)
     if big or time.monotonic() - started > 0.5:
         typer.echo(f"tsemu: loaded {len(emulator.table)} tasks and {len(loaded.timeline)} "
                    f"timeline events in {time.monotonic() - started:.1f} s", err=True)
 
     async def main() -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(lambda task_status: emulator.run(
                     task_status=task_status, announce=True))
@@ -108,8 +119,23 @@ def serve(
 
     try:
         trio.run(main)
+    except BaseExceptionGroup as group:  # trio wraps what a task raised
+        fail(_startup_problem(group))
     except OSError as exc:
-        fail(exc.strerror or str(exc))
+        fail(_startup_problem(exc))
+
+
+def _startup_problem(exc: BaseException) -> str:
+    """One line for what stopped the server (trio wraps it in exception groups)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_startup_problem(e) for e in exc.exceptions)
+    if isinstance(exc, OSError):
+        if exc.filename:
+            return f"{exc.filename}: {exc.strerror}"
+        return str(exc) if exc.strerror is None or exc.errno == exc.strerror else exc.strerror
+    raise exc
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},

@@ -116,10 +116,10 @@ def test_a_client_can_query_the_served_machine(served: Served) -> None:
     (("exit", "1", "--core"), 2, "--core needs --signal"),
     (("exit", "1", "--signal", "SIGWHAT"), 1, "unknown signal"),
     (("set", "1", "bogus"), 2, "expected FIELD=VALUE"),
-    (("set", "1", "bogus=1"), 1, "unknown task attribute 'bogus'"),
+    (("set", "1", "bogus=1"), 1, 'set: values: bogus: unknown field "bogus"; fields: comm,'),
     (("advance", "-1"), 2, ""),
     (("spawn", "--cpu", "7"), 1, "cpu"),
-    (("storm", "--count", "5", "--cpus", "9"), 1, "cpus '9'"),
+    (("storm", "--count", "5", "--cpus", "9"), 1, 'storm: cpus: bad cpulist "9"'),
 ])
 def test_ctl_errors(served: Served, args: tuple[str, ...], status: int, message: str) -> None:
     result = served.ctl(*args)

@@ -109,6 +109,10 @@ class ProcessTable:
         #: taken at one generation is the record of any later moment of that generation,
         #: except for its clock fields.
         self.generation = 0
+        #: Pids automatic allocation skips: a scenario's timeline gives them to tasks it makes
+        #: later (tsemu's rule, not the kernel's: a scripted machine stays playable whatever
+        #: live control made before). An explicit pid may still take one.
+        self.reserved: set[int] = set()
 
     def copy(self) -> ProcessTable:
         """An independent copy of the table as it is now (tasks, thread groups with their
@@ -116,6 +120,7 @@ class ProcessTable:
         clock: what the same calls on a new table would have made."""
         twin = copy.copy(self)
         twin.clock = copy.copy(self.clock)
+        twin.reserved = set(self.reserved)
         twin._tasks = {tid: task._copy() for tid, task in self._tasks.items()}
         twin._groups = {}
         for tgid, group in self._groups.items():
@@ -148,7 +153,8 @@ class ProcessTable:
         wrapping, the lowest free one from RESERVED_PIDS (from 1 while the cursor has not yet
         passed RESERVED_PIDS); EAGAIN when every pid is taken."""
         cursor = self._cursor  # (never below 1, so the search starts at the cursor itself)
-        if cursor < self.pid_max and cursor not in self._tasks and cursor not in self._groups:
+        if (cursor < self.pid_max and cursor not in self._tasks and cursor not in self._groups
+                and cursor not in self.reserved):
             self._cursor = cursor + 1
             return cursor
         low = RESERVED_PIDS if self._cursor > RESERVED_PIDS else 1
@@ -156,7 +162,7 @@ class ProcessTable:
         for first, stop in ((start, self.pid_max), (low, start)):
             pid = first
             while pid < stop:
-                if not self._pid_taken(pid):
+                if not self._pid_taken(pid) and pid not in self.reserved:
                     self._cursor = pid + 1
                     return pid
                 pid += 1

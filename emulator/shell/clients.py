@@ -145,9 +145,12 @@ class Clients:
         identity = (st.st_ino, st.st_ctime_ns)
         client = self.by_port.get(port)
         if client is not None and not client.outbox.gone:
-            if client.identity == identity and client.address == address:
-                self._trust(client, address)
-                return client
+            if client.identity == identity:
+                if client.address == address:
+                    self._trust(client, address)
+                    return client
+                self.refused += 1  # another socket under the client's name: not it
+                return None
             self.forget(client)  # the port's old socket is gone: forget what it had
         if len(self.by_port) >= self.max_clients:
             self.refused += 1

@@ -1,57 +1,85 @@
 """The control protocol: driving a running emulator's process table from any language.
 
 Transport: a Unix stream socket beside the netlink socket, at `SOCKET.ctl` (for
-`/run/tsemu/genl.sock`, `/run/tsemu/genl.sock.ctl`). Each request is one line of JSON, an
-object with an "op"; each answer is one line of JSON: `{"ok": true, ...}` or
-`{"ok": false, "error": "what went wrong"}`. A connection may carry any number of requests.
+`/run/tsemu/genl.sock`, `/run/tsemu/genl.sock.ctl`), 0600 (the server's user only; with
+`--ctl-group`, 0660 and that group's). Each request is one line of JSON, an object with an
+"op"; each answer is one line of JSON: `{"ok": true, ...}` or `{"ok": false, "error": "what
+went wrong"}`. A connection may carry any number of requests.
 
 | op            | arguments                                    | answer                  |
 |---------------|----------------------------------------------|-------------------------|
-| spawn         | comm, pid?, threads?, cpu?, uid?, gid?,      | pid, tids               |
-|               | ppid?, cgroup?, state?, nice?, counters?     |                         |
+| spawn         | comm?, pid?, threads? (1-10000), cpu?, uid?, | pid, tids               |
+|               | gid?, ppid?, cgroup?, state?, nice?,         |                         |
+|               | policy?, counters? {name: value}             |                         |
 | exit          | pid, cpu?, code?, signal? (9 or "SIGKILL"),  | exited, tgid_record     |
 |               | core? (a leader: the whole process exits)    |                         |
 | set           | pid, values {field or counter: value}        | -                       |
-| advance       | seconds (virtual clock only)                 | now, fired              |
+| advance       | seconds (a number, or a duration "250ms";    | now, fired              |
+|               | virtual clock only)                          |                         |
 | ps            | -                                            | tasks [{pid, tgid, ...}]|
 | listeners     | -                                            | listeners {cpu: ports}  |
 | stats         | -                                            | server, cpus, clients   |
-| storm         | count, cpus? (cpulist; all), threads?        | exits, seconds, rate,   |
-|               |                                              | deliveries              |
-| wait_listener | cpus? (cpulist), timeout? (s, default 10)    | listeners               |
+| storm         | count (0-10000000), cpus? (cpulist; all),    | exits, seconds, rate,   |
+|               | threads? (1-1000)                            | deliveries              |
+| wait_listener | cpus? (cpulist), timeout? (s, 0-3600; 10)    | listeners               |
 | now           | -                                            | now (s since the start) |
 
-Counter values are integers in the kernel's units (see `tsemu.emulator.model.tasks.COUNTERS`) or,
-for durations, strings such as "3ms".
+Every argument is checked before anything changes (its type, its range, a number's
+finiteness), with the scenario format's own readers (`tsemu.emulator.scenario`): the values
+a control request gives are spelled as a scenario's ("3ms", "4KiB", "SIGKILL", "sleeping").
+A request with an unknown op or argument, a bad value, a line over 1 MiB, JSON nested too
+deeply or a number JSON cannot hold is answered `{"ok": false}`; the connection and the
+server go on. At most `MAX_CONNECTIONS` connections at once; one more is told so and closed.
 
 `ControlClient` is the Python side (blocking, standard library only), used by `tsemu ctl` and
-the pytest plugin.
+the pytest plugin. It talks only to a control socket in a directory no other user could have
+put it in (the rule `sockdir` applies to the server's own files).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
-from collections.abc import Callable, Coroutine
+import stat
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from tsemu.wire import WireError, parse_cpulist
-
-from ..model.tasks import COUNTERS
-from ..scenario import (
-    ScenarioError,
-    parse_counter_value,
+from ..model.clock import NSEC_PER_SEC
+from ..model.tasks import COUNTERS, IDENTITY
+from ..scenario import ScenarioError, parse_counter_value
+from ..scenario.tables import cpulist
+from ..scenario.values import (
+    DURATION_MAX,
+    Bad,
+    boolean,
+    cgroup_path,
+    comm_name,
+    nice_value,
+    parse_duration,
     policy_number,
+    ranged,
+    show,
     signal_number,
     task_state,
+    type_name,
+    u32,
 )
+from .sockdir import private_files, remove_stale, share_with_group
 
 CTL_SUFFIX = ".ctl"
 MAX_LINE = 1 << 20
+#: Control connections at once.
+MAX_CONNECTIONS = 64
+#: Threads one spawn makes at most, processes one storm makes at most.
+MAX_SPAWN_THREADS = 10_000
+MAX_STORM = 10_000_000
+MAX_STORM_THREADS = 1_000
 
 
 def control_path(socket_path: Path) -> Path:
@@ -62,90 +90,156 @@ class ControlError(Exception):
     """A request the emulator refused; the message says why."""
 
 
-def _signal(value: Any) -> int | None:
-    return None if value is None else signal_number(value)
+# --- arguments -------------------------------------------------------------------------------
+
+#: How an argument is read: (the emulator, the raw JSON value) -> the checked value; raises
+#: `Bad` (or ControlError) saying what is wrong with it.
+Reader = Callable[[Any, object], Any]
 
 
-def _cpus(emulator: Any, text: Any) -> list[int]:
-    if text is None:
-        return list(range(emulator.scenario.machine.cpus))
-    try:
-        cpus = parse_cpulist(str(text).encode(), emulator.scenario.machine.cpus)
-    except WireError as exc:
-        raise ControlError(f"cpus {text!r}: {exc}") from None
-    if not cpus:
-        raise ControlError(f"cpus {text!r} names no CPU")
-    return sorted(cpus)
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    read: Reader
+    required: bool = False
 
 
-def _counters(values: Any) -> dict[str, Any]:
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise ControlError("counters must be an object {name: value}")
+def _plain(convert: Callable[[object], Any]) -> Reader:
+    return lambda emu, value: convert(value)
+
+
+def _cpu(emu: Any, value: object) -> int:
+    cpus = emu.scenario.machine.cpus
+    return ranged(0, cpus - 1)(value)
+
+
+def _pid(emu: Any, value: object) -> int:
+    return ranged(1, emu.table.pid_max - 1)(value)
+
+
+def _cpus(emu: Any, value: object) -> list[int]:
+    return cpulist(emu.scenario.machine.cpus)(value)
+
+
+def _seconds(emu: Any, value: object) -> float:
+    """A span of time to advance: seconds as a finite number, or a duration ("250ms")."""
+    if isinstance(value, str):
+        return parse_duration(value) / NSEC_PER_SEC
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Bad(f"expected seconds (a number) or a duration (\"250ms\"), got "
+                  f"{type_name(value)} {show(value)}")
+    if not math.isfinite(value) or value < 0:
+        raise Bad(f"{value} is not a number of seconds of at least 0")
+    if value * NSEC_PER_SEC > DURATION_MAX:
+        raise Bad(f"{value} s is further than the kernel's clock goes (an s64 of "
+                  "nanoseconds: 292 years)")
+    return float(value)
+
+
+def _timeout(emu: Any, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and 0 <= value <= 3600):
+        raise Bad(f"a timeout is a number of seconds from 0 to 3600, not {show(value)}")
+    return float(value)
+
+
+def _counters(emu: Any, value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise Bad(f"counters is an object {{name: value}}, not {type_name(value)}")
     out = {}
-    for name, value in values.items():
+    for name, raw in value.items():
         try:
-            out[name] = parse_counter_value(name, value)
+            out[name] = parse_counter_value(name, raw)
         except ScenarioError as exc:
-            raise ControlError(str(exc)) from None
+            raise Bad(str(exc)) from None
     return out
 
 
-async def _op_spawn(emu: Any, req: dict[str, Any]) -> dict[str, Any]:
-    spec: dict[str, Any] = {"comm": req.get("comm", "task")}
-    for key in ("pid", "threads", "cpu", "uid", "gid", "ppid", "cgroup", "nice", "policy"):
-        if req.get(key) is not None:
-            spec[key] = req[key]
-    if req.get("state") is not None:
-        spec["state"] = task_state(req["state"])
-    spec["counters"] = _counters(req.get("counters"))
-    tids = await emu.spawn(**spec)
+#: How each identity field `set` and `spawn` take is read.
+_IDENTITY_READERS: Mapping[str, Reader] = {
+    "comm": _plain(comm_name), "ppid": _plain(u32), "uid": _plain(u32), "gid": _plain(u32),
+    "cgroup": _plain(cgroup_path), "state": _plain(task_state), "cpu": _cpu,
+    "nice": _plain(nice_value), "policy": _plain(policy_number),
+    "forked_no_exec": _plain(boolean), "superuser": _plain(boolean),
+}
+assert set(_IDENTITY_READERS) == set(IDENTITY)
+
+
+def _values(emu: Any, value: object) -> dict[str, Any]:
+    """`set`'s {field or counter: value}."""
+    if not isinstance(value, dict) or not value:
+        raise Bad("values is an object {field or counter: value} with at least one entry")
+    out = {}
+    for name, raw in value.items():
+        reader = _IDENTITY_READERS.get(name)
+        try:
+            if reader is not None:
+                out[name] = reader(emu, raw)
+            elif name in COUNTERS:
+                out[name] = parse_counter_value(name, raw)
+            else:
+                raise Bad(f"unknown field {show(name)}; fields: {', '.join(IDENTITY)}, and the "
+                          "counters (tsemu.emulator.model.tasks.COUNTERS)")
+        except ScenarioError as exc:
+            raise Bad(str(exc)) from None
+        except Bad as exc:
+            raise Bad(f"{name}: {exc}") from None
+    return out
+
+
+_EXIT_CODE = _plain(ranged(-(2**31), 2**31 - 1))
+
+
+def _signal(emu: Any, value: object) -> int | None:
+    return None if value is None else signal_number(value)
+
+
+# --- ops -------------------------------------------------------------------------------------
+
+Handler = Callable[[Any, dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]]
+
+
+async def _op_spawn(emu: Any, args: dict[str, Any]) -> dict[str, Any]:
+    args.setdefault("comm", "task")
+    tids = await emu.spawn(**args)
     return {"pid": tids[0], "tids": tids}
 
 
-async def _op_exit(emu: Any, req: dict[str, Any]) -> dict[str, Any]:
-    if req.get("code") is not None and req.get("signal") is not None:
+async def _op_exit(emu: Any, args: dict[str, Any]) -> dict[str, Any]:
+    if args.get("code") and args.get("signal") is not None:
         raise ControlError("give a code or a signal, not both")
-    reports = await emu.exit(int(req["pid"]), code=int(req.get("code") or 0),
-                             signal=_signal(req.get("signal")),
-                             core=bool(req.get("core", False)), cpu=req.get("cpu"))
+    if args.get("core") and args.get("signal") is None:
+        raise ControlError("only a death by signal dumps core: give signal too")
+    reports = await emu.exit(args["pid"], code=args.get("code", 0),
+                             signal=args.get("signal"), core=args.get("core", False),
+                             cpu=args.get("cpu"))
     return {"exited": [r.tid for r in reports],
             "tgid_record": any(r.tgid_values is not None for r in reports)}
 
 
-async def _op_set(emu: Any, req: dict[str, Any]) -> dict[str, Any]:
-    values = dict(req.get("values") or {})
-    if not values:
-        raise ControlError("set needs at least one FIELD=VALUE")
-    if "state" in values:
-        values["state"] = task_state(values["state"])
-    if "policy" in values:
-        values["policy"] = policy_number(values["policy"])
-    counters = {k: v for k, v in values.items() if k in COUNTERS}
-    values.update(_counters(counters))
-    await emu.set(int(req["pid"]), values)
+async def _op_set(emu: Any, args: dict[str, Any]) -> dict[str, Any]:
+    await emu.set(args["pid"], args["values"])
     return {}
 
 
-async def _op_advance(emu: Any, req: dict[str, Any]) -> dict[str, Any]:
-    fired = await emu.advance(float(req["seconds"]))
+async def _op_advance(emu: Any, args: dict[str, Any]) -> dict[str, Any]:
+    fired = await emu.advance(args["seconds"])
     return {"now": emu.now_seconds(), "fired": [e.action for e in fired]}
 
 
-async def _op_ps(emu: Any, req: dict[str, Any]) -> dict[str, Any]:
+async def _op_ps(emu: Any, args: dict[str, Any]) -> dict[str, Any]:
     tasks = [{"pid": t.tid, "tgid": t.tgid, "ppid": t.ppid, "comm": t.comm.decode(errors="replace"),
               "cpu": t.cpu, "state": t.state.name.lower(), "uid": t.uid, "cgroup": t.cgroup}
              for t in emu.table]
     return {"tasks": sorted(tasks, key=lambda t: t["pid"])}
 
 
-async def _op_listeners(emu: Any, req: dict[str, Any]) -> dict[str, Any]:
+async def _op_listeners(emu: Any, args: dict[str, Any]) -> dict[str, Any]:
     return {"listeners": {str(cpu): ports for cpu, ports in
                           emu.server.listeners.listeners().items()}}
 
 
-async def _op_stats(emu: Any, req: dict[str, Any]) -> dict[str, Any]:
+async def _op_stats(emu: Any, args: dict[str, Any]) -> dict[str, Any]:
     server = emu.server
     return {
         "server": vars(server.stats),
@@ -153,53 +247,113 @@ async def _op_stats(emu: Any, req: dict[str, Any]) -> dict[str, Any]:
         "clients": [{"port": port, "delivered": c.outbox.delivered,
                      "dropped": c.outbox.dropped, "congested": c.outbox.congested}
                     for port, c in sorted(server.clients.items())],
+        "refused_senders": server.client_table.refused,
         "tasks": len(emu.table),
         "now": emu.now_seconds(),
+        "timeline_skipped": emu.skipped,
     }
 
 
-async def _op_storm(emu: Any, req: dict[str, Any]) -> dict[str, Any]:
-    result = await emu.storm(int(req.get("count", 0)), _cpus(emu, req.get("cpus")),
-                             int(req.get("threads", 1)))
+async def _op_storm(emu: Any, args: dict[str, Any]) -> dict[str, Any]:
+    cpus = args.get("cpus") or list(range(emu.scenario.machine.cpus))
+    result = await emu.storm(args["count"], cpus, args.get("threads", 1))
     return {"exits": result.exits, "seconds": result.seconds, "rate": result.rate,
             "deliveries": result.deliveries}
 
 
-async def _op_wait_listener(emu: Any, req: dict[str, Any]) -> dict[str, Any]:
-    cpus = set(_cpus(emu, req["cpus"])) if req.get("cpus") is not None else None
-    timeout = float(req.get("timeout", 10))
+async def _op_wait_listener(emu: Any, args: dict[str, Any]) -> dict[str, Any]:
+    cpus = set(args["cpus"]) if args.get("cpus") is not None else None
+    timeout = args.get("timeout", 10.0)
     with trio.move_on_after(timeout) as scope:
         await emu.wait_for_listener(cpus)
     if scope.cancelled_caught:
         raise ControlError(f"no listener registered within {timeout} s")
-    return await _op_listeners(emu, req)
+    return await _op_listeners(emu, args)
 
 
-async def _op_now(emu: Any, req: dict[str, Any]) -> dict[str, Any]:
+async def _op_now(emu: Any, args: dict[str, Any]) -> dict[str, Any]:
     return {"now": emu.now_seconds()}
 
 
-Handler = Callable[[Any, dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]]
-OPS: dict[str, Handler] = {
-    "spawn": _op_spawn, "exit": _op_exit, "set": _op_set, "advance": _op_advance,
-    "ps": _op_ps, "listeners": _op_listeners, "stats": _op_stats, "storm": _op_storm,
-    "wait_listener": _op_wait_listener, "now": _op_now,
+#: Every op: its arguments, and what carries it out.
+OPS: dict[str, tuple[tuple[Arg, ...], Handler]] = {
+    "spawn": ((Arg("comm", _plain(comm_name)), Arg("pid", _pid),
+               Arg("threads", _plain(ranged(1, MAX_SPAWN_THREADS))), Arg("cpu", _cpu),
+               Arg("uid", _plain(u32)), Arg("gid", _plain(u32)), Arg("ppid", _plain(u32)),
+               Arg("cgroup", _plain(cgroup_path)), Arg("state", _plain(task_state)),
+               Arg("nice", _plain(nice_value)), Arg("policy", _plain(policy_number)),
+               Arg("counters", _counters)), _op_spawn),
+    "exit": ((Arg("pid", _pid, True), Arg("cpu", _cpu), Arg("code", _EXIT_CODE),
+              Arg("signal", _signal), Arg("core", _plain(boolean))), _op_exit),
+    "set": ((Arg("pid", _pid, True), Arg("values", _values, True)), _op_set),
+    "advance": ((Arg("seconds", _seconds, True),), _op_advance),
+    "ps": ((), _op_ps),
+    "listeners": ((), _op_listeners),
+    "stats": ((), _op_stats),
+    "storm": ((Arg("count", _plain(ranged(0, MAX_STORM)), True), Arg("cpus", _cpus),
+               Arg("threads", _plain(ranged(1, MAX_STORM_THREADS)))), _op_storm),
+    "wait_listener": ((Arg("cpus", _cpus), Arg("timeout", _timeout)), _op_wait_listener),
+    "now": ((), _op_now),
 }
 
 
-async def answer(emulator: Any, line: bytes) -> dict[str, Any]:
-    """The answer to one request line; never raises."""
+def _arguments(emulator: Any, op: str, request: dict[str, Any]) -> dict[str, Any]:
+    """The request's arguments, every one checked (None stands for an absent one)."""
+    spec, _ = OPS[op]
+    known = {arg.name: arg for arg in spec}
+    for name in request:
+        if name != "op" and name not in known:
+            valid = ", ".join(known) or "none"
+            raise ControlError(f"{op}: unknown argument {name!r}; arguments: {valid}")
+    args: dict[str, Any] = {}
+    for arg in spec:
+        value = request.get(arg.name)
+        if value is None:
+            if arg.required:
+                raise ControlError(f"{op}: missing argument {arg.name!r}")
+            continue
+        try:
+            args[arg.name] = arg.read(emulator, value)
+        except Bad as exc:
+            raise ControlError(f"{op}: {arg.name}: {exc}") from None
+    return args
+
+
+def parse_request(line: bytes) -> dict[str, Any]:
+    """One request line as JSON (ControlError for anything JSON cannot hold or a scenario
+    could not: NaN, infinities, huge numbers, nesting too deep)."""
     try:
-        request = json.loads(line)
-        if not isinstance(request, dict) or not isinstance(request.get("op"), str):
-            raise ControlError('a request is a JSON object with an "op"')
-        handler = OPS.get(request["op"])
-        if handler is None:
-            raise ControlError(f"unknown op {request['op']!r}; ops: {', '.join(OPS)}")
-        return {"ok": True, **await handler(emulator, request)}
-    except KeyError as exc:
-        return {"ok": False, "error": f"missing argument {exc}"}
-    except (ControlError, ValueError, TypeError, LookupError, OSError) as exc:
+        request = json.loads(line, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise ControlError("the request is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int digits limit
+        raise ControlError(f"not a JSON request: {exc}") from None
+    if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+        raise ControlError('a request is a JSON object with an "op"')
+    return request
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a request can hold")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} is too large a number")
+    return value
+
+
+async def answer(emulator: Any, line: bytes) -> dict[str, Any]:
+    """The answer to one request line; never raises (but for cancellation)."""
+    try:
+        request = parse_request(line)
+        op = request["op"]
+        if op not in OPS:
+            raise ControlError(f"unknown op {op!r}; ops: {', '.join(OPS)}")
+        args = _arguments(emulator, op, request)
+        return {"ok": True, **await OPS[op][1](emulator, args)}
+    except (ControlError, ValueError, LookupError, OSError) as exc:
         return {"ok": False, "error": str(exc) or type(exc).__name__}
 
 
@@ -227,19 +381,33 @@ async def _connection(emulator: Any, stream: trio.SocketStream) -> None:
                 return
 
 
-async def serve_control(emulator: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+async def serve_control(emulator: Any, *, group: str | None = None,
+                        task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Listen on the control socket until cancelled; remove it on the way out."""
     path = control_path(emulator.socket_path)
-    if path.exists():
-        path.unlink()
+    remove_stale(path, "control socket")
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    await sock.bind(str(path))
-    os.chmod(path, 0o660)
-    sock.listen(64)
+    with private_files(0o600):
+        await sock.bind(str(path))
+    share_with_group(path, group)
+    sock.listen(MAX_CONNECTIONS)
     listener = trio.SocketListener(sock)
+    open_connections = [0]
 
     async def handle(stream: trio.SocketStream) -> None:
-        await _connection(emulator, stream)
+        if open_connections[0] >= MAX_CONNECTIONS:
+            async with stream:
+                try:
+                    await stream.send_all(b'{"ok": false, "error": "too many control '
+                                          b'connections (64): close one"}\n')
+                except trio.BrokenResourceError:
+                    pass
+            return
+        open_connections[0] += 1
+        try:
+            await _connection(emulator, stream)
+        finally:
+            open_connections[0] -= 1
 
     try:
         async with trio.open_nursery() as nursery:
@@ -252,11 +420,34 @@ async def serve_control(emulator: Any, *, task_status: Any = trio.TASK_STATUS_IG
             pass
 
 
+def check_control_socket(path: Path) -> None:
+    """Refuse a control socket another user could have put there: it must be a socket (not a
+    link) in a directory owned by root or the caller and writable by no one else."""
+    try:
+        st = os.lstat(path)
+        directory = os.stat(path.parent)
+    except FileNotFoundError:
+        return  # (connect says it is missing)
+    except OSError as exc:
+        raise ControlError(f"cannot look at {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ControlError(f"{path} is not a socket: refusing to talk to it")
+    me = os.geteuid()
+    if directory.st_uid not in (0, me) or directory.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        if os.environ.get("TSEMU_SHARED_DIR") != "1":
+            raise ControlError(
+                f"{path.parent} belongs to uid {directory.st_uid} (mode "
+                f"{stat.S_IMODE(directory.st_mode):o}): another user could have put {path.name} "
+                "there; refusing to talk to it (TSEMU_SHARED_DIR=1 if the directory is shared "
+                "on purpose)")
+
+
 class ControlClient:
     """A blocking client of the control socket of the emulator serving `socket_path`."""
 
     def __init__(self, socket_path: Path | str, timeout: float = 30.0) -> None:
         self.path = control_path(Path(socket_path))
+        check_control_socket(self.path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:

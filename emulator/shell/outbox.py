@@ -103,6 +103,9 @@ def _stdlib_socket(sock: Any) -> socket.socket:
 #: that keeps up reads max_dgram_qlen (10) datagrams in a few microseconds.
 RETRY_NS = 4_000
 
+#: In-flight records kept at most before the client's reads are reconciled with them.
+_RECONCILE_AFTER = 1024
+
 #: What a send fails with when the client's socket is gone.
 _GONE = (ConnectionError, FileNotFoundError, NotADirectoryError, PermissionError)
 _GONE_ERRNOS = frozenset({errno.ENOTCONN, errno.EPIPE, errno.ECONNREFUSED, errno.ECONNRESET})
@@ -190,10 +193,13 @@ class Outbox:
                     return False
                 # Anything else: hold it, and let drain meet the error as it always has.
             else:
-                self._inflight.append((size, size))
+                inflight = self._inflight
+                inflight.append((size, size))
                 self._inflight_unix += size
                 self._inflight_total += size
                 self.delivered += 1
+                if len(inflight) > _RECONCILE_AFTER:  # (a budget so large it never fills
+                    self._reconcile()                  # would keep every record otherwise)
                 return True
             self._queue.append(data)
             self._queued += size

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import sys
 import time
 from collections import deque
 from collections.abc import Collection, Iterator, Mapping
@@ -31,11 +32,30 @@ from ..model.kernel import TaskSource
 from ..model.profiles import profile as profile_named
 from ..model.table import ProcessTable
 from ..model.tasks import ExitReport, RepeatExit
-from ..scenario import Event, Scenario, apply_event, build_table
+from ..scenario import Event, Scenario, apply_event, build_table, format_duration
 from .busypoll import DEFAULT_WINDOW_NS
+from .clients import DEFAULT_MAX_CLIENTS
 from .hostmirror import HostMirror
 from .permissions import AdminPolicy
 from .server import Server
+
+
+def _made_by(event: Event) -> list[int]:
+    """The pids a timeline event gives to new tasks."""
+    if event.action == "spawn":
+        return [tid for tid in event.args["process"].tids if tid is not None]
+    if event.action == "clone" and event.args["thread"].tid is not None:
+        return [event.args["thread"].tid]
+    return []
+
+
+def _timeline_pids(timeline: Collection[Event]) -> dict[int, int]:
+    """pid -> when (ns after the start) a timeline event first makes a task of that pid."""
+    pids: dict[int, int] = {}
+    for event in timeline:
+        for pid in _made_by(event):
+            pids.setdefault(pid, event.at_ns)
+    return pids
 
 
 @contextlib.contextmanager
@@ -76,7 +96,9 @@ class Emulator:
     def __init__(self, scenario: Scenario, socket_path: Path, *,
                  admin: AdminPolicy | None = None,
                  cgroup_roots: tuple[str, ...] = ("/sys/fs/cgroup",),
-                 busy_poll_ns: int = DEFAULT_WINDOW_NS) -> None:
+                 busy_poll_ns: int = DEFAULT_WINDOW_NS,
+                 max_clients: int = DEFAULT_MAX_CLIENTS, shared_dir: bool = False,
+                 ctl_group: str | None = None) -> None:
         machine = scenario.machine
         self.scenario = scenario
         self.table: ProcessTable = build_table(scenario)
@@ -86,10 +108,17 @@ class Emulator:
         self.server = Server(
             socket_path, answers, profile=profile_named(machine.kernel),
             nr_cpus=machine.cpus, families=FamilyTable.default(machine.family_id),
-            admin=admin, cgroup_roots=cgroup_roots, busy_poll_ns=busy_poll_ns)
+            admin=admin, cgroup_roots=cgroup_roots, busy_poll_ns=busy_poll_ns,
+            max_clients=max_clients, shared_dir=shared_dir)
+        self.ctl_group = ctl_group
         self.timeline: deque[Event] = deque(scenario.timeline)
         self.start_ns = self.table.clock.monotonic_ns()
         self._lock = trio.Lock()
+        #: timeline events that could not be carried out (live control changed the table)
+        self.skipped = 0
+        #: pid -> when the timeline makes a task of that pid: automatic pids avoid them
+        self._reserved_by = _timeline_pids(scenario.timeline)
+        self.table.reserved = set(self._reserved_by)
 
     @property
     def socket_path(self) -> Path:
@@ -113,7 +142,8 @@ class Emulator:
         async with trio.open_nursery() as nursery:
             await nursery.start(lambda task_status: self.server.serve(
                 task_status=task_status, announce=False))
-            await nursery.start(serve_control, self)
+            await nursery.start(lambda task_status: serve_control(
+                self, group=self.ctl_group, task_status=task_status))
             if self.virtual:
                 await self.advance(0)  # events due at the start happen at the start
             else:
@@ -131,7 +161,21 @@ class Emulator:
             await trio.sleep_until(start + event.at_ns / NSEC_PER_SEC)
             async with self._lock:
                 self.timeline.popleft()
-                await self._broadcast(apply_event(self.table, event))
+                await self._broadcast(self._apply(event))
+
+    def _apply(self, event: Event) -> list[ExitReport]:
+        """Carry out a timeline event. One that live control made impossible (a task it made
+        exit, say) is skipped, said on stderr and counted: no event ends the server."""
+        for pid in _made_by(event):
+            self.table.reserved.discard(pid)
+        try:
+            return apply_event(self.table, event)
+        except (ValueError, LookupError, OSError) as exc:
+            self.skipped += 1
+            print(f"tsemu: the timeline's {event.action} at "
+                  f"{format_duration(event.at_ns)} was skipped: {exc}", file=sys.stderr,
+                  flush=True)
+            return []
 
     async def _broadcast(self, reports: list[ExitReport]) -> None:
         for report in reports:
@@ -153,7 +197,7 @@ class Emulator:
             while self.timeline and self.start_ns + self.timeline[0].at_ns <= target:
                 event = self.timeline.popleft()
                 clock.advance_ns(max(0, self.start_ns + event.at_ns - clock.monotonic_ns()))
-                await self._broadcast(apply_event(self.table, event))
+                await self._broadcast(self._apply(event))
                 fired.append(event)
             clock.advance_ns(target - clock.monotonic_ns())
         await self.server.settle()
@@ -161,6 +205,10 @@ class Emulator:
 
     async def spawn(self, **spec: Any) -> list[int]:
         """Create a process now; returns its tids, the leader's (the pid) first."""
+        pid = spec.get("pid")
+        if pid in self._reserved_by and pid in self.table.reserved:
+            raise ValueError(f"pid {pid} is the timeline's: it spawns a task of that pid at "
+                             f"{format_duration(self._reserved_by[pid])}")
         async with self._lock:
             task = self.table.spawn(**spec)
             return list(self.table.group(task.tid).tids)

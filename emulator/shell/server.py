@@ -75,7 +75,7 @@ from ..model.profiles import DEFAULT_PROFILE, KernelProfile
 from ..model.tasks import RepeatExit
 from .addressing import is_stale, ports_dir
 from .busypoll import DEFAULT_WINDOW_NS, BusyPoll
-from .clients import DEFAULT_MAX_CLIENTS, ClientConn, Clients
+from .clients import DEFAULT_MAX_CLIENTS, SWEEP_SECONDS, ClientConn, Clients
 from .listeners import ListenerTable
 from .permissions import AdminPolicy, Credentials
 from .portwatch import PortWatch
@@ -142,6 +142,7 @@ class Server:
         self._sock: trio.socket.SocketType | None = None
         self._raw: socket.socket | None = None
         self._watch: PortWatch | None = None
+        self._ports_identity: tuple[int, int] | None = None
         self._buffer = bytearray(MAX_DATAGRAM + 1)
         if busy_poll_ns < 0:
             raise ValueError(f"a busy-poll window cannot be negative ({busy_poll_ns} ns)")
@@ -203,6 +204,7 @@ class Server:
         """Make (or take over) the ports directory and watch it."""
         ports = ports_dir(self.socket_path)
         prepare_ports_dir(ports)
+        self._ports_identity = _identity(ports)
         self._watch = PortWatch.open(ports)
         self.client_table.watching = self._watch is not None
 
@@ -224,7 +226,7 @@ class Server:
         while True:
             watch = self._watch
             if watch is None:
-                await trio.sleep(1)
+                await trio.sleep(SWEEP_SECONDS)
                 self._reopen_ports()
                 continue
             try:
@@ -236,13 +238,16 @@ class Server:
     def _check_ports(self) -> bool:
         """Tell the clients which names of the ports directory changed (the watch has events
         waiting). False when the watch died (the directory was removed or moved): every
-        client is checked, and the directory made again."""
+        client is checked, and the directory made again. (A directory removed while a
+        client's socket is still bound in it gives no event of its own, only its files': so
+        after any change, the directory must still be the one made.)"""
         watch = self._watch
         if watch is None:
             return False
         names = watch.changes()
         self.client_table.names_changed(names)
-        if watch.alive:
+        if watch.alive and (names == [] or
+                            _identity(ports_dir(self.socket_path)) == self._ports_identity):
             return True
         watch.close()
         self._watch = None
@@ -457,6 +462,15 @@ class Server:
     async def settle(self) -> None:
         """Wait until every submitted exit has been offered to its listeners."""
         await self.listeners.wait_idle()
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a directory, None if it is gone or is no directory."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
 def _credentials(creds: bytes) -> Credentials:
