@@ -134,7 +134,7 @@ def _startup_problem(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         if exc.filename:
             return f"{exc.filename}: {exc.strerror}"
-        return str(exc) if exc.strerror is None or exc.errno == exc.strerror else exc.strerror
+        return exc.strerror or str(exc)  # (an OSError(errno, message): the message)
     raise exc
 
 
