@@ -312,6 +312,74 @@ def ctl_storm(
                f"({reply['rate']:.0f}/s), {reply['deliveries']} deliveries")
 
 
+fault_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                        pretty_exceptions_enable=False,
+                        help="Faults on demand, to test a client's error handling: drop, delay, "
+                             "duplicate or reorder replies and events, answer with an errno, "
+                             "shrink a receive budget, pause the server.")
+ctl_app.add_typer(fault_app, name="fault")
+
+
+@fault_app.command("add", epilog="Examples:\n\n  tsemu ctl fault add drop --on events --cpu 1 "
+                   "--count 5\n\n  tsemu ctl fault add errno --cmd get --pid 4242 --errno "
+                   "EAGAIN\n\n  tsemu ctl fault add delay --on replies --delay 200ms "
+                   "--probability 0.1\n\n  tsemu ctl fault add budget --port 4242 --budget 8KiB"
+                   "\n\n  tsemu ctl fault add pause --duration 2s")
+def ctl_fault_add(
+    kind: Annotated[str, typer.Argument(help="errno, drop, delay, duplicate, reorder, budget "
+                                             "or pause.")],
+    socket: SocketOption = None,
+    on: Annotated[str | None, typer.Option(help="What a delivery fault hits: replies, events "
+                                                "or both (default).", show_default=False)] = None,
+    pid: Annotated[int | None, typer.Option(help="Only messages about this task.",
+                                            show_default=False)] = None,
+    cpu: Annotated[int | None, typer.Option(help="Only events of this CPU.",
+                                            show_default=False)] = None,
+    port: Annotated[int | None, typer.Option(help="Only this client (its port id).",
+                                             show_default=False)] = None,
+    cmd: Annotated[str | None, typer.Option(help="errno: only this request (get, register, "
+                                                 "deregister, cgroupstats, getfamily).",
+                                            show_default=False)] = None,
+    count: Annotated[int | None, typer.Option(help="Only the next N that match.",
+                                              show_default=False)] = None,
+    probability: Annotated[float | None, typer.Option(help="Each match with this chance (0-1; "
+                                                           "seeded).", show_default=False)] = None,
+    errno: Annotated[str | None, typer.Option(help="errno: the error (EAGAIN, 11).",
+                                              show_default=False)] = None,
+    delay: Annotated[str | None, typer.Option(help="delay: how long (250ms).",
+                                              show_default=False)] = None,
+    budget: Annotated[str | None, typer.Option(help="budget: the new receive budget (8KiB).",
+                                               show_default=False)] = None,
+    duration: Annotated[str | None, typer.Option(help="pause: how long (2s).",
+                                                 show_default=False)] = None,
+) -> None:
+    """Put a fault in force; prints its id. The same keys as a scenario's [[fault]]."""
+    given = {"kind": kind, "on": on, "pid": pid, "cpu": cpu, "port": port, "cmd": cmd,
+             "count": count, "probability": probability, "errno": errno, "delay": delay,
+             "budget": budget, "duration": duration}
+    reply = _call(socket, "fault", fault={k: v for k, v in given.items() if v is not None})
+    typer.echo(reply["fault"]["id"])
+
+
+@fault_app.command("list")
+def ctl_fault_list(socket: SocketOption = None) -> None:
+    """The faults in force, one per line (JSON), with how often each hit."""
+    for fault in _call(socket, "faults")["faults"]:
+        typer.echo(json.dumps(fault))
+
+
+@fault_app.command("clear")
+def ctl_fault_clear(
+    fault_id: Annotated[int | None, typer.Argument(metavar="[ID]", help="The fault to clear "
+                                                   "(default: every one).",
+                                                   show_default=False)] = None,
+    socket: SocketOption = None,
+) -> None:
+    """Clear one fault, or every one."""
+    reply = _call(socket, "fault_clear", id=fault_id)
+    typer.echo(f"{reply['cleared']} cleared")
+
+
 # -- client verbs: get, listen, families (cli/client_verbs.py); scenario (cli/scenario_verbs.py)
 from tsemu.cli.client_verbs import register as _register_client_verbs  # noqa: E402
 from tsemu.cli.scenario_verbs import register as _register_scenario_verbs  # noqa: E402

@@ -239,7 +239,7 @@ class Fake:
     def build(self, seq: int, report: Any) -> bytes:
         return f"{seq}:{report}".encode()
 
-    def deliver(self, port: int, events: list[bytes]) -> int:
+    def deliver(self, port: int, events: list[bytes], cpu: int = 0) -> int:
         for n, data in enumerate(events):
             seq = int(data.split(b":")[0])
             if seq >= self.fail_from.get(port, 1 << 40):

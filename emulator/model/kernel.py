@@ -70,6 +70,7 @@ from tsemu.wire.taskstats import (
 
 from .accounting import CLOCK_FIELDS
 from .families import FamilyTable
+from .faults import FaultTable
 from .profiles import KernelProfile
 from .replycache import PidReplyCache
 
@@ -194,6 +195,11 @@ class Kernel:
                                                      absent_ok=True)
         self._repeat_model: Any = None
         self._repeat_base = b""
+        #: Faults in force (`faults`): an `errno` fault answers a request with that error.
+        self.faults = FaultTable()
+        #: the clock faults' windows are read on (ns): the table's, when it has one
+        self.now_ns: Callable[[], int] = getattr(getattr(tasks, "clock", None), "monotonic_ns",
+                                                 lambda: 0)
         # A table whose records change only with its generation and the clock: keep replies.
         self._pid_cache = (PidReplyCache(tasks, self._pid_reply, self.layout)  # type: ignore[arg-type]
                            if getattr(tasks, "versioned_records", False) else None)
@@ -202,7 +208,7 @@ class Kernel:
 
     def handle(self, datagram: bytes, sender: Sender) -> list[Action]:
         """The actions answering one datagram from `sender`, in order."""
-        if len(datagram) == _GET_SIZE:
+        if len(datagram) == _GET_SIZE and "errno" not in self.faults.kinds:
             actions = self._fast_get(datagram, sender)
             if actions is not None:
                 return actions
@@ -317,6 +323,7 @@ class Kernel:
 
     def _ctrl_getfamily(self, genl: GenlMessage, sender: Sender, actions: list[Action]) -> None:
         lookup = decode_getfamily(genl)
+        self._forced("getfamily", sender)
         if lookup.name is not None:
             found = self.families.by_name(lookup.name)
         elif lookup.id is not None:
@@ -336,8 +343,22 @@ class Kernel:
 
     # -- TASKSTATS -------------------------------------------------------------------------
 
+    def _forced(self, cmd: str, sender: Sender, pid: int | None = None) -> None:
+        """Answer with a fault's errno, if an `errno` fault hits this request."""
+        if "errno" in self.faults.kinds:
+            fault = self.faults.hit(("errno",), self.now_ns(), cmd=cmd, pid=pid,
+                                    port=sender.port)
+            if fault is not None:
+                raise _Refused(fault.errno)
+
     def _taskstats_get(self, genl: GenlMessage, sender: Sender, actions: list[Action]) -> None:
         request = decode_taskstats_get(genl)
+        if request.register is not None:
+            self._forced("register", sender)
+        elif request.deregister is not None:
+            self._forced("deregister", sender)
+        else:
+            self._forced("get", sender, request.pid if request.pid is not None else request.tgid)
         for mask, register in ((request.register, True), (request.deregister, False)):
             if mask is not None:
                 cpus = parse_cpulist(mask, self.nr_cpus, self.profile.nr_cpus_config)
@@ -363,6 +384,7 @@ class Kernel:
     def _cgroupstats_get(self, genl: GenlMessage, sender: Sender, ref: CgroupRef | None,
                          actions: list[Action]) -> None:
         fd = decode_cgroupstats_get(genl)
+        self._forced("cgroupstats", sender)
         if fd is None:
             raise _Refused(errno.EINVAL)
         if ref is None:

@@ -36,6 +36,7 @@ from .values import (
     policy_number,
     ranged,
     render_comm,
+    share,
     show,
     signal_number,
     string,
@@ -169,7 +170,7 @@ def _read_short_jobs(ctx: Context, t: Table) -> _ShortJobs | None:
     identity = {key: t.get(key, convert, default) for key, convert, default in _IDENTITY}
     codes = t.get("code", one_or_list(ranged(-(2**31), 2**31 - 1)), [0])
     signals = t.get("signal", one_or_list(signal_number), [SIGNALS["SIGKILL"]])
-    killed = t.get("killed", _share, 1.0 if t.has("signal") else 0.0)
+    killed = t.get("killed", share, 1.0 if t.has("signal") else 0.0)
     core = t.get("core", boolean, False)
     counters = read_counters(ctx, t, "draw")
     if not t.ok or count is None:
@@ -208,11 +209,3 @@ def _arrival(value: object) -> str:
         raise Bad(f"arrival must be \"even\" or \"random\", not {show(name)}")
     return name
 
-
-def _share(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise Bad(f"expected a share between 0.0 and 1.0, got {type_name(value)} "
-                  f"{show(value)}")
-    if not 0 <= value <= 1:
-        raise Bad(f"{value} is not a share between 0.0 and 1.0")
-    return float(value)

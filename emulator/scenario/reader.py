@@ -25,6 +25,7 @@ from ..model.profiles import PROFILES
 from ..model.tasks import PID_MAX_LIMIT, RESERVED_PIDS, U32_MAX
 from .check import Draft
 from .draws import choosable, drawable, highest, is_drawn, lowest, number
+from .faults import FAULT_KEYS, read_fault
 from .generators import read_generators
 from .problems import Problems
 from .schema import (
@@ -73,6 +74,7 @@ _CGROUP = Keys(CGROUP_KEYS)
 _PROCESS = Keys(PROCESS_KEYS)
 _THREAD = Keys(THREAD_KEYS)
 _TIMELINE = Keys(TIMELINE_KEYS)
+_FAULT = Keys(FAULT_KEYS)
 _ACTION = {action: Keys(keys) for action, keys in ACTION_KEYS.items()}
 
 #: How each identity key of a process is read (cpu: `Context.cpu`; comm apart).
@@ -106,6 +108,8 @@ class Reading:
     entries: list[int]
     drafts: list[Draft]
     dropped: set[int]
+    #: the [[fault]] entries, as `model.faults.Fault` fields
+    faults: list[dict[str, Any]]
 
     def where(self, position: int) -> str:
         """The key path of the entry spec `position` came from."""
@@ -122,12 +126,13 @@ def read_document(document: Mapping[str, Any], problems: Problems) -> Reading:
     specs, entries = _read_processes(ctx, top)
     drafts = _read_timeline(ctx, top)
     drafts += read_generators(ctx, top)
+    faults = [f for t in top.tables("fault", _FAULT) if (f := _read_fault(t)) is not None]
     written = document.get("machine")
     if not (type(written) is dict and "next_pid" in written):
         highest = max(ctx.written_pids, default=0)
         next_pid = highest + 1 if highest + 1 < machine.pid_max else RESERVED_PIDS
         machine = dataclasses.replace(machine, next_pid=next_pid)
-    return Reading(machine, cgroups, specs, entries, drafts, ctx.dropped)
+    return Reading(machine, cgroups, specs, entries, drafts, ctx.dropped, faults)
 
 
 # --- [machine] ---------------------------------------------------------------------------------
@@ -510,6 +515,11 @@ def _expand(t: Table, first: dict[int, Any], count: int, seed: int, first_pid: i
         row[_THREADS] = thread_specs
         specs.append(make(ProcessSpec, row))
     return specs
+
+
+def _read_fault(t: Table) -> dict[str, Any] | None:
+    """A [[fault]]: in force from the scenario's start (or `at`) until `until`."""
+    return read_fault(t.data, t.fail)
 
 
 # --- [[timeline]] ------------------------------------------------------------------------------

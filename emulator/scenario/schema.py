@@ -17,7 +17,7 @@ from typing import NamedTuple
 from ..model import accounting
 from ..model.tasks import COUNTERS
 
-TOP_KEYS = ("machine", "cgroup", "process", "timeline", "generator")
+TOP_KEYS = ("machine", "cgroup", "process", "timeline", "generator", "fault")
 MACHINE_KEYS = ("cpus", "kernel", "family_id", "clock", "boot_time", "start", "next_pid",
                 "pid_max", "mirror_host")
 CGROUP_KEYS = ("path",)

@@ -153,6 +153,8 @@ class Scenario:
     cgroups: tuple[str, ...]
     processes: tuple[ProcessSpec, ...]
     timeline: tuple[Event, ...]
+    #: the [[fault]] entries (`model.faults.Fault` fields; times since the scenario start)
+    faults: tuple[Mapping[str, Any], ...] = ()
     #: the text it was read from, zlib-compressed (for `with_overrides`): neither the text
     #: nor its document is kept as such (~2.2 KB per [[process]] table)
     packed_text: bytes | None = field(default=None, repr=False, compare=False)

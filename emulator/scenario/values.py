@@ -519,3 +519,28 @@ def render_comm(template: str, index: str, number: int) -> str:
     if "{" not in template and "}" not in template:
         return template
     return template.format_map({index: number})
+
+
+@remembers_strings
+def errno_number(value: object) -> int:
+    """An errno (a positive number, or a name: "EAGAIN", "ESRCH")."""
+    import errno as errno_module
+
+    if isinstance(value, str):
+        name = value.strip().upper()
+        number = getattr(errno_module, name, None)
+        if not name.startswith("E") or not isinstance(number, int):
+            raise Bad(f"unknown errno {show(value)}; "
+                      f"{suggest(name, sorted(errno_module.errorcode.values()))}")
+        return number
+    return ranged(1, 4095)(value)
+
+
+def share(value: object) -> float:
+    """A share between 0.0 and 1.0 (a probability)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Bad(f"expected a share between 0.0 and 1.0, got {type_name(value)} "
+                  f"{show(value)}")
+    if not 0 <= value <= 1:
+        raise Bad(f"{value} is not a share between 0.0 and 1.0")
+    return float(value)

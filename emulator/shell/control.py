@@ -23,6 +23,9 @@ went wrong"}`. A connection may carry any number of requests.
 |               | threads? (1-1000)                            | deliveries              |
 | wait_listener | cpus? (cpulist), timeout? (s, 0-3600; 10)    | listeners               |
 | now           | -                                            | now (s since the start) |
+| fault         | fault {kind, ...}: a scenario's [[fault]]    | fault (as listed)       |
+| faults        | -                                            | faults [...]            |
+| fault_clear   | id? (none: every fault)                      | cleared                 |
 
 Every argument is checked before anything changes (its type, its range, a number's
 finiteness), with the scenario format's own readers (`tsemu.emulator.scenario`): the values
@@ -53,6 +56,7 @@ import trio
 from ..model.clock import NSEC_PER_SEC
 from ..model.tasks import COUNTERS, IDENTITY
 from ..scenario import ScenarioError, parse_counter_value
+from ..scenario.faults import read_fault
 from ..scenario.tables import cpulist
 from ..scenario.values import (
     DURATION_MAX,
@@ -275,6 +279,34 @@ async def _op_now(emu: Any, args: dict[str, Any]) -> dict[str, Any]:
     return {"now": emu.now_seconds()}
 
 
+def _fault(emu: Any, value: object) -> dict[str, Any]:
+    """A fault's keys, as a scenario's [[fault]] spells them (`scenario.faults`)."""
+    if not isinstance(value, dict):
+        raise Bad(f"a fault is an object of its keys, not {type_name(value)}")
+    problems: list[str] = []
+    fields = read_fault(value, lambda key, problem: problems.append(
+        f"{key}: {problem}" if key else problem))
+    if fields is None:
+        raise Bad("; ".join(problems))
+    return fields
+
+
+async def _op_fault(emu: Any, args: dict[str, Any]) -> dict[str, Any]:
+    fields = dict(args["fault"])
+    return {"fault": emu.add_fault(fields.pop("kind"), **fields).describe()}
+
+
+async def _op_faults(emu: Any, args: dict[str, Any]) -> dict[str, Any]:
+    return {"faults": [f.describe() for f in emu.server.kernel.faults.faults]}
+
+
+async def _op_fault_clear(emu: Any, args: dict[str, Any]) -> dict[str, Any]:
+    cleared = emu.server.kernel.faults.clear(args.get("id"))
+    if args.get("id") is not None and not cleared:
+        raise ControlError(f"no fault {args['id']}")
+    return {"cleared": cleared}
+
+
 #: Every op: its arguments, and what carries it out.
 OPS: dict[str, tuple[tuple[Arg, ...], Handler]] = {
     "spawn": ((Arg("comm", _plain(comm_name)), Arg("pid", _pid),
@@ -294,6 +326,9 @@ OPS: dict[str, tuple[tuple[Arg, ...], Handler]] = {
                Arg("threads", _plain(ranged(1, MAX_STORM_THREADS)))), _op_storm),
     "wait_listener": ((Arg("cpus", _cpus), Arg("timeout", _timeout)), _op_wait_listener),
     "now": ((), _op_now),
+    "fault": ((Arg("fault", _fault, True),), _op_fault),
+    "faults": ((), _op_faults),
+    "fault_clear": ((Arg("id", _plain(ranged(1, 2**31))),), _op_fault_clear),
 }
 
 

@@ -38,9 +38,10 @@ import trio
 
 from .rwlock import RWLock
 
-#: deliver(port, events) offers a run's events to one port, in order, and returns how many it
-#: took before the port's socket turned out to be gone (all of them when it is not).
-Deliver = Callable[[int, list[bytes]], int]
+#: deliver(port, events, cpu) offers a run's events (of that CPU) to one port, in order, and
+#: returns how many it took before the port's socket turned out to be gone (all of them when
+#: it is not).
+Deliver = Callable[[int, list[bytes], int], int]
 #: build(seq, exit) -> the event's bytes.
 BuildEvent = Callable[[int, Any], bytes]
 
@@ -153,7 +154,7 @@ class CpuListeners:
                     delivered = 0
                     taken = 0  # exits of the run that found some listener still listed
                     for port in ports:
-                        n = deliver(port, events)
+                        n = deliver(port, events, self.cpu)
                         if n < len(events):
                             # Gone: listed (so heard of) up to this exit, not after.
                             gone.append(port)

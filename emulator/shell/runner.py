@@ -119,6 +119,15 @@ class Emulator:
         #: pid -> when the timeline makes a task of that pid: automatic pids avoid them
         self._reserved_by = _timeline_pids(scenario.timeline)
         self.table.reserved = set(self._reserved_by)
+        for fault in scenario.faults:
+            self.add_fault(**fault)
+
+    def add_fault(self, kind: str, **fields: Any) -> Any:
+        """Put a fault in force (`model.faults`); its window (at, until) is scenario time."""
+        for key in ("at_ns", "until_ns"):
+            if fields.get(key) is not None:
+                fields[key] += self.start_ns
+        return self.server.add_fault(kind, **fields)
 
     @property
     def socket_path(self) -> Path:

@@ -59,7 +59,7 @@ import select
 import socket
 import stat
 import sys
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,9 +67,11 @@ from typing import Any
 
 import trio
 
+from tsemu.wire.constants import TaskstatsCmd
 from tsemu.wire.control import ControlOp, ControlOption, decode_control, is_control
 
 from ..model.families import FamilyTable
+from ..model.faults import DELIVERY
 from ..model.kernel import Action, CgroupRef, Kernel, Listen, Send, Sender, TaskSource
 from ..model.profiles import DEFAULT_PROFILE, KernelProfile
 from ..model.tasks import RepeatExit
@@ -102,6 +104,7 @@ _SOL_SOCKET = socket.SOL_SOCKET
 _SCM_CREDENTIALS = socket.SCM_CREDENTIALS
 _CREDS_SIZE = 12  # struct ucred: pid, uid, gid
 _NO_FDS: tuple[int, ...] = ()
+_TASKSTATS_NEW = int(TaskstatsCmd.NEW)
 
 
 @dataclass
@@ -143,6 +146,9 @@ class Server:
         self._raw: socket.socket | None = None
         self._watch: PortWatch | None = None
         self._ports_identity: tuple[int, int] | None = None
+        #: a pause fault's end (trio time), and the messages reorder faults hold, by port
+        self._paused_until = 0.0
+        self._held: dict[int, bytes] = {}
         self._buffer = bytearray(MAX_DATAGRAM + 1)
         if busy_poll_ns < 0:
             raise ValueError(f"a busy-poll window cannot be negative ({busy_poll_ns} ns)")
@@ -284,6 +290,8 @@ class Server:
         spin = self.busy_poll = BusyPoll(raw, self._busy_poll_ns)
         while True:
             await trio.lowlevel.wait_readable(raw)
+            if self._paused_until > trio.current_time():  # a pause fault: read nothing yet
+                await trio.sleep_until(self._paused_until)
             if self._watch is not None and self._watch.fd != watch_fd:
                 if watch_fd >= 0:
                     ready.unregister(watch_fd)
@@ -344,6 +352,10 @@ class Server:
                 if client is None:
                     self.stats.unaddressed += 1
                     return
+                if "budget" in self.kernel.faults.kinds:
+                    for fault in self.kernel.faults.faults:
+                        if fault.kind == "budget" and fault.port == client.port:
+                            client.outbox.budget = fault.budget
             pending = self._serve(client, data, creds, fds)
             if pending is not None:
                 await pending
@@ -383,7 +395,7 @@ class Server:
             sender = client.sender = self._sender(client, creds, fds)
             client.sender_creds = creds
         actions = self.kernel.handle(data, sender)
-        offer = client.outbox.offer
+        offer = client.outbox.offer if self.kernel.faults.empty else self._faulty(client)
         for index, action in enumerate(actions):
             if isinstance(action, Send):
                 offer(action.data)
@@ -396,9 +408,10 @@ class Server:
         return self.admin.mode == "auto"
 
     async def _carry_out(self, client: ClientConn, actions: list[Action], start: int) -> None:
+        offer = client.outbox.offer if self.kernel.faults.empty else self._faulty(client)
         for action in actions[start:]:
             if isinstance(action, Send):
-                client.outbox.offer(action.data)
+                offer(action.data)
             elif isinstance(action, Listen):
                 if self.clients.get(client.port) is client:  # (not forgotten meanwhile)
                     await self.listeners.apply(client.port, action.cpus, action.register)
@@ -449,11 +462,71 @@ class Server:
         return self.kernel.exit_event(seq, report.tid, report.pid_values, report.tgid,
                                       report.tgid_values)
 
-    def _deliver(self, port: int, events: list[bytes]) -> int:
+    def _deliver(self, port: int, events: list[bytes], cpu: int) -> int:
         client = self.clients.get(port)
         if client is None:
             return 0
-        return client.outbox.offer_many(events)
+        if self.kernel.faults.empty:
+            return client.outbox.offer_many(events)
+        offer = self._faulty(client, "events", cpu)
+        for n, data in enumerate(events):
+            if not offer(data):
+                return n
+        return len(events)
+
+    # -- faults (model.faults: which message a fault hits; here: what it does) --------------
+
+    def _faulty(self, client: ClientConn, on: str = "replies",
+                cpu: int | None = None) -> Callable[[bytes], bool]:
+        """`client.outbox.offer` with the delivery faults in force applied."""
+        faults = self.kernel.faults
+
+        def offer(data: bytes) -> bool:
+            outbox = client.outbox
+            fault = faults.hit(DELIVERY, self.kernel.now_ns(), on=on, cpu=cpu,
+                               port=client.port, pid=_record_pid(data, self.kernel))
+            held = self._held.pop(client.port, None)
+            if fault is None:
+                alive = outbox.offer(data)
+            elif fault.kind == "drop":
+                alive = not outbox.gone
+            elif fault.kind == "duplicate":
+                alive = outbox.offer(data) and outbox.offer(data)
+            elif fault.kind == "delay":
+                assert self._nursery is not None
+                self._nursery.start_soon(self._later, outbox, data, fault.delay_ns)
+                alive = not outbox.gone
+            else:  # reorder: after the next message to this port (or a second, at most)
+                self._held[client.port] = data
+                assert self._nursery is not None
+                self._nursery.start_soon(self._release_held, client.port, outbox, data)
+                alive = not outbox.gone
+            if held is not None and alive:
+                alive = outbox.offer(held)
+            return alive
+
+        return offer
+
+    async def _later(self, outbox: Any, data: bytes, delay_ns: int) -> None:
+        await trio.sleep(delay_ns / 1e9)
+        outbox.offer(data)
+
+    async def _release_held(self, port: int, outbox: Any, data: bytes) -> None:
+        await trio.sleep(1)
+        if self._held.get(port) is data:
+            del self._held[port]
+            outbox.offer(data)
+
+    def add_fault(self, kind: str, **fields: Any) -> Any:
+        """Put a fault in force (see `model.faults`); budget and pause act at once."""
+        fault = self.kernel.faults.add(kind, **fields)
+        if kind == "budget" and fault.port is not None:
+            client = self.clients.get(fault.port)
+            if client is not None:
+                client.outbox.budget = fault.budget
+        elif kind == "pause":
+            self._paused_until = trio.current_time() + fault.duration_ns / 1e9
+        return fault
 
     async def broadcast(self, report: Any) -> None:
         """Hand one exit (a process table's exit report) to its CPU's broadcast task."""
@@ -462,6 +535,16 @@ class Server:
     async def settle(self) -> None:
         """Wait until every submitted exit has been offered to its listeners."""
         await self.listeners.wait_idle()
+
+
+def _record_pid(data: bytes, kernel: Kernel) -> int | None:
+    """The task a TASKSTATS_CMD_NEW (a reply or an event) is about: its first record's PID or
+    TGID, the first attribute inside the AGGR nest (netlink, genetlink and nest headers
+    before it: offset 28). None for any other message."""
+    if len(data) >= 32 and data[16] == _TASKSTATS_NEW and \
+            int.from_bytes(data[4:6], "little") == kernel.taskstats.id:
+        return int.from_bytes(data[28:32], "little")
+    return None
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
