@@ -3,6 +3,8 @@
 #   make test   install and run the test suite
 #   make bench  run the benchmarks (results in bench/results/)
 #   make lint   ruff and mypy
+#   make soak   a long run: clients that come and go or are killed, 1,000,000 exits to 64
+#               listeners; descriptors, clients and memory must come back (scripts/soak.py)
 #   make golden re-capture the kernel's replies into tests/golden (needs a taskstats kernel, root)
 #   make clean  remove the venv and build leftovers
 
@@ -13,7 +15,7 @@ STAMP  := $(VENV)/.installed
 # Debian packages the tests use: a C compiler for the shim and the test clients, iproute2
 # for `genl`, procps for `pgrep`: installed when missing and when we may (root, apt-get).
 
-.PHONY: install system-deps bytecode run test bench lint golden clean
+.PHONY: install system-deps bytecode run test bench soak lint golden clean
 
 install: $(STAMP)
 
@@ -60,6 +62,9 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: install $(BENCH_STAMP) bytecode
 	$(PY) -m bench
+
+soak: install bytecode
+	$(PY) scripts/soak.py
 
 # mypy sees the package as it is installed (wire/ is tsemu.wire, ...) through a symlink tree.
 lint: install
