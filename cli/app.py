@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -71,6 +72,9 @@ def serve(
     ctl_group: Annotated[str | None, typer.Option(
         help="Share the control socket (0600, the server's user only) with this group "
              "(0660).", show_default=False)] = None,
+    proc_view: Annotated[bool, typer.Option(
+        help="Keep the emulated machine's /proc in PATH.proc, which `tsemu run` shows its "
+             "commands in place of /proc.")] = True,
 ) -> None:
     """Serve the emulated kernel until SIGINT or SIGTERM.
 
@@ -103,7 +107,7 @@ def serve(
         roots = tuple(cgroup_root) if cgroup_root else ("/sys/fs/cgroup",)
         emulator = Emulator(loaded, socket_path(socket), admin=policy, cgroup_roots=roots,
                             busy_poll_ns=busy_poll * 1000, max_clients=max_clients,
-                            shared_dir=shared_dir, ctl_group=ctl_group)
+                            shared_dir=shared_dir, ctl_group=ctl_group, proc_view=proc_view)
     if big or time.monotonic() - started > 0.5:
         typer.echo(f"tsemu: loaded {len(emulator.table)} tasks and {len(loaded.timeline)} "
                    f"timeline events in {time.monotonic() - started:.1f} s", err=True)
@@ -138,21 +142,31 @@ def _startup_problem(exc: BaseException) -> str:
     raise exc
 
 
+class ProcMode(StrEnum):
+    emulated = "emulated"
+    host = "host"
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
              epilog="Examples:\n\n  tsemu run -- genl ctrl get name TASKSTATS\n\n"
+                    "  tsemu run -- iotop-c -b -o -n 2\n\n  tsemu run -- ps -eLf\n\n"
                     "  tsemu run --socket /run/tsemu/genl.sock -- ./getdelays -d -p 1")
 def run(
     ctx: typer.Context,
     socket: SocketOption = None,
+    proc: Annotated[ProcMode, typer.Option(
+        help="What CMD sees in /proc: the emulated machine's processes and files (the "
+             "server's view, so ps, top and iotop-c list the scenario's tasks), or the "
+             "host's (for a scenario with mirror_host).")] = ProcMode.emulated,
 ) -> None:
-    """Run CMD with the shim, so its netlink taskstats calls reach tsemu; exits with CMD's
-    status. Put `--` before CMD."""
+    """Run CMD with the shim, so its netlink taskstats calls reach tsemu and its /proc shows
+    the emulated machine; exits with CMD's status. Put `--` before CMD."""
     from tsemu.cli.run import run_command
 
     argv = list(ctx.args)
     if not argv:
         fail("run needs a command: tsemu run -- CMD [ARGS...]", 2)
-    raise typer.Exit(run_command(argv, socket_path(socket)))
+    raise typer.Exit(run_command(argv, socket_path(socket), proc.value))
 
 
 # -- ctl ------------------------------------------------------------------------------------

@@ -21,7 +21,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tsemu.emulator.shell.addressing import default_socket_path
+from tsemu.emulator.shell.addressing import (
+    PROC_VIEW_MARKER,
+    default_socket_path,
+    proc_view_dir,
+)
 from tsemu.shim import ShimNotBuilt, shim_environment
 
 #: Signals passed on to the command rather than acted on by `tsemu run` itself.
@@ -30,9 +34,27 @@ FORWARDED = (signal.SIGTERM, signal.SIGHUP)
 IGNORED = (signal.SIGINT, signal.SIGQUIT)
 
 
-def run_environment(socket_path: Path | None = None) -> dict[str, str]:
-    """This process's environment plus what loads the shim and names the server."""
-    return shim_environment(socket_path if socket_path is not None else default_socket_path())
+#: --proc: what the command sees in /proc.
+PROC_CHOICES = ("emulated", "host")
+
+
+def run_environment(socket_path: Path | None = None, proc: str = "emulated"
+                    ) -> dict[str, str]:
+    """This process's environment plus what loads the shim, names the server and, with
+    `proc` "emulated", shows the server's /proc view in place of /proc."""
+    server = socket_path if socket_path is not None else default_socket_path()
+    view = proc_view_dir(server) if proc == "emulated" else None
+    return shim_environment(server, proc_view=view)
+
+
+def missing_view(server: Path) -> str | None:
+    """Why the server at `server` has no /proc view to show, if it is up and has none."""
+    view = proc_view_dir(server)
+    if server.exists() and not (view / PROC_VIEW_MARKER).is_file():
+        return (f"the server at {server} publishes no /proc view ({view}: it runs with "
+                "--no-proc-view, or is an older tsemu); pass --proc host to run with the "
+                "host's /proc")
+    return None
 
 
 def exit_status(returncode: int) -> int:
@@ -74,19 +96,25 @@ class _Forwarder:
             signal.signal(sig, handler)
 
 
-def run_command(argv: list[str], socket_path: Path | None = None) -> int:
+def run_command(argv: list[str], socket_path: Path | None = None,
+                proc: str = "emulated") -> int:
     """Run `argv` with the shim against the server at `socket_path` (default: TSEMU_SOCKET's
-    rule); return its exit status. Problems before CMD starts are reported on stderr."""
+    rule), seeing the emulated machine's /proc (`proc` "emulated") or the host's; return its
+    exit status. Problems before CMD starts are reported on stderr."""
     if not argv:
         print("tsemu run: no command given (usage: tsemu run [--socket PATH] -- CMD [ARGS...])",
               file=sys.stderr)
         return 2
     try:
-        env = run_environment(socket_path)
+        env = run_environment(socket_path, proc)
     except ShimNotBuilt as exc:
         print(f"tsemu run: {exc}", file=sys.stderr)
         return 1
     server = Path(env["TSEMU_SOCKET"])
+    problem = missing_view(server) if proc == "emulated" else None
+    if problem:
+        print(f"tsemu run: {problem}", file=sys.stderr)
+        return 1
     if not server.exists() and os.environ.get("TSEMU_DEBUG"):
         print(f"tsemu run: no server socket at {server} yet (start one with `tsemu serve`)",
               file=sys.stderr)

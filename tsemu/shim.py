@@ -40,14 +40,25 @@ def shim_path() -> Path:
     return path
 
 
+#: Environment variable naming the /proc view the shim shows in place of /proc (unset: the
+#: host's /proc).
+PROC_VIEW_ENV = "TSEMU_PROC_VIEW"
+
+
 def shim_environment(socket_path: Path | str | None = None,
-                     base: Mapping[str, str] | None = None) -> dict[str, str]:
+                     base: Mapping[str, str] | None = None, *,
+                     proc_view: Path | str | None = None) -> dict[str, str]:
     """`base` (default: this process's environment) with the shim preloaded (ahead of any
-    LD_PRELOAD already there) and TSEMU_SOCKET set to `socket_path` when given."""
+    LD_PRELOAD already there), TSEMU_SOCKET set to `socket_path` when given, and
+    TSEMU_PROC_VIEW to `proc_view` (None: the host's /proc, even if `base` named a view)."""
     env = dict(os.environ if base is None else base)
     library = str(shim_path())
     preload = [p for p in env.get("LD_PRELOAD", "").replace(":", " ").split() if p != library]
     env["LD_PRELOAD"] = " ".join([library, *preload])
     if socket_path is not None:
         env["TSEMU_SOCKET"] = str(Path(socket_path).absolute())
+    if proc_view is not None:
+        env[PROC_VIEW_ENV] = str(Path(proc_view).absolute())
+    else:
+        env.pop(PROC_VIEW_ENV, None)
     return env

@@ -38,6 +38,8 @@ class VersionedTable(Protocol):
     """A task source whose PID records change only with its `generation` and the clock."""
 
     generation: int
+    #: the tasks whose counters move with the clock: never answered from a kept reply
+    moving: set[int]
 
     def pid_stats(self, tid: int) -> Any: ...
 
@@ -64,6 +66,11 @@ class PidReplyCache:
         record that does not pack the layout's WireError."""
         table = self._table
         replies = self._replies
+        if tid in table.moving:
+            values = table.pid_stats(tid)
+            data = self._template.build_values(seq, portid, tid, values)
+            return data if data is not None else self._template.build(
+                seq, portid, tid, self._layout.build(values))
         if table.generation != self._generation:
             replies.clear()
             self._generation = table.generation

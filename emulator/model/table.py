@@ -22,6 +22,7 @@ import copy
 import errno
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from tsemu.wire.constants import AcFlag
@@ -42,6 +43,7 @@ from .tasks import (
     PF_DUMPCORE,
     PF_SIGNALED,
     PID_MAX_LIMIT,
+    PROC_IDENTITY,
     RESERVED_PIDS,
     SIGNAL_MAX,
     U32_MAX,
@@ -49,6 +51,7 @@ from .tasks import (
     ExitReport,
     FrozenCounters,
     NoSuchTask,
+    ProcIdentity,
     RepeatExit,
     Task,
     TaskState,
@@ -62,9 +65,9 @@ from .tasks import (
 
 #: What `ProcessTable.spawn_many` takes for each process: pid (None: automatic), comm, ppid,
 #: uid, gid, cpu, cgroup, nice, policy, state, forked_no_exec, superuser, counters, start_ns
-#: (None: now); the same values as `spawn`'s keywords.
+#: (None: now), proc (None: plain); the same values as `spawn`'s keywords.
 SpawnRow = tuple[int | None, bytes | str, int, int, int, int, str | None, int, int, TaskState,
-                 bool, bool, Mapping[str, object] | None, int | None]
+                 bool, bool, Mapping[str, object] | None, int | None, ProcIdentity | None]
 
 
 class SpawnRefused(ValueError):
@@ -113,6 +116,13 @@ class ProcessTable:
         #: later (tsemu's rule, not the kernel's: a scripted machine stays playable whatever
         #: live control made before). An explicit pid may still take one.
         self.reserved: set[int] = set()
+        #: the live tasks with counters that move with the clock (`set_rates`)
+        self.moving: set[int] = set()
+        #: While someone follows the table (the /proc view: `shell.procview`), the tgids of
+        #: the processes each change touched since it last looked, and the tasks that have
+        #: exited meanwhile; None when no one does (nothing is recorded).
+        self.touched: set[int] | None = None
+        self.departed: list[Task] = []
 
     def copy(self) -> ProcessTable:
         """An independent copy of the table as it is now (tasks, thread groups with their
@@ -121,6 +131,7 @@ class ProcessTable:
         twin = copy.copy(self)
         twin.clock = copy.copy(self.clock)
         twin.reserved = set(self.reserved)
+        twin.moving = set(self.moving)
         twin._tasks = {tid: task._copy() for tid, task in self._tasks.items()}
         twin._groups = {}
         for tgid, group in self._groups.items():
@@ -143,6 +154,15 @@ class ProcessTable:
         self._cursor = check_int("next_pid", next_pid, 1, self.pid_max - 1)
 
     # --- pids -------------------------------------------------------------------------------
+
+    @property
+    def last_pid(self) -> int:
+        """The pid automatic allocation gave last (/proc/loadavg's last field)."""
+        return self._cursor - 1
+
+    def _touch(self, tgid: int) -> None:
+        if self.touched is not None:
+            self.touched.add(tgid)
 
     def _pid_taken(self, pid: int) -> bool:
         # A zombie leader's pid is its group's tgid: taken as long as the group exists.
@@ -202,10 +222,21 @@ class ProcessTable:
             return value
         if name == "cgroup":
             return self._check_cgroup(value)
-        if name in ("forked_no_exec", "superuser"):
+        if name in ("forked_no_exec", "superuser", "kthread"):
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be a bool, not {value!r}")
             return value
+        if name == "cmdline":
+            if value is None:
+                return None
+            if not isinstance(value, (list, tuple)) or not all(
+                    isinstance(arg, (bytes, str)) for arg in value):
+                raise ValueError(f"cmdline must be a list of arguments, not {value!r}")
+            return tuple(a.encode() if isinstance(a, str) else a for a in value)
+        if name == "ioprio":
+            return check_int(name, value, 0, 0xFFFF)
+        if name == "rt_priority":
+            return check_int(name, value, 0, 99)
         raise ValueError(f"unknown task attribute {name!r}; valid: {', '.join(IDENTITY)} "
                          f"and the counters {', '.join(COUNTERS)}")
 
@@ -271,7 +302,7 @@ class ProcessTable:
               nice: int = 0, policy: int = 0, state: TaskState = TaskState.RUNNING,
               forked_no_exec: bool = False, superuser: bool = False,
               counters: Mapping[str, object] | None = None,
-              start_ns: int | None = None) -> Task:
+              start_ns: int | None = None, proc: ProcIdentity | None = None) -> Task:
         """A new process: its leader (returned, with `counters`) and `threads - 1` more threads
         cloned from it with zeroed counters, all started at `start_ns` (default: now).
 
@@ -280,7 +311,7 @@ class ProcessTable:
         if type(threads) is not int or threads < 1:
             raise ValueError(f"threads must be an int of at least 1, not {threads!r}")
         row = (pid, comm, ppid, uid, gid, cpu, cgroup, nice, policy, state, forked_no_exec,
-               superuser, counters, start_ns)
+               superuser, counters, start_ns, proc)
         try:
             (leader,) = self.spawn_many((row,))
         except SpawnRefused as refused:
@@ -302,7 +333,7 @@ class ProcessTable:
         tasks = self._tasks
         groups = self._groups
         for index, (pid, comm, ppid, uid, gid, cpu, cgroup, nice, policy, state,
-                    forked_no_exec, superuser, counters, start_ns) in enumerate(rows):
+                    forked_no_exec, superuser, counters, start_ns, proc) in enumerate(rows):
             try:
                 if start_ns is None:
                     start_ns = now
@@ -326,6 +357,8 @@ class ProcessTable:
                     cgroup = self._check_cgroup(cgroup)
                 checked = counters if type(counters) is FrozenCounters \
                     else check_counters(counters)
+                if proc is not None and type(proc) is not ProcIdentity:
+                    raise ValueError(f"proc must be a ProcIdentity, not {proc!r}")
                 if pid is None:
                     tid = self._alloc_pid()
                 elif type(pid) is int and 0 < pid < self.pid_max and pid not in tasks \
@@ -339,6 +372,8 @@ class ProcessTable:
             leader = Task(tid, tid, ppid, comm, uid, gid, cpu, nice, policy, state, cgroup,
                           start_ns, forked_no_exec, superuser)
             leader._load(checked)
+            if proc is not None:
+                leader.proc = proc
             group = ThreadGroup(tid, start_ns)
             groups[tid] = group
             group._threads = tid
@@ -352,6 +387,8 @@ class ProcessTable:
                 siblings.add(tid)
             made.append(leader)
         self.generation += len(made)
+        if self.touched is not None:
+            self.touched.update(task.tid for task in made)
         return made
 
     def clone_thread(self, tgid: int, *, pid: int | None = None, cpu: int | None = None,
@@ -377,11 +414,13 @@ class ProcessTable:
         task = Task(tid, group.tgid, model.ppid, model.comm, model.uid, model.gid, cpu,
                     model.nice, model.policy, state, model.cgroup, start_ns, True)
         task._load(counters)
+        task.proc = model.proc
         self._enter(group, task)
         return task
 
     def _enter(self, group: ThreadGroup, task: Task) -> None:
         self.generation += 1
+        self._touch(group.tgid)
         self._tasks[task.tid] = task
         group._add(task.tid)
         self._index_cgroup(task)
@@ -439,6 +478,9 @@ class ProcessTable:
                 raise ValueError(f"unknown task attribute {name!r}; valid: "
                                  f"{', '.join(IDENTITY)} and the counters {', '.join(COUNTERS)}")
         self.generation += 1
+        self._touch(task.tgid)
+        now = self.clock.monotonic_ns()
+        task._catch_up(now)
         for name, value in ident.items():
             if name == "ppid":
                 assert isinstance(value, int)
@@ -448,11 +490,42 @@ class ProcessTable:
                 self._unindex_cgroup(task)
                 task.cgroup = value
                 self._index_cgroup(task)
+            elif name in PROC_IDENTITY:
+                task.proc = replace(task.proc, **{name: value})  # type: ignore[arg-type]
             else:
                 setattr(task, name, value)
         for name, count in counters.items():
             task._store(name, count)
+            task._rebase(name, now)
         return task
+
+    def set_rates(self, tid: int, rates: Mapping[str, object]) -> Task:
+        """From now on, each named integer counter of live task `tid` grows by so much per
+        second of the table's clock (0: it stops), in /proc and taskstats alike, from its
+        value now."""
+        task = self.get(tid)
+        checked = {}
+        for name, per_second in rates.items():
+            if name not in INT_COUNTER_SET:
+                if name in MAX_TS_COUNTER_SET:
+                    raise ValueError(f"{name} is a timestamp: it cannot move by itself")
+                raise unknown_counter(name)
+            checked[name] = check_int(f"{name} per second", per_second, 0, U64_MAX)
+        self.generation += 1
+        self._touch(task.tgid)
+        now = self.clock.monotonic_ns()
+        for name, per_second in checked.items():
+            task._rate(name, per_second, now)
+        if task._rates:
+            self.moving.add(task.tid)
+        else:
+            self.moving.discard(task.tid)
+        return task
+
+    def catch_up(self, task: Task) -> None:
+        """Bring `task`'s moving counters to now (a new generation if any moved)."""
+        if task._catch_up(self.clock.monotonic_ns()):
+            self.generation += 1
 
     def add(self, tid: int, **deltas: int) -> Task:
         """Add to integer counters of live task `tid` (checked first: each result must stay a
@@ -466,10 +539,14 @@ class ProcessTable:
                 raise unknown_counter(name)
             if isinstance(delta, bool) or not isinstance(delta, int):
                 raise ValueError(f"{name} delta must be an int, not {type(delta).__name__}")
+            task._catch_up(self.clock.monotonic_ns())
             results[name] = check_int(name, task.counter_map.get(name, 0) + delta, 0, U64_MAX)
         self.generation += 1
+        self._touch(task.tgid)
+        now = self.clock.monotonic_ns()
         for name, value in results.items():
             task._store(name, value)
+            task._rebase(name, now)
         return task
 
     def move(self, tid: int, cpu: int) -> Task:
@@ -477,6 +554,7 @@ class ProcessTable:
         task = self.get(tid)
         task.cpu = self._check_cpu(cpu)
         self.generation += 1
+        self._touch(task.tgid)
         return task
 
     # --- cgroups ----------------------------------------------------------------------------
@@ -525,6 +603,8 @@ class ProcessTable:
         """What TASKSTATS_CMD_GET with PID `tid` answers now. A zombie leader still answers,
         with its exit code and without what went with its mm (hiwater, exe)."""
         task = self._find(tid)
+        if task._rates is not None:
+            self.catch_up(task)
         return accounting.pid_record(
             task, leader_start_ns=self._groups[task.tgid].leader_start_ns,
             now_ns=self.clock.monotonic_ns(), wall_seconds=self.clock.wall_seconds(),
@@ -542,6 +622,10 @@ class ProcessTable:
         plus its live threads. As in the kernel, which looks the id up as any task and then
         walks that task's group, a non-leader's tid answers for its whole group."""
         group = self._groups[self._find(tgid).tgid]
+        if self.moving:
+            for tid in group._tids:
+                if tid in self.moving:
+                    self.catch_up(self._tasks[tid])
         return accounting.tgid_query(group.stats, (self._tasks[t] for t in group._tids),
                                      now_ns=self.clock.monotonic_ns(), profile=self.profile)
 
@@ -630,6 +714,12 @@ class ProcessTable:
               cpu: int) -> ExitReport:
         """taskstats_exit, then the task leaves the table."""
         self.generation += 1
+        if self.touched is not None:
+            self.touched.add(task.tgid)
+            self.departed.append(task)
+        if task._rates is not None:
+            task._catch_up(self.clock.monotonic_ns())
+            self.moving.discard(task.tid)
         group = self._groups[task.tgid]
         # taskstats_tgid_alloc: a thread leaving others behind (a zombie leader counts: it is
         # still on the thread list) allocates the group's totals, once.
@@ -674,6 +764,7 @@ class ProcessTable:
         reaper = 1 if group.tgid != 1 else 0
         for child in self._children.pop(group.tgid, set()):
             self._set_parent(self._groups[child], reaper)
+            self._touch(child)
 
 
 def _exit_code(code: int, signal: int | None, core: bool) -> tuple[int, bool]:

@@ -98,6 +98,8 @@ INT_COUNTERS: tuple[str, ...] = (
     *accounting.IO_FIELDS,
     "nvcsw", "nivcsw",
     "ac_exe_dev", "ac_exe_inode",
+    # not in struct taskstats: what /proc shows of the mm now (KiB)
+    "rss", "vm",
 )
 #: The time each category's longest delay happened, as (tv_sec, tv_nsec): set, never added.
 MAX_TS_COUNTERS: tuple[str, ...] = tuple(
@@ -108,14 +110,33 @@ COUNTERS: tuple[str, ...] = INT_COUNTERS + MAX_TS_COUNTERS
 INT_COUNTER_SET = frozenset(INT_COUNTERS)
 MAX_TS_COUNTER_SET = frozenset(MAX_TS_COUNTERS)
 #: Counters that belong to the task's mm: gone once a leader is a zombie (exit_mm ran).
-MM_COUNTERS = ("hiwater_rss", "hiwater_vm", "ac_exe_dev", "ac_exe_inode")
+MM_COUNTERS = ("hiwater_rss", "hiwater_vm", "ac_exe_dev", "ac_exe_inode", "rss", "vm")
 
-#: Identity a `set` call may change. tid, tgid and start_ns never change.
+#: Identity a `set` call may change. tid, tgid and start_ns never change. The last four are
+#: what only /proc shows (`ProcIdentity`).
 IDENTITY: tuple[str, ...] = (
     "comm", "uid", "gid", "ppid", "cpu", "nice", "policy", "state", "cgroup",
-    "forked_no_exec", "superuser",
+    "forked_no_exec", "superuser", "cmdline", "ioprio", "kthread", "rt_priority",
 )
 IDENTITY_SET = frozenset(IDENTITY)
+PROC_IDENTITY = ("cmdline", "ioprio", "kthread", "rt_priority")
+
+
+@dataclass(frozen=True, slots=True)
+class ProcIdentity:
+    """What /proc shows of a task and taskstats does not: its arguments (None: just its
+    comm, as for a process that set none), its I/O priority as ioprio_get(2) returns it
+    (class << 13 | level; 0: none, which the kernel derives from nice), whether it is a kernel
+    thread (no mm, no arguments: ps shows it in brackets), and its real-time priority (1-99
+    under SCHED_FIFO or SCHED_RR). Shared by every task that has the same."""
+
+    cmdline: tuple[bytes, ...] | None = None
+    ioprio: int = 0
+    kthread: bool = False
+    rt_priority: int = 0
+
+
+PLAIN = ProcIdentity()
 
 _EMPTY_INTS: Mapping[str, int] = MappingProxyType({})
 _EMPTY_STAMPS: Mapping[str, tuple[int, int]] = MappingProxyType({})
@@ -223,7 +244,7 @@ class Task:
 
     __slots__ = (
         "tid", "tgid", "ppid", "comm", "uid", "gid", "cpu", "nice", "policy", "state",
-        "cgroup", "start_ns", "exit_code", "_flags", "_counters", "_stamps",
+        "cgroup", "start_ns", "exit_code", "_flags", "_counters", "_stamps", "proc", "_rates",
     )
 
     tid: int
@@ -242,6 +263,9 @@ class Task:
     _flags: int
     _counters: dict[str, int] | None
     _stamps: dict[str, tuple[int, int]] | None
+    proc: ProcIdentity
+    #: counters that move with the clock: name -> (per second, since (ns), value then)
+    _rates: dict[str, tuple[int, int, int]] | None
 
     def __init__(self, tid: int, tgid: int, ppid: int, comm: bytes, uid: int, gid: int,
                  cpu: int, nice: int, policy: int, state: TaskState, cgroup: str | None,
@@ -265,6 +289,8 @@ class Task:
                        | (PF_SUPERPRIV if superuser else 0))
         self._counters = None
         self._stamps = None
+        self.proc = PLAIN
+        self._rates = None
 
     def __repr__(self) -> str:
         return (f"<Task tid={self.tid} tgid={self.tgid} comm={self.comm!r} "
@@ -380,7 +406,45 @@ class Task:
             twin._counters = dict(self._counters)
         if self._stamps is not None:
             twin._stamps = dict(self._stamps)
+        if self._rates is not None:
+            twin._rates = dict(self._rates)
         return twin
+
+    # counters that move
+
+    @property
+    def rates(self) -> Mapping[str, int]:
+        """The counters that move with the clock, and how much each grows per second."""
+        return {name: per_second for name, (per_second, _, _) in (self._rates or {}).items()}
+
+    def _rate(self, name: str, per_second: int, now_ns: int) -> None:
+        """From `now_ns` on, `name` grows by `per_second` (0: it stops moving)."""
+        self._catch_up(now_ns)
+        rates = self._rates if self._rates is not None else {}
+        if per_second:
+            rates[name] = (per_second, now_ns, self.counter_map.get(name, 0))
+        else:
+            rates.pop(name, None)
+        self._rates = rates or None
+
+    def _catch_up(self, now_ns: int) -> bool:
+        """Bring the moving counters to `now_ns` (each from the moment its rate was set, so
+        that reading often or seldom gives the same values); whether any changed."""
+        if self._rates is None:
+            return False
+        changed = False
+        for name, (per_second, since, then) in self._rates.items():
+            value = min(then + per_second * max(0, now_ns - since) // 1_000_000_000, U64_MAX)
+            if value != self.counter_map.get(name, 0):
+                self._store(name, value)
+                changed = True
+        return changed
+
+    def _rebase(self, name: str, now_ns: int) -> None:
+        """`name` was set or added to now: its rate (if any) goes on from its new value."""
+        if self._rates is not None and name in self._rates:
+            per_second = self._rates[name][0]
+            self._rates[name] = (per_second, now_ns, self.counter_map.get(name, 0))
 
     def _store(self, name: str, value: int | tuple[int, int]) -> None:
         """Store an already validated counter value, keeping only non-zero ones."""

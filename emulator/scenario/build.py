@@ -94,16 +94,22 @@ def run_action(table: ProcessTable, action: str, args: Mapping[str, Any]
         now = table.clock.monotonic_ns()
         pid = spawn_leader(table, spec, max(0, now - spec.age_ns))
         tids = [clone(table, pid, t) for t in spec.threads]
+        _set_rates(table, pid, spec, tids)
         return {"process": spec.with_tids(pid, tids)}, []
     if action == "clone":
         thread: ThreadSpec = args["thread"]
         tid = clone(table, args["tgid"], thread)
+        if thread.rates:
+            table.set_rates(tid, thread.rates)
         return {"tgid": args["tgid"], "thread": thread.with_tid(tid)}, []
     if action == "set":
         values = args["values"]
         if values.get("cgroup") is not None:
             table.add_cgroup(values["cgroup"])
-        table.set(args["pid"], **values)
+        if values:
+            table.set(args["pid"], **values)
+        if args.get("rates"):
+            table.set_rates(args["pid"], args["rates"])
         return dict(args), []
     if action == "add":
         table.add(args["pid"], **args["deltas"])
@@ -209,6 +215,9 @@ def create(table: ProcessTable, clock: VirtualClock, base_ns: int,
     if batch:
         spawn_batch()
     clock.advance_ns(max(0, base_ns - clock.monotonic_ns()))
+    for i, spec in enumerate(specs):  # counters move from the scenario's start on
+        if i in leaders and (spec.rates or any(thread.rates for thread in spec.threads)):
+            _set_rates(table, leaders[i], spec, tids.get(i, ()))
     resolved = []
     for i, spec in enumerate(specs):
         pid = leaders.get(i)
@@ -226,10 +235,20 @@ def create(table: ProcessTable, clock: VirtualClock, base_ns: int,
 def _row(spec: ProcessSpec, start_ns: int, comms: dict[str, bytes]) -> SpawnRow:
     """What `ProcessTable.spawn_many` takes to make `spec`'s leader."""
     (pid, name, ppid, uid, gid, cgroup, state, cpu, _age, nice, policy, forked_no_exec,
-     superuser, counters, _threads) = spec
+     superuser, counters, _threads, proc, _rates) = spec
     comm = comms.get(name)
     return (pid, _encoded(name, comms) if comm is None else comm, ppid, uid, gid, cpu, cgroup,
-            nice, policy, state, forked_no_exec, superuser, counters, start_ns)
+            nice, policy, state, forked_no_exec, superuser, counters, start_ns, proc)
+
+
+def _set_rates(table: ProcessTable, pid: int, spec: ProcessSpec,
+               tids: Sequence[int | None]) -> None:
+    """The moving counters of a process just made (its leader's, its threads')."""
+    if spec.rates:
+        table.set_rates(pid, spec.rates)
+    for thread, tid in zip(spec.threads, tids, strict=False):
+        if thread.rates and tid is not None:
+            table.set_rates(tid, thread.rates)
 
 
 def _creation_problem(exc: Exception) -> str:
@@ -253,7 +272,7 @@ def spawn_leader(table: ProcessTable, spec: ProcessSpec, start_ns: int,
         pid=spec.pid, comm=comm, ppid=spec.ppid, uid=spec.uid, gid=spec.gid, cpu=spec.cpu,
         cgroup=spec.cgroup, nice=spec.nice, policy=spec.policy, state=spec.state,
         forked_no_exec=spec.forked_no_exec, superuser=spec.superuser,
-        counters=spec.counters, start_ns=start_ns)
+        counters=spec.counters, start_ns=start_ns, proc=spec.proc)
     return leader.tid
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..model.families import FamilyTable
 from ..model.profiles import PROFILES
-from ..model.tasks import PID_MAX_LIMIT, RESERVED_PIDS, U32_MAX
+from ..model.tasks import PID_MAX_LIMIT, RESERVED_PIDS, U32_MAX, ProcIdentity
 from .check import Draft
 from .draws import choosable, drawable, highest, is_drawn, lowest, number
 from .faults import FAULT_KEYS, read_fault
@@ -34,23 +34,26 @@ from .schema import (
     CGROUP_KEYS,
     IDENTITY_KEYS,
     MACHINE_KEYS,
+    PROC_KEYS,
     PROCESS_KEYS,
     THREAD_KEYS,
     TIMELINE_KEYS,
     TOP_KEYS,
 )
 from .specs import Machine, ProcessSpec, ThreadSpec, frozen
-from .tables import MISSING, Context, Keys, Table, cpulist, read_counters
+from .tables import MISSING, Context, Keys, Table, cpulist, read_counters, split_rates
 from .values import (
     DURATION_MAX,
     Bad,
     boolean,
     boot_seconds,
     cgroup_path,
+    cmdline_args,
     comm_name,
     comm_template,
     format_duration,
     integer,
+    ioprio_value,
     nice_value,
     parse_duration,
     policy_number,
@@ -58,6 +61,7 @@ from .values import (
     render_comm,
     show,
     signal_number,
+    size_in_kib,
     string,
     task_state,
     thread_count,
@@ -81,7 +85,8 @@ _ACTION = {action: Keys(keys) for action, keys in ACTION_KEYS.items()}
 _IDENTITY: Mapping[str, Callable[[object], Any]] = {
     "ppid": u32, "uid": u32, "gid": u32, "cgroup": cgroup_path, "state": task_state,
     "nice": nice_value, "policy": policy_number, "forked_no_exec": boolean,
-    "superuser": boolean,
+    "superuser": boolean, "cmdline": cmdline_args, "ioprio": ioprio_value,
+    "kthread": boolean, "rt_priority": ranged(0, 99),
 }
 #: The same keys in a population: numbers may be drawn, the others chosen.
 _DRAWN_IDENTITY: Mapping[str, Callable[[object], Any]] = {
@@ -91,7 +96,9 @@ _DRAWN_IDENTITY: Mapping[str, Callable[[object], Any]] = {
     "nice": drawable(nice_value, -20, 19, spread=number),
     "cgroup": choosable(cgroup_path), "state": choosable(task_state),
     "policy": choosable(policy_number), "forked_no_exec": choosable(boolean),
-    "superuser": choosable(boolean),
+    "superuser": choosable(boolean), "cmdline": cmdline_args,
+    "ioprio": choosable(ioprio_value), "kthread": choosable(boolean),
+    "rt_priority": drawable(ranged(0, 99), 0, 99, spread=number),
 }
 _POPULATION_COMM = comm_template("i", "the process's index in the population")
 assert set(_IDENTITY) == set(_DRAWN_IDENTITY) == set(IDENTITY_KEYS) - {"comm", "cpu"}
@@ -168,7 +175,26 @@ def read_machine(top: Table) -> Machine:
         start_ns=pick("start", parse_duration, defaults.start_ns, DURATION_MAX // 2),
         next_pid=pick("next_pid", ranged(1, pid_max - 1), defaults.next_pid, 1),
         pid_max=pid_max,
-        mirror_host=pick("mirror_host", boolean, defaults.mirror_host, False))
+        mirror_host=pick("mirror_host", boolean, defaults.mirror_host, False),
+        memory_kib=pick("memory", _memory, defaults.memory_kib, defaults.memory_kib),
+        load=pick("load", _load_averages, defaults.load, defaults.load))
+
+
+def _memory(value: object) -> int:
+    kib = size_in_kib(value)
+    if not 64 << 10 <= kib <= 1 << 40:
+        raise Bad(f"memory {show(value)} is out of range: 64MiB to 1PiB")
+    return kib
+
+
+def _load_averages(value: object) -> tuple[float, float, float]:
+    """[1-minute, 5-minute, 15-minute] load averages."""
+    if (not isinstance(value, list) or len(value) != 3
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                       and 0 <= x < 1e6 for x in value)):
+        raise Bad(f"load is [1-minute, 5-minute, 15-minute] averages, three numbers from 0, "
+                  f"not {show(value)}")
+    return (float(value[0]), float(value[1]), float(value[2]))
 
 
 def _kernel(value: object) -> str:
@@ -277,7 +303,7 @@ def _read_process(ctx: Context, t: Table, *, ref_ns: int, in_timeline: bool
     pid = t.get("pid", ctx.new_pid)
     comm = t.require("comm", comm_name)
     age = _read_age(t, ref_ns, default=0 if in_timeline else ref_ns, convert=parse_duration)
-    counters = read_counters(ctx, t, "set")
+    counters, rates = split_rates(read_counters(ctx, t, "set"))
     threads = _read_threads(ctx, t, age, ref_ns, in_timeline)
     fields = _read_identity(ctx, t, _IDENTITY, ctx.cpu)
     if not t.ok:
@@ -285,7 +311,17 @@ def _read_process(ctx: Context, t: Table, *, ref_ns: int, in_timeline: bool
     if "ppid" not in fields and pid == 1:
         fields["ppid"] = 0
     return ProcessSpec(pid=pid, comm=comm, age_ns=age, counters=frozen(counters),
-                       threads=threads, **fields)
+                       threads=threads, proc=proc_identity(fields), rates=rates, **fields)
+
+
+def proc_identity(fields: dict[str, Any]) -> ProcIdentity | None:
+    """The /proc-only keys of `fields`, taken out, as a `ProcIdentity` (None: none given)."""
+    given = {key: fields.pop(key) for key in PROC_KEYS if key in fields}
+    if not given:
+        return None
+    if "cmdline" in given:
+        given["cmdline"] = tuple(arg.encode() for arg in given["cmdline"])
+    return ProcIdentity(**given)
 
 
 def _read_identity(ctx: Context, t: Table, readers: Mapping[str, Callable[[object], Any]],
@@ -369,11 +405,12 @@ def _read_threads(ctx: Context, t: Table, age: Any, ref_ns: int, in_timeline: bo
         if thread_age > leader_age:
             e.fail(None, f"the thread starts {format_duration(thread_age - leader_age)} before "
                    "its process")
+        thread_counters, thread_rates = split_rates(read_counters(ctx, e, "set", thread=True))
         specs.append(ThreadSpec(
             tid=tid, comm=e.get("comm", comm_name), cpu=e.get("cpu", ctx.cpu),
             state=e.get("state", task_state), superuser=e.get("superuser", boolean, False),
-            age_ns=0 if in_timeline else thread_age,
-            counters=frozen(read_counters(ctx, e, "set", thread=True))))
+            age_ns=0 if in_timeline else thread_age, counters=frozen(thread_counters),
+            rates=thread_rates))
     pid = t.data.get("pid")
     tids = [s.tid for s in specs if s.tid is not None]
     for j, written in enumerate(specs):
@@ -431,8 +468,9 @@ def _read_population(ctx: Context, t: Table, first: dict[int, Any]) -> list[Proc
         return []
     if "ppid" not in fields and first_pid == 1:
         fields["ppid"] = 0
+    proc_fields = {key: fields.pop(key) for key in PROC_KEYS if key in fields}
     specs = _expand(t, first, count, seed, first_pid, comm, fields, cpus, age, threads,
-                    counters, entries, ctx.written_pids, machine.pid_max)
+                    counters, entries, ctx.written_pids, machine.pid_max, proc_fields)
     if first_pid is not None and specs:
         last = specs[-1]
         end = (last.threads[-1].tid if last.threads else last.pid) + 1  # type: ignore[operator]
@@ -443,17 +481,20 @@ def _read_population(ctx: Context, t: Table, first: dict[int, Any]) -> list[Proc
 
 
 _FIELDS = ProcessSpec._fields
-_PID, _COMM, _CPU, _AGE, _COUNTERS, _THREADS = (
-    _FIELDS.index(name) for name in ("pid", "comm", "cpu", "age_ns", "counters", "threads"))
+_PID, _COMM, _CPU, _AGE, _COUNTERS, _THREADS, _PROC = (
+    _FIELDS.index(name) for name in ("pid", "comm", "cpu", "age_ns", "counters", "threads",
+                                     "proc"))
 
 
 def _expand(t: Table, first: dict[int, Any], count: int, seed: int, first_pid: int | None,
             comm: str, fields: Mapping[str, Any], cpus: list[int] | None, age: Any,
             threads: Any, counters: Mapping[str, Any], entries: tuple[ThreadSpec, ...],
-            written_pids: list[int], pid_max: int) -> list[ProcessSpec]:
+            written_pids: list[int], pid_max: int, proc_fields: Mapping[str, Any]
+            ) -> list[ProcessSpec]:
     """A population's processes, drawn. The draws for each, in this order: its threads, its
-    start (or age), its drawn identity keys by name, its drawn counters by name. (Written for
-    speed: a population may stand for a million processes.)"""
+    start (or age), its drawn identity keys by name (those only /proc shows after the
+    others), its drawn counters by name. (Written for speed: a population may stand for a
+    million processes.)"""
     rng = random.Random(seed)
     template: list[Any] = list(ProcessSpec(pid=None, comm=comm, **{
         key: value for key, value in fields.items() if not is_drawn(value)}))
@@ -463,6 +504,8 @@ def _expand(t: Table, first: dict[int, Any], count: int, seed: int, first_pid: i
                       for name in sorted(counters) if is_drawn(counters[name])]
     fixed_counters = {name: value for name, value in counters.items() if not is_drawn(value)}
     template[_COUNTERS] = frozen(fixed_counters)
+    drawn_proc = sorted(key for key, value in proc_fields.items() if is_drawn(value))
+    template[_PROC] = proc_identity({k: v for k, v in proc_fields.items() if not is_drawn(v)})
     draw_threads = threads.draw if is_drawn(threads) else None
     draw_age = age.draw if isinstance(age, _AgeDraw) else None
     if draw_age is None:
@@ -481,6 +524,10 @@ def _expand(t: Table, first: dict[int, Any], count: int, seed: int, first_pid: i
             plain = ThreadSpec(tid=None, age_ns=task_age)
         for index, draw in drawn_keys:
             row[index] = draw(rng)
+        if drawn_proc:
+            given = {k: v for k, v in proc_fields.items() if not is_drawn(v)}
+            given.update((key, proc_fields[key].draw(rng)) for key in drawn_proc)
+            row[_PROC] = proc_identity(given)
         if drawn_counters:
             own = dict(fixed_counters)
             for name, draw in drawn_counters:
@@ -563,10 +610,13 @@ def _read_action(ctx: Context, t: Table, action: str, *, ref_ns: int
         values = _read_identity(ctx, t, _IDENTITY, ctx.cpu)
         if "comm" in t.data:
             values["comm"] = t.get("comm", comm_name)
-        values.update(read_counters(ctx, t, "set"))
-        if t.ok and not values:
+        if "cmdline" in values:
+            values["cmdline"] = tuple(arg.encode() for arg in values["cmdline"])
+        counters, rates = split_rates(read_counters(ctx, t, "set"))
+        values.update(counters)
+        if t.ok and not values and not rates:
             t.fail(None, "nothing to set: give fields or counters besides pid")
-        args = {"pid": t.require("pid", ctx.pid), "values": values}
+        args = {"pid": t.require("pid", ctx.pid), "values": values, "rates": rates}
     elif action == "add":
         deltas = read_counters(ctx, t, "add")
         if t.ok and not deltas:

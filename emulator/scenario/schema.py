@@ -19,13 +19,15 @@ from ..model.tasks import COUNTERS
 
 TOP_KEYS = ("machine", "cgroup", "process", "timeline", "generator", "fault")
 MACHINE_KEYS = ("cpus", "kernel", "family_id", "clock", "boot_time", "start", "next_pid",
-                "pid_max", "mirror_host")
+                "pid_max", "mirror_host", "memory", "load")
 CGROUP_KEYS = ("path",)
 #: The counter tables, in the order they are read.
 COUNTER_TABLES = ("delays", "times", "memory", "io", "faults", "switches", "exe", "counters")
 #: What identifies a task besides its pid, and what `set` may change.
 IDENTITY_KEYS = ("comm", "ppid", "uid", "gid", "cgroup", "state", "cpu", "nice", "policy",
-                 "forked_no_exec", "superuser")
+                 "forked_no_exec", "superuser", "cmdline", "ioprio", "kthread", "rt_priority")
+#: The identity keys only /proc shows (`model.tasks.ProcIdentity`).
+PROC_KEYS = ("cmdline", "ioprio", "kthread", "rt_priority")
 #: What makes a [[process]] table stand for many processes (a population).
 POPULATION_KEYS = ("count", "seed", "cpus")
 PROCESS_KEYS = ("pid", *IDENTITY_KEYS, "start", "age", "threads", "thread", *POPULATION_KEYS,
@@ -94,6 +96,7 @@ _GROUPS: Mapping[str, Mapping[str, tuple[str, str]]] = MappingProxyType({
     "memory": {
         "coremem": ("coremem", "count"), "virtmem": ("virtmem", "count"),
         "hiwater_rss": ("hiwater_rss", "kib"), "hiwater_vm": ("hiwater_vm", "kib"),
+        "rss": ("rss", "kib"), "vm": ("vm", "kib"),
     },
     "io": {
         "read_char": ("read_char", "bytes"), "write_char": ("write_char", "bytes"),
@@ -128,7 +131,7 @@ RAW_LEAVES: Mapping[str, Leaf] = MappingProxyType({
     name: Leaf(name, READABLE[name].kind, f"counters.{name}") for name in COUNTERS})
 
 #: What belongs to the process's mm: set on the process, every thread reports the leader's.
-MM_COUNTERS = ("hiwater_rss", "hiwater_vm", "ac_exe_dev", "ac_exe_inode")
+MM_COUNTERS = ("hiwater_rss", "hiwater_vm", "ac_exe_dev", "ac_exe_inode", "rss", "vm")
 #: Values, not sums: `add` refuses them.
 NOT_ADDABLE = frozenset(
     [c for c in COUNTERS if c.endswith(("_delay_max", "_delay_min", "_delay_max_ts"))]

@@ -19,13 +19,17 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ..model.clock import DEFAULT_BOOT_WALL_SECONDS, NSEC_PER_SEC
 from ..model.families import DEFAULT_TASKSTATS_ID, FamilyTable
 from ..model.profiles import PROFILES, KernelProfile
-from ..model.tasks import PID_MAX_LIMIT, FrozenCounters, TaskState
+from ..model.tasks import PID_MAX_LIMIT, FrozenCounters, ProcIdentity, TaskState
 
 if TYPE_CHECKING:
     from ..model.table import ProcessTable
 
 #: Where a scenario starts on the virtual clock, by default: 100 s after boot.
 DEFAULT_START_NS = 100 * NSEC_PER_SEC
+
+
+#: The emulated machine's memory when the scenario says nothing: 8 GiB.
+DEFAULT_MEMORY_KIB = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,10 @@ class Machine:
     next_pid: int = 1
     pid_max: int = PID_MAX_LIMIT
     mirror_host: bool = False
+    #: /proc/meminfo's MemTotal (KiB)
+    memory_kib: int = DEFAULT_MEMORY_KIB
+    #: /proc/loadavg's three averages; None: the number of running and D-state tasks
+    load: tuple[float, float, float] | None = None
 
     @property
     def profile(self) -> KernelProfile:
@@ -53,6 +61,7 @@ class Machine:
 
 #: The counters of a spec that gives none: one shared empty mapping, not a dict per spec.
 NO_COUNTERS = FrozenCounters()
+NO_RATES: Mapping[str, int] = MappingProxyType({})
 
 
 def frozen(counters: Mapping[str, Any]) -> FrozenCounters:
@@ -76,6 +85,8 @@ class ThreadSpec(NamedTuple):
     superuser: bool = False
     age_ns: int = 0
     counters: Mapping[str, int | tuple[int, int]] = NO_COUNTERS
+    #: counters that move with the clock: name -> per second (from the scenario's start)
+    rates: Mapping[str, int] = NO_RATES
 
     def with_tid(self, tid: int) -> ThreadSpec:
         """This thread with its tid filled in (itself if it already has that one)."""
@@ -102,6 +113,11 @@ class ProcessSpec(NamedTuple):
     superuser: bool = False
     counters: Mapping[str, int | tuple[int, int]] = NO_COUNTERS
     threads: tuple[ThreadSpec, ...] = ()
+    #: what /proc shows and taskstats does not (None: plain: arguments its comm, ...)
+    proc: ProcIdentity | None = None
+    #: counters that move with the clock: name -> per second (from the scenario's start, or
+    #: the spawn)
+    rates: Mapping[str, int] = NO_RATES
 
     @property
     def tids(self) -> tuple[int | None, ...]:

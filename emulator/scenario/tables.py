@@ -40,12 +40,14 @@ from .schema import (
 from .specs import Machine
 from .values import (
     Bad,
+    Rate,
     device,
     format_duration,
     integer,
     own_int,
     parse_duration,
     ranged,
+    rated,
     show,
     size_in_bytes,
     size_in_kib,
@@ -192,9 +194,13 @@ class Context:
         drawn_converters = {
             kind: convert if kind == "stamp" else drawable(convert, 0, U64_MAX)
             for kind, convert in self.converters.items()}
+        # (a value may also be a rate, "40MiB/s", where a value is set)
+        rated_converters = {kind: convert if kind in ("stamp", "dev") else
+                            rated(convert, counts=kind == "count")
+                            for kind, convert in self.converters.items()}
+        by_mode = {"set": rated_converters, "add": self.converters, "draw": drawn_converters}
         #: per (mode, thread): per counter table, how each of its keys is read
-        self.plans = {(mode, thread): _plans(drawn_converters if mode == "draw"
-                                             else self.converters, mode, thread)
+        self.plans = {(mode, thread): _plans(by_mode[mode], mode, thread)
                       for mode in ("set", "add", "draw") for thread in (False, True)}
         self.pid = ranged(1, machine.pid_max - 1)
         #: the pids entries give to new tasks (the default next_pid goes past these)
@@ -234,21 +240,24 @@ def counter_converters(boot_wall_seconds: int) -> dict[str, Callable[[object], A
 
 
 def parse_counter_value(name: str, value: object, *,
-                        boot_wall_seconds: int = DEFAULT_BOOT_WALL_SECONDS
-                        ) -> int | tuple[int, int]:
+                        boot_wall_seconds: int = DEFAULT_BOOT_WALL_SECONDS,
+                        rates: bool = False) -> Any:
     """One counter (a `tasks.COUNTERS` name) from what a scenario's raw ``counters`` table or
     a control request gives: an integer in the kernel's unit, or a string in the unit the
     counter takes ("3ms" for a delay or a CPU time, "4KiB" for a high-water mark or an I/O
     byte count, "8:1" for ac_exe_dev), or for `<cat>_delay_max_ts` [tv_sec, tv_nsec] or a
-    date-time. ScenarioError naming the counter otherwise."""
+    date-time; with `rates`, also a `Rate` ("40MiB/s"). ScenarioError naming the counter
+    otherwise."""
     leaf = RAW_LEAVES.get(name)
     if leaf is None:
         raise ScenarioError([f"{name}: unknown counter; {suggest(name, COUNTERS)}"])
+    convert = counter_converters(boot_wall_seconds)[leaf.kind]
+    if rates and leaf.kind not in ("stamp", "dev"):
+        convert = rated(convert, counts=leaf.kind == "count")
     try:
-        result: int | tuple[int, int] = counter_converters(boot_wall_seconds)[leaf.kind](value)
+        return convert(value)
     except Bad as exc:
         raise ScenarioError([f"{name}: {exc}"]) from None
-    return result
 
 
 _CATEGORIES = Keys(accounting.DELAY_CATEGORIES)
@@ -287,7 +296,8 @@ def _plans(converters: Mapping[str, Callable[[object], Any]], mode: str, thread:
 
 def read_counters(ctx: Context, t: Table, mode: str, *, thread: bool = False
                   ) -> dict[str, Any]:
-    """The counters given by the readable tables and the raw `counters` table of `t`.
+    """The counters given by the readable tables and the raw `counters` table of `t`: a
+    value, or in "set" mode a `values.Rate` (see `split_rates`).
 
     `mode`: "set" (values), "add" (deltas: no max, min, max_at or exe), "draw" (a
     population's or a generator's: any value but max_at may be drawn). `thread`: the mm's
@@ -371,8 +381,18 @@ def _read_leaves(table: _Owner, plans: Mapping[str, _Plan], out: dict[str, Any],
         out[counter] = converted
 
 
+def split_rates(counters: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+    """`read_counters`' values, and apart the counters that move: name -> per second."""
+    rates = {name: v.per_second for name, v in counters.items() if isinstance(v, Rate)}
+    if not rates:
+        return dict(counters), rates
+    return {name: v for name, v in counters.items() if name not in rates}, rates
+
+
 def _check_delay_order(owner: _Owner, cat: str, values: Mapping[str, Any]) -> None:
     low, high, total = (values.get(name) for name in DELAY_ORDER[cat])
+    if any(isinstance(v, Rate) for v in (low, high, total)):
+        return  # (a total that moves outgrows any max)
     data = _data(owner)
     if "min" in data and "max" in data and low is not None and high is not None \
             and low > high:

@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from fractions import Fraction
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from ..model.clock import NSEC_PER_SEC
 from ..model.tasks import COMM_MAX, SIGNAL_MAX, U32_MAX, U64_MAX, TaskState
@@ -544,3 +544,64 @@ def share(value: object) -> float:
     if not 0 <= value <= 1:
         raise Bad(f"{value} is not a share between 0.0 and 1.0")
     return float(value)
+
+
+def cmdline_args(value: object) -> tuple[str, ...]:
+    """A process's arguments: an array of strings, or one string split at its spaces."""
+    if isinstance(value, str):
+        args = tuple(value.split())
+    elif isinstance(value, list) and all(isinstance(arg, str) for arg in value):
+        args = tuple(value)
+    else:
+        raise Bad(f"cmdline is a string (split at spaces) or an array of strings, not "
+                  f"{type_name(value)} {show(value)}")
+    if any("\0" in arg for arg in args):
+        raise Bad("an argument must not contain NUL")
+    if sum(len(arg.encode()) + 1 for arg in args) > 65536:
+        raise Bad("the arguments take more than 64 KiB")
+    return tuple(own_str(arg) for arg in args)
+
+
+#: I/O scheduling classes, as ioprio_get(2) numbers them.
+IOPRIO_CLASSES: Mapping[str, int] = MappingProxyType({"none": 0, "rt": 1, "be": 2, "idle": 3})
+
+
+@remembers_strings
+def ioprio_value(value: object) -> int:
+    """An I/O priority as ioprio_get(2) returns it (class << 13 | level): "be/4", "rt/0",
+    "idle", "none", or that number."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return ranged(0, 0xFFFF)(value)
+    text = string(value).strip().lower()
+    name, _, level = text.partition("/")
+    if name not in IOPRIO_CLASSES:
+        raise Bad(f"unknown I/O priority {show(value)}; write be/0-7, rt/0-7, idle or none")
+    if name in ("none", "idle"):
+        if level:
+            raise Bad(f"{name} takes no level: write {name!r}")
+        return IOPRIO_CLASSES[name] << 13
+    if not level.isdigit() or not 0 <= int(level) <= 7:
+        raise Bad(f"{show(value)}: the level of {name} is 0-7 (be/4)")
+    return IOPRIO_CLASSES[name] << 13 | int(level)
+
+
+class Rate(NamedTuple):
+    """A counter that moves with the clock: so much per second (a value "40MiB/s")."""
+
+    per_second: int
+
+
+def rated(convert: Callable[[object], Any], counts: bool) -> Callable[[object], Any]:
+    """A counter's reader that also takes a rate: a value ending in "/s" ("40MiB/s",
+    "500ms/s" for half a CPU, "12/s" for a count; a bare number is in the counter's own unit,
+    bytes or nanoseconds: "0/s" stops a counter)."""
+    def read(value: object) -> Any:
+        if isinstance(value, str) and value.rstrip().endswith("/s"):
+            amount = value.rstrip()[:-2].strip()
+            if amount.isdigit():
+                return Rate(u64(int(amount)))
+            if counts:
+                raise Bad(f"{show(value)}: a count's rate is a whole number per second")
+            return Rate(convert(amount))
+        return convert(value)
+    return read

@@ -10,6 +10,8 @@ the server, so abstract Unix addresses cannot be used. Instead:
 - each client binds a socket in the directory `SOCKET.ports/` named after its port id in
   decimal (`4242`, `-4096`): the file system makes port ids unique, and the server reads the
   sender's port id from the sender's address;
+- the server keeps its /proc view (`procview`) in `SOCKET.proc/`, which the shim shows its
+  programs in place of /proc (`TSEMU_PROC_VIEW` names it);
 - a client that binds with nl_pid 0 takes its tgid if that name is free, else the next free
   negative id from -4096 down, as the kernel's autobind does. A name whose socket nobody
   listens on any more (its process died) is stale and may be taken over.
@@ -24,6 +26,11 @@ import socket
 from pathlib import Path
 
 PORTS_SUFFIX = ".ports"
+PROC_VIEW_SUFFIX = ".proc"
+#: The file that makes a directory a complete /proc view (the shim trusts nothing else), and
+#: its contents.
+PROC_VIEW_MARKER = ".tsemu-view"
+PROC_VIEW_MARKER_TEXT = b"tsemu proc view 1\n"
 #: The first id the kernel's autobind hands out when the tgid is taken.
 AUTOBIND_START = -4096
 
@@ -41,6 +48,11 @@ def default_socket_path(environ: dict[str, str] | None = None) -> Path:
 def ports_dir(server_socket: Path) -> Path:
     """The directory holding the clients' sockets for the server at `server_socket`."""
     return server_socket.with_name(server_socket.name + PORTS_SUFFIX)
+
+
+def proc_view_dir(server_socket: Path) -> Path:
+    """The /proc view of the server at `server_socket`."""
+    return server_socket.with_name(server_socket.name + PROC_VIEW_SUFFIX)
 
 
 def port_path(server_socket: Path, port: int) -> Path:

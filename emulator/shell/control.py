@@ -13,7 +13,8 @@ went wrong"}`. A connection may carry any number of requests.
 |               | policy?, counters? {name: value}             |                         |
 | exit          | pid, cpu?, code?, signal? (9 or "SIGKILL"),  | exited, tgid_record     |
 |               | core? (a leader: the whole process exits)    |                         |
-| set           | pid, values {field or counter: value}        | -                       |
+| set           | pid, values {field or counter: value; a      | -                       |
+|               | counter may move: "40MiB/s"}                 |                         |
 | advance       | seconds (a number, or a duration "250ms";    | now, fired              |
 |               | virtual clock only)                          |                         |
 | ps            | -                                            | tasks [{pid, tgid, ...}]|
@@ -63,7 +64,9 @@ from ..scenario.values import (
     Bad,
     boolean,
     cgroup_path,
+    cmdline_args,
     comm_name,
+    ioprio_value,
     nice_value,
     parse_duration,
     policy_number,
@@ -165,6 +168,9 @@ _IDENTITY_READERS: Mapping[str, Reader] = {
     "cgroup": _plain(cgroup_path), "state": _plain(task_state), "cpu": _cpu,
     "nice": _plain(nice_value), "policy": _plain(policy_number),
     "forked_no_exec": _plain(boolean), "superuser": _plain(boolean),
+    "cmdline": _plain(lambda value: tuple(arg.encode() for arg in cmdline_args(value))),
+    "ioprio": _plain(ioprio_value), "kthread": _plain(boolean),
+    "rt_priority": _plain(ranged(0, 99)),
 }
 assert set(_IDENTITY_READERS) == set(IDENTITY)
 
@@ -180,7 +186,7 @@ def _values(emu: Any, value: object) -> dict[str, Any]:
             if reader is not None:
                 out[name] = reader(emu, raw)
             elif name in COUNTERS:
-                out[name] = parse_counter_value(name, raw)
+                out[name] = parse_counter_value(name, raw, rates=True)
             else:
                 raise Bad(f"unknown field {show(name)}; fields: {', '.join(IDENTITY)}, and the "
                           "counters (tsemu.emulator.model.tasks.COUNTERS)")

@@ -15,6 +15,7 @@ Direct operations (`spawn`, `exit`, `set`, `storm`) act at the clock's current t
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import sys
 import time
@@ -33,10 +34,13 @@ from ..model.profiles import profile as profile_named
 from ..model.table import ProcessTable
 from ..model.tasks import ExitReport, RepeatExit
 from ..scenario import Event, Scenario, apply_event, build_table, format_duration
+from ..scenario.tables import split_rates
+from .addressing import proc_view_dir
 from .busypoll import DEFAULT_WINDOW_NS
 from .clients import DEFAULT_MAX_CLIENTS
 from .hostmirror import HostMirror
 from .permissions import AdminPolicy
+from .procview import ProcView, machine_facts
 from .server import Server
 
 
@@ -98,7 +102,7 @@ class Emulator:
                  cgroup_roots: tuple[str, ...] = ("/sys/fs/cgroup",),
                  busy_poll_ns: int = DEFAULT_WINDOW_NS,
                  max_clients: int = DEFAULT_MAX_CLIENTS, shared_dir: bool = False,
-                 ctl_group: str | None = None) -> None:
+                 ctl_group: str | None = None, proc_view: bool = True) -> None:
         machine = scenario.machine
         self.scenario = scenario
         self.table: ProcessTable = build_table(scenario)
@@ -121,6 +125,12 @@ class Emulator:
         self.table.reserved = set(self._reserved_by)
         for fault in scenario.faults:
             self.add_fault(**fault)
+        #: the /proc view the shim shows clients (`procview`), made when serving starts
+        self.view: ProcView | None = None
+        if proc_view:
+            self.view = ProcView(self.table, proc_view_dir(self.server.socket_path),
+                                 profile=machine.profile, facts=machine_facts(machine),
+                                 boot_wall_seconds=machine.boot_wall_seconds)
 
     def add_fault(self, kind: str, **fields: Any) -> Any:
         """Put a fault in force (`model.faults`); its window (at, until) is scenario time."""
@@ -148,20 +158,26 @@ class Emulator:
         """Serve until cancelled (and, with the real clock, play the timeline)."""
         from .control import serve_control
 
-        async with trio.open_nursery() as nursery:
-            await nursery.start(lambda task_status: self.server.serve(
-                task_status=task_status, announce=False))
-            await nursery.start(lambda task_status: serve_control(
-                self, group=self.ctl_group, task_status=task_status))
-            if self.virtual:
-                await self.advance(0)  # events due at the start happen at the start
-            else:
-                nursery.start_soon(self._play_in_real_time)
-            if announce:
-                import sys
-
-                print(f"tsemu: listening on {self.socket_path}", file=sys.stderr, flush=True)
-            task_status.started(self)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(lambda task_status: self.server.serve(
+                    task_status=task_status, announce=False))
+                await nursery.start(lambda task_status: serve_control(
+                    self, group=self.ctl_group, task_status=task_status))
+                if self.view is not None:
+                    self.view.open()
+                    nursery.start_soon(functools.partial(self.view.run, virtual=self.virtual))
+                if self.virtual:
+                    await self.advance(0)  # events due at the start happen at the start
+                else:
+                    nursery.start_soon(self._play_in_real_time)
+                if announce:
+                    print(f"tsemu: listening on {self.socket_path}", file=sys.stderr,
+                          flush=True)
+                task_status.started(self)
+        finally:
+            if self.view is not None:
+                self.view.close()
 
     async def _play_in_real_time(self) -> None:
         start = trio.current_time()
@@ -186,7 +202,13 @@ class Emulator:
                   flush=True)
             return []
 
+    def _show(self) -> None:
+        """The /proc view follows what the table's last change did."""
+        if self.view is not None:
+            self.view.sync()
+
     async def _broadcast(self, reports: list[ExitReport]) -> None:
+        self._show()  # the exited are gone from /proc before anyone hears of their exit
         for report in reports:
             await self.server.broadcast(report)
 
@@ -209,6 +231,10 @@ class Emulator:
                 await self._broadcast(self._apply(event))
                 fired.append(event)
             clock.advance_ns(target - clock.monotonic_ns())
+            if self.view is not None:
+                self.view.sync()
+                await self.view.refresh()
+                self.view.write_machine()
         await self.server.settle()
         return fired
 
@@ -220,6 +246,7 @@ class Emulator:
                              f"{format_duration(self._reserved_by[pid])}")
         async with self._lock:
             task = self.table.spawn(**spec)
+            self._show()
             return list(self.table.group(task.tid).tids)
 
     async def exit(self, pid: int, *, code: int = 0, signal: int | None = None,
@@ -247,8 +274,16 @@ class Emulator:
         return group if group.leader_tid == pid else None
 
     async def set(self, pid: int, values: Mapping[str, Any]) -> None:
+        """Change a task's fields or counters; a counter given as a `Rate` moves from now."""
+        plain, rates = split_rates(values)
         async with self._lock:
-            self.table.set(pid, **values)
+            try:
+                if plain:
+                    self.table.set(pid, **plain)
+                if rates:
+                    self.table.set_rates(pid, rates)
+            finally:
+                self._show()
 
     async def storm(self, count: int, cpus: list[int], threads: int = 1) -> StormResult:
         """`count` processes exit as fast as the server sends them (for load tests)."""
@@ -286,6 +321,7 @@ class Emulator:
             except BaseException:
                 listeners.submit_nowait(reports)
                 raise
+            self._show()  # (drains what the chunk's short-lived processes left to follow)
             try:
                 await listeners.submit_many(reports)
             except BaseException:  # cancelled waiting for room, none queued; they happened
