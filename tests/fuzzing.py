@@ -839,25 +839,45 @@ class Group:
     tsemu: list[Reply]
 
 
+def _owner(requests: list[Message], reply: Reply, at: int,
+           answered: set[int]) -> tuple[int | None, bool]:
+    """(the index of the request `reply` answers, whether it is that request's last answer)."""
+    seq = reply.seq
+    candidates = range(at, len(requests))
+    if reply.type == MsgType.ERROR:
+        echo = reply.raw[4:20]
+        j = next((k for k in candidates if requests[k].raw[:16] == echo), None)
+        if j is None:
+            j = next((k for k in candidates if requests[k].header.seq == seq), None)
+        return j, True
+    if reply.type == MsgType.DONE or reply.flags & Flag.MULTI:
+        j = next((k for k in candidates if requests[k].header.seq == seq), None)
+        return j, reply.type == MsgType.DONE
+    j = next((k for k in candidates if requests[k].header.seq == seq and k not in answered),
+             None)
+    if j is not None:
+        answered.add(j)
+    return j, False
+
+
 def group_by_request(requests: list[Message], host: list[Reply],
                      tsemu: list[Reply]) -> list[Group]:
-    """Answers assigned to requests: answers come in request order, so each goes to the
-    first request at or after the previous answer's with its seq."""
+    """Answers assigned to the requests they answer. Answers come in request order, each
+    request's reply (or dump) before its NLMSG_ERROR or DONE, which ends it; an NLMSG_ERROR
+    echoes its request's header. So: an error or ACK goes to the next request with the
+    header it echoes, a DONE or dump entry to the next with its seq, a reply to the next with
+    its seq that has no reply yet. Answers no request claims form the last group."""
     groups = [Group(r, [], []) for r in requests] + [Group(None, [], [])]
-
-    def assign(replies: list[Reply], side: str) -> None:
+    for side, replies in (("host", host), ("tsemu", tsemu)):
         at = 0
+        answered: set[int] = set()
         for reply in replies:
-            j = next((k for k in range(at, len(requests)) if requests[k].header.seq == reply.seq),
-                     None)
+            j, done = _owner(requests, reply, at, answered)
             if j is None:
                 getattr(groups[-1], side).append(reply)
                 continue
-            at = j
             getattr(groups[j], side).append(reply)
-
-    assign(host, "host")
-    assign(tsemu, "tsemu")
+            at = j + 1 if done else j
     return groups
 
 
