@@ -49,7 +49,7 @@ from tsemu.wire import (
     encode_error,
     encode_newfamily,
     layout,
-    parse_cpulist,
+    parse_cpumask_attr,
     split_datagram,
 )
 from tsemu.wire.attributes import U32
@@ -340,7 +340,7 @@ class Kernel:
         request = decode_taskstats_get(genl)
         for mask, register in ((request.register, True), (request.deregister, False)):
             if mask is not None:
-                cpus = parse_cpulist(mask, self.nr_cpus, self.profile.nr_cpus_config)
+                cpus = parse_cpumask_attr(mask, self.nr_cpus, self.profile.nr_cpus_config)
                 actions.append(Listen(cpus, register))
                 return
         seq, port = genl.header.seq, sender.port
