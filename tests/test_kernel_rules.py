@@ -20,7 +20,8 @@ from tsemu.emulator.model.kernel import CgroupRef, Kernel, Listen, Send, Sender
 from tsemu.emulator.model.profiles import PROFILES
 from tsemu.emulator.model.table import ProcessTable
 from tsemu.wire import WireError
-from tsemu.wire.attributes import encode_attr
+from tsemu.wire.attributes import encode_attr, parse_attrs
+from tsemu.wire.controller import GETFAMILY_MAXATTR, GETFAMILY_POLICY
 from tsemu.wire.cpulist import parse_cpulist, parse_cpumask_attr
 from tsemu.wire.netlink import pack_genl_header, pack_header
 
@@ -61,6 +62,46 @@ Measured = dict[str, tuple[bytes, bool, bool, list[str]]]
 def _check(table: Measured, name: str) -> None:
     datagram, cap_ack, ext_ack, expected = table[name]
     assert [d.hex() for d in _answers(datagram, cap_ack, ext_ack)] == expected
+
+
+# ---------------------------------------------------------------------------------------
+# NLA_NUL_STRING falls through to NLA_STRING's check in validate_nla: a NUL within max_len + 1
+# bytes is not enough, more than max_len bytes before a final NUL is ERANGE.
+
+MEASURED_NUL_STRING: Measured = {
+    "name of 18 bytes, NUL inside": (
+        _msg(0x10, 1, 6, 3, _attr(2, b"TASKSTATS\0xxxxxxxxx\0")), False, True,
+        ["8400000002000002060000000df00000deffffff2c0000001000010006000000000000000301000018"
+         "0002005441534b5354415453007878787878787878780027000100417474726962757465206661696c6564"
+         "20706f6c6963792076616c69646174696f6e0000080002001400000014000480080007000f0000000800"
+         "01000c000000"]),
+    "name of 16 bytes, NUL at 10": (
+        _msg(0x10, 1, 6, 3, _attr(2, b"TASKSTATS\0xxxxxx")), False, False,
+        ["3c00000002000000060000000df00000deffffff280000001000010006000000000000000301000014"
+         "0002005441534b535441545300787878787878"]),
+    "name of 15 bytes and NUL": (
+        _msg(0x10, 1, 6, 3, _attr(2, b"TASKSTATS\0xxxxx\0")), False, False,
+        ["7000000010000000060000000df00000010200000e0002005441534b5354415453000000060001001f00"
+         "00000800030001000000080004000000000008000500000000002c0006001400010008000100010000000800"
+         "02000b000000140002000800010004000000080002000a000000"]),
+}
+
+
+@pytest.mark.parametrize("name", list(MEASURED_NUL_STRING))
+def test_nul_string_length_as_measured(name: str) -> None:
+    _check(MEASURED_NUL_STRING, name)
+
+
+def test_nul_string_rule() -> None:
+    for payload, expected in ((b"A" * 15 + b"\0", None), (b"A" * 16 + b"\0", errno.EINVAL),
+                              (b"A\0" + b"B" * 14, errno.ERANGE), (b"A\0" + b"B" * 13, None),
+                              (b"", errno.EINVAL)):
+        try:
+            parse_attrs(_attr(2, payload), GETFAMILY_POLICY, GETFAMILY_MAXATTR)
+            got = None
+        except WireError as exc:
+            got = exc.errno
+        assert got == expected, payload
 
 
 # ---------------------------------------------------------------------------------------

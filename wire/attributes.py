@@ -12,9 +12,11 @@ Theory of operation, following lib/nlattr.c:
 - in a parse against a policy, types above the policy's maximum and type 0 are skipped, each
   known attribute is validated when it is met (so the first bad one decides the error), and a
   later attribute of the same type replaces an earlier one;
-- validation is the liberal kind every operation tsemu serves uses (GENL_DONT_VALIDATE_STRICT):
-  integers longer than their type are accepted (their low bytes are read), shorter ones fail
-  with ERANGE and the extended-ack message "Attribute failed policy validation".
+- liberal validation (GENL_DONT_VALIDATE_STRICT: every do-operation tsemu serves) accepts
+  integers longer than their type (their low bytes are read); shorter ones fail with ERANGE
+  and the extended-ack message "Attribute failed policy validation". A NUL_STRING must hold a
+  NUL within its first max_len + 1 bytes (else EINVAL) and then passes the STRING check as
+  well (the kernel falls through): more than max_len bytes before a final NUL is ERANGE.
 """
 
 from __future__ import annotations
@@ -198,7 +200,13 @@ def _validate(attr: Attr, policy: AttrPolicy) -> None:
     """Raise what `validate_nla` raises for `attr` under liberal validation."""
     size = len(attr.payload)
     kind = policy.kind
-    if kind == AttrType.STRING:
+    if kind == AttrType.NUL_STRING:
+        window = min(size, policy.max_len + 1) if policy.max_len else size
+        if window == 0 or b"\0" not in attr.payload[:window]:
+            raise _policy_error(errno.EINVAL, f"attribute {attr.type}: string not NUL-terminated"
+                                + (f" within {policy.max_len + 1} bytes" if policy.max_len else ""),
+                                attr, policy)
+    if kind in (AttrType.STRING, AttrType.NUL_STRING):  # NUL_STRING falls through, as in C
         if size < 1:
             raise _policy_error(errno.ERANGE, f"attribute {attr.type}: empty string", attr, policy)
         if policy.max_len:
@@ -206,12 +214,6 @@ def _validate(attr: Attr, policy: AttrPolicy) -> None:
             if text_len > policy.max_len:
                 raise _policy_error(errno.ERANGE, f"attribute {attr.type}: string longer than "
                                     f"{policy.max_len}", attr, policy)
-    elif kind == AttrType.NUL_STRING:
-        window = min(size, policy.max_len + 1) if policy.max_len else size
-        if window == 0 or b"\0" not in attr.payload[:window]:
-            raise _policy_error(errno.EINVAL, f"attribute {attr.type}: string not NUL-terminated"
-                                + (f" within {policy.max_len + 1} bytes" if policy.max_len else ""),
-                                attr, policy)
     elif size < _MIN_LEN.get(kind, 0):
         raise _policy_error(errno.ERANGE, f"attribute {attr.type}: {size} bytes, "
                             f"{_MIN_LEN[kind]} needed for {kind.name}", attr, policy)
