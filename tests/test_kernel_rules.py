@@ -19,11 +19,17 @@ from tsemu.emulator.model.families import FamilyTable
 from tsemu.emulator.model.kernel import CgroupRef, Kernel, Listen, Send, Sender
 from tsemu.emulator.model.profiles import PROFILES
 from tsemu.emulator.model.table import ProcessTable
-from tsemu.wire import WireError
+from tsemu.wire import WireError, decode_genl, split_datagram
 from tsemu.wire.attributes import encode_attr, parse_attrs
 from tsemu.wire.controller import GETFAMILY_MAXATTR, GETFAMILY_POLICY
 from tsemu.wire.cpulist import parse_cpulist, parse_cpumask_attr
-from tsemu.wire.netlink import pack_genl_header, pack_header
+from tsemu.wire.netlink import (
+    RESERVED_FLAGS,
+    RESERVED_NOT_ZERO,
+    check_genl_header,
+    pack_genl_header,
+    pack_header,
+)
 
 F = 0x1F
 PORT = 0xF00D
@@ -62,6 +68,73 @@ Measured = dict[str, tuple[bytes, bool, bool, list[str]]]
 def _check(table: Measured, name: str) -> None:
     datagram, cap_ack, ext_ack, expected = table[name]
     assert [d.hex() for d in _answers(datagram, cap_ack, ext_ack)] == expected
+
+
+# ---------------------------------------------------------------------------------------
+# genetlink's genl_header_check: commands from the family's resv_start_op on (TASKSTATS 5,
+# nlctrl 11) must have reserved 0 and no flags beyond REQUEST, ACK, ECHO and a whole DUMP;
+# EINVAL with an extended-ack message, before the command is looked up.
+
+MEASURED_GENL_HEADER: Measured = {
+    "unknown cmd, reserved set": (
+        _msg(F, 1, 1, 99, reserved=1), False, True,
+        ["5000000002000002010000000df00000eaffffff140000001f000100010000000000000063010100270001"
+         "0067656e6c6d73676864722e7265736572766564206669656c64206973206e6f7420300000"]),
+    "unknown cmd, MULTI flag": (
+        _msg(F, 3, 1, 99), False, True,
+        ["5c00000002000002010000000df00000eaffffff140000001f000300010000000000000063010000320001"
+         "00616d626967756f7573206f7220726573657276656420626974732073657420696e206e6c6d73675f666c"
+         "616773000000"]),
+    "unknown cmd, ROOT flag": (
+        _msg(F, 0x101, 1, 99), False, False,
+        ["2800000002000000010000000df00000eaffffff140000001f000101010000000000000063010000"]),
+    "unknown cmd, DUMP and ACK": (
+        _msg(F, 0x305, 1, 99), False, True,
+        ["2800000002000000010000000df00000a1ffffff140000001f000503010000000000000063010000"]),
+    "unknown cmd, ECHO": (
+        _msg(F, 0x9, 1, 99), False, True,
+        ["2800000002000000010000000df00000a1ffffff140000001f000900010000000000000063010000"]),
+    "CGROUPSTATS_NEW, reserved set": (
+        _msg(F, 1, 1, 5, reserved=1), False, False,
+        ["2800000002000000010000000df00000eaffffff140000001f000100010000000000000005010100"]),
+    "GET, reserved set": (
+        _msg(F, 1, 1, 1, _attr(2, _u32(ABSENT)), reserved=0xFFFF), False, True,
+        ["3000000002000000010000000df00000fdffffff1c0000001f00010001000000000000000101ffff0800"
+         "0200f0ffff3f"]),
+    "GET, MULTI flag": (
+        _msg(F, 3, 1, 1, _attr(2, _u32(ABSENT))), False, True,
+        ["3000000002000000010000000df00000fdffffff1c0000001f0003000100000000000000010100000800"
+         "0200f0ffff3f"]),
+    "nlctrl cmd 11, reserved set": (
+        _msg(0x10, 1, 1, 11, reserved=1), False, True,
+        ["5000000002000002010000000df00000eaffffff14000000100001000100000000000000"
+         "0b0101002700010067656e6c6d73676864722e7265736572766564206669656c64206973206e6f7420300000"]),
+    "nlctrl GETPOLICY, reserved set": (
+        _msg(0x10, 1, 1, 10, reserved=1), False, True,
+        ["2800000002000000010000000df00000a1ffffff140000001000010001000000000000000a010100"]),
+}
+
+
+@pytest.mark.parametrize("name", list(MEASURED_GENL_HEADER))
+def test_genl_header_check_as_measured(name: str) -> None:
+    _check(MEASURED_GENL_HEADER, name)
+
+
+def test_genl_header_check_rule() -> None:
+    def genl(flags: int, cmd: int, reserved: int = 0) -> object:
+        return decode_genl(split_datagram(_msg(F, flags, 1, cmd, reserved=reserved))[0])
+
+    for flags in (0x1, 0x5, 0x9, 0x301, 0x305, 0x30D):
+        check_genl_header(genl(flags, 5), 5)  # type: ignore[arg-type]
+    for flags, cmd, reserved, message in ((0x1, 5, 1, RESERVED_NOT_ZERO),
+                                          (0x3, 5, 0, RESERVED_FLAGS),
+                                          (0x101, 200, 0, RESERVED_FLAGS),
+                                          (0x201, 6, 0, RESERVED_FLAGS),
+                                          (0x1001, 5, 0, RESERVED_FLAGS)):
+        with pytest.raises(WireError) as raised:
+            check_genl_header(genl(flags, cmd, reserved), 5)  # type: ignore[arg-type]
+        assert raised.value.errno == errno.EINVAL and raised.value.ext_msg == message
+    check_genl_header(genl(0x3, 4, 7), 5)  # type: ignore[arg-type]  # older commands: no check
 
 
 # ---------------------------------------------------------------------------------------

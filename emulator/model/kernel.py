@@ -6,7 +6,9 @@ Everything that decides what a request earns lives here, in the order the kernel
    without NLM_F_REQUEST, or of a control type (< 0x10), is not handed to a family but still
    acknowledged if it asks for an ACK; every error, and every success with NLM_F_ACK, gets an
    NLMSG_ERROR after the replies (none after a dump, which ends with NLMSG_DONE instead).
-2. `genl_rcv_msg`: unknown family id: ENOENT; no room for the genl header: EINVAL; no such
+2. `genl_rcv_msg`: unknown family id: ENOENT; no room for the genl header: EINVAL; for a
+   command at or above the family's `resv_start_op`, a reserved field or flag genetlink does
+   not allow: EINVAL with an extended-ack message (`wire.netlink.check_genl_header`); no such
    command, or a dump of a command without one, or a request of a dump-only command:
    EOPNOTSUPP; ADMIN_PERM without CAP_NET_ADMIN: EPERM; then the op's policy (`wire`).
 3. the family's handler: nlctrl's GETFAMILY (by name over id, else EINVAL; unknown: ENOENT;
@@ -61,7 +63,7 @@ from tsemu.wire.constants import (
     TaskstatsCmd,
     TaskstatsCmdAttr,
 )
-from tsemu.wire.netlink import Header
+from tsemu.wire.netlink import Header, check_genl_header
 from tsemu.wire.taskstats import (
     SINGLE_U32_REQUEST_CODEC,
     ReplyTemplate,
@@ -287,8 +289,9 @@ class Kernel:
             raise _Refused(errno.ENOENT)
         try:
             genl = decode_genl(message, family.hdrsize)
+            check_genl_header(genl, self.families.resv_start_op(family))
         except WireError as exc:
-            raise _Refused(exc.errno) from None
+            raise _Refused(exc.errno, ExtAck.of(exc)) from None
         flags = self._op_flags.get((family.id, genl.cmd))
         dump = message.header.flags & _DUMP == _DUMP
         if flags is None or not flags & (_CAP_DUMP if dump else _CAP_DO):
