@@ -19,8 +19,14 @@ from tsemu.emulator.model.families import FamilyTable
 from tsemu.emulator.model.kernel import CgroupRef, Kernel, Listen, Send, Sender
 from tsemu.emulator.model.profiles import PROFILES
 from tsemu.emulator.model.table import ProcessTable
-from tsemu.wire import WireError, decode_genl, split_datagram
-from tsemu.wire.attributes import encode_attr, parse_attrs
+from tsemu.wire import WireError, decode_error, decode_genl, split_datagram
+from tsemu.wire.attributes import (
+    LEFTOVER,
+    encode_attr,
+    leftover,
+    parse_attrs,
+    parse_warning,
+)
 from tsemu.wire.controller import GETFAMILY_MAXATTR, GETFAMILY_POLICY
 from tsemu.wire.cpulist import parse_cpulist, parse_cpumask_attr
 from tsemu.wire.netlink import (
@@ -135,6 +141,87 @@ def test_genl_header_check_rule() -> None:
             check_genl_header(genl(flags, cmd, reserved), 5)  # type: ignore[arg-type]
         assert raised.value.errno == errno.EINVAL and raised.value.ext_msg == message
     check_genl_header(genl(0x3, 4, 7), 5)  # type: ignore[arg-type]  # older commands: no check
+
+
+# ---------------------------------------------------------------------------------------
+# nlattr's liberal parse: bytes left over after the last whole attribute set the extended-ack
+# message "bytes leftover after parsing attributes" and the parse goes on; the request's ACK
+# carries it, and so does an error whose cause sets no message of its own (ESRCH, a cpulist
+# error, ENOENT, EINVAL for no attribute). A policy failure's own message wins.
+
+_LEFTOVER_TLV = ("2c0001006279746573206c6566746f7665722061667465722070617273696e672061747472"
+                 "69627574657300")
+
+MEASURED_LEFTOVER: Measured = {
+    "GET tgid, leftover": (
+        _msg(F, 1, 2, 1, _attr(2, _u32(ABSENT)), tail=b"\0\0"), False, True,
+        ["6000000002000002020000000df00000fdffffff1e0000001f0001000200000000000000010100000800"
+         "0200f0ffff3f00000000" + _LEFTOVER_TLV]),
+    "GET tgid, leftover, capped": (
+        _msg(F, 1, 2, 1, _attr(2, _u32(ABSENT)), tail=b"\0\0"), True, True,
+        ["5000000002000003020000000df00000fdffffff1e0000001f0001000200000000000000"
+         + _LEFTOVER_TLV]),
+    "GET tgid, leftover, no EXT_ACK": (
+        _msg(F, 1, 2, 1, _attr(2, _u32(ABSENT)), tail=b"\0\0"), False, False,
+        ["3400000002000000020000000df00000fdffffff1e0000001f0001000200000000000000010100000800"
+         "0200f0ffff3f00000000"]),
+    "GET tgid, cut attribute left over": (
+        _msg(F, 1, 2, 1, _attr(2, _u32(ABSENT)), tail=b"\x08\0\x01\0"), False, True,
+        ["6000000002000002020000000df00000fdffffff200000001f0001000200000000000000010100000800"
+         "0200f0ffff3f08000100" + _LEFTOVER_TLV]),
+    "REGISTER, leftover, ACK": (
+        _msg(F, 5, 3, 1, _attr(3, b"0\0"), tail=b"\0\0\0"), False, True,
+        ["5000000002000003030000000df00000000000001f0000001f0005000300000000000000"
+         + _LEFTOVER_TLV]),
+    "REGISTER zz, leftover": (
+        _msg(F, 1, 3, 1, _attr(3, b"zz\0"), tail=b"\0"), False, True,
+        ["6000000002000002030000000df00000eaffffff1d0000001f0001000300000000000000010100000700"
+         "03007a7a000000000000" + _LEFTOVER_TLV]),
+    "GET pid of 2 bytes, leftover": (
+        _msg(F, 1, 3, 1, _attr(1, b"\1\0"), tail=b"\0\0"), False, True,
+        ["8800000002000002030000000df00000deffffff1e0000001f0001000300000000000000010100000600"
+         "0100010000000000000027000100417474726962757465206661696c656420706f6c6963792076616c69"
+         "646174696f6e00000800020014000000240004800c00040000000000000000000c000500ffffffff0000"
+         "00000800010004000000"]),
+    "GET no attribute, leftover": (
+        _msg(F, 1, 3, 1, tail=b"\0\0"), False, True,
+        ["5800000002000002030000000df00000eaffffff160000001f0001000300000000000000010100000000"
+         "0000" + _LEFTOVER_TLV]),
+    "GETFAMILY nlctrl, leftover, ACK": (
+        _msg(0x10, 5, 4, 3, _attr(2, b"nlctrl\0"), tail=b"\0\0"), False, True,
+        ["8800000010000000040000000df00000010200000b0002006e6c6374726c000006000100100000000800"
+         "030002000000080004000000000008000500000000002c000600140001000800010003000000080002000e"
+         "00000014000200080001000a000000080002000c0000001c0007001800010008000200100000000b0001"
+         "006e6f746966790000",
+         "5000000002000003040000000df0000000000000220000001000050004000000000000002c000100627974"
+         "6573206c6566746f7665722061667465722070617273696e67206174747269627574657300"]),
+    "GETFAMILY unknown, leftover": (
+        _msg(0x10, 1, 4, 3, _attr(2, b"NOPE\0"), tail=b"\0\0"), False, True,
+        ["6400000002000002040000000df00000feffffff220000001000010004000000000000000301000009000200"
+         "4e4f504500000000000000002c0001006279746573206c6566746f7665722061667465722070617273696e"
+         "67206174747269627574657300"]),
+}
+
+
+@pytest.mark.parametrize("name", list(MEASURED_LEFTOVER))
+def test_leftover_warning_as_measured(name: str) -> None:
+    _check(MEASURED_LEFTOVER, name)
+
+
+def test_leftover_counts_what_follows_the_last_whole_attribute() -> None:
+    one = _attr(1, _u32(7))
+    assert leftover(one) == 0 and parse_warning(one) is None
+    assert leftover(one + b"\0\0") == 2
+    assert leftover(one + b"\x08\0\x01\0") == 4, "an attribute claiming more than is left"
+    assert leftover(one + b"\x02\0\x01\0") == 4, "an attribute shorter than its header"
+    assert leftover(_attr(1, b"\1")[:5]) == 0, "an unpadded last attribute leaves nothing"
+    assert parse_warning(b"\0") == LEFTOVER
+
+
+def test_leftover_warning_is_not_sent_without_ext_ack() -> None:
+    datagram = _msg(F, 5, 3, 1, _attr(3, b"0\0"), tail=b"\0\0")
+    (ack,) = _answers(datagram)
+    assert decode_error(split_datagram(ack)[0]).tlvs == []
 
 
 # ---------------------------------------------------------------------------------------

@@ -3,12 +3,15 @@
 What lives here: the attribute header's layout, how a stream of attributes is walked (the
 kernel's `nla_ok`/`nla_next`), how attributes and nests are encoded (4-byte alignment, the
 NESTED and BYTEORDER type bits), and how a request's attributes are checked against a policy
-the way the kernel's liberal (non-strict) validation checks them, errno and extended-ack
-details included. What must not: what any family's attributes mean.
+the way the kernel's liberal (non-strict) validation checks them, errno, extended-ack details
+and warnings included. What must not: what any family's attributes mean.
 
 Theory of operation, following lib/nlattr.c:
-- a stream ends at the first attribute whose length is below 4 or beyond what is left; the
-  leftover bytes are ignored (the kernel only warns);
+- a stream ends at the first attribute whose length is below 4 or beyond what is left; bytes
+  left over after the last whole attribute (1 to 3, or an attribute cut short) are ignored by
+  a liberal parse, which only leaves the extended-ack warning "bytes leftover after parsing
+  attributes" (`parse_warning`: it then rides on the request's ACK, or on an error that sets
+  no message of its own);
 - in a parse against a policy, types above the policy's maximum and type 0 are skipped, each
   known attribute is validated when it is met (so the first bad one decides the error), and a
   later attribute of the same type replaces an earlier one;
@@ -196,6 +199,10 @@ def _policy_error(err: int, detail: str, attr: Attr, policy: AttrPolicy) -> Wire
                      policy=encode_policy(policy))
 
 
+#: The extended-ack messages of nlattr.c this module reproduces.
+LEFTOVER = "bytes leftover after parsing attributes"
+
+
 def _validate(attr: Attr, policy: AttrPolicy) -> None:
     """Raise what `validate_nla` raises for `attr` under liberal validation."""
     size = len(attr.payload)
@@ -217,6 +224,25 @@ def _validate(attr: Attr, policy: AttrPolicy) -> None:
     elif size < _MIN_LEN.get(kind, 0):
         raise _policy_error(errno.ERANGE, f"attribute {attr.type}: {size} bytes, "
                             f"{_MIN_LEN[kind]} needed for {kind.name}", attr, policy)
+
+
+def leftover(data: bytes) -> int:
+    """How many bytes of an attribute stream follow its last whole attribute (`rem` after
+    nla_for_each_attr; 0 when the last attribute ends the stream, padding or not)."""
+    pos = 0
+    end = len(data)
+    while end - pos >= NLA_HDRLEN:
+        length = _unpack_nlattr(data, pos)[0]
+        if length < NLA_HDRLEN or length > end - pos:
+            break
+        pos += (length + 3) & ~3
+    return max(end - pos, 0)
+
+
+def parse_warning(data: bytes) -> str | None:
+    """The extended-ack warning a liberal parse of `data` leaves behind, or None: with bytes
+    left over, the kernel sets its message and goes on."""
+    return LEFTOVER if leftover(data) else None
 
 
 def parse_attrs(data: bytes, policy: Mapping[int, AttrPolicy], max_type: int) -> dict[int, Attr]:

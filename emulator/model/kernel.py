@@ -10,7 +10,9 @@ Everything that decides what a request earns lives here, in the order the kernel
    command at or above the family's `resv_start_op`, a reserved field or flag genetlink does
    not allow: EINVAL with an extended-ack message (`wire.netlink.check_genl_header`); no such
    command, or a dump of a command without one, or a request of a dump-only command:
-   EOPNOTSUPP; ADMIN_PERM without CAP_NET_ADMIN: EPERM; then the op's policy (`wire`).
+   EOPNOTSUPP; ADMIN_PERM without CAP_NET_ADMIN: EPERM; then the op's policy (`wire`):
+   liberal for a request, whose leftover bytes only leave a warning that the ACK, or an error
+   with no message of its own, carries as its extended-ack message.
 3. the family's handler: nlctrl's GETFAMILY (by name over id, else EINVAL; unknown: ENOENT;
    dump: every family then DONE), TASKSTATS_CMD_GET (register, deregister, pid, tgid in that
    order; none: EINVAL), CGROUPSTATS_CMD_GET (no FD: EINVAL; FD not open: nothing; not a
@@ -54,7 +56,7 @@ from tsemu.wire import (
     parse_cpumask_attr,
     split_datagram,
 )
-from tsemu.wire.attributes import U32
+from tsemu.wire.attributes import U32, parse_warning
 from tsemu.wire.constants import (
     NLA_HDRLEN,
     NLMSG_MIN_TYPE,
@@ -219,7 +221,8 @@ class Kernel:
             err, ext = 0, None
             if h.flags & _REQUEST and h.type >= NLMSG_MIN_TYPE:
                 try:
-                    if self._family_message(message, sender, refs, actions):
+                    dumped, ext = self._family_message(message, sender, refs, actions)
+                    if dumped:
                         continue  # a dump: DONE ends it, no ACK
                 except _Refused as refused:
                     err, ext = refused.err, refused.ext
@@ -282,8 +285,9 @@ class Kernel:
     # -- genl_rcv_msg ----------------------------------------------------------------------
 
     def _family_message(self, message: Message, sender: Sender, refs: Any,
-                        actions: list[Action]) -> bool:
-        """Handle one request; True when it was a dump. Raises _Refused for an errno."""
+                        actions: list[Action]) -> tuple[bool, ExtAck | None]:
+        """Handle one request: (whether it was a dump, the extended-ack warning its ACK
+        carries). Raises _Refused for an errno."""
         family = self._by_id.get(message.header.type)
         if family is None:
             raise _Refused(errno.ENOENT)
@@ -298,6 +302,10 @@ class Kernel:
             raise _Refused(errno.EOPNOTSUPP)
         if flags & _ADMIN_PERM and not sender.admin:
             raise _Refused(errno.EPERM)
+        # A request's attributes are parsed liberally before its handler runs: leftover
+        # bytes set the extended-ack message and the parse goes on.
+        text = None if dump else parse_warning(genl.attrs)
+        warning = ExtAck(text) if text is not None else None
         try:
             if family.id == self.taskstats.id:
                 if genl.cmd == TaskstatsCmd.GET:
@@ -309,12 +317,19 @@ class Kernel:
                     # GETPOLICY dumps are not emulated: answered as if the op were absent.
                     raise _Refused(errno.EOPNOTSUPP)
                 self._ctrl_dump(genl, sender, actions)
-                return True
+                return True, None
             else:
                 self._ctrl_getfamily(genl, sender, actions)
         except WireError as exc:
-            raise _Refused(exc.errno, ExtAck.of(exc)) from None
-        return False
+            # A policy failure brings its own message; a handler's errno (a cpulist's) the
+            # parse's warning, if any.
+            ext = ExtAck.of(exc) if exc.ext_msg is not None else warning
+            raise _Refused(exc.errno, ext) from None
+        except _Refused as refused:
+            if refused.ext is None and warning is not None:
+                raise _Refused(refused.err, warning) from None
+            raise
+        return False, warning
 
     # -- nlctrl ----------------------------------------------------------------------------
 
