@@ -22,11 +22,13 @@ from tsemu.emulator.model.table import ProcessTable
 from tsemu.wire import WireError, decode_error, decode_genl, split_datagram
 from tsemu.wire.attributes import (
     LEFTOVER,
+    AttrPolicy,
     encode_attr,
     leftover,
     parse_attrs,
     parse_warning,
 )
+from tsemu.wire.constants import AttrType
 from tsemu.wire.controller import GETFAMILY_MAXATTR, GETFAMILY_POLICY
 from tsemu.wire.cpulist import parse_cpulist, parse_cpumask_attr
 from tsemu.wire.netlink import (
@@ -222,6 +224,71 @@ def test_leftover_warning_is_not_sent_without_ext_ack() -> None:
     datagram = _msg(F, 5, 3, 1, _attr(3, b"0\0"), tail=b"\0\0")
     (ack,) = _answers(datagram)
     assert decode_error(split_datagram(ack)[0]).tlvs == []
+
+
+# ---------------------------------------------------------------------------------------
+# nlctrl's GETFAMILY dump is parsed strictly (the op lacks GENL_DONT_VALIDATE_DUMP_STRICT):
+# an unknown attribute type, a fixed-size attribute of another length, a NESTED bit where no
+# nest belongs, leftover bytes: EINVAL with the matching message, even though the dump
+# itself ignores the lookup keys.
+
+MEASURED_DUMP_STRICT: Measured = {
+    "dump, unknown attribute": (
+        _msg(0x10, 0x301, 5, 3, _attr(5, _u32(1))), False, True,
+        ["5400000002000002050000000df00000eaffffff1c0000001000010305000000000000000301000008000500"
+         "010000001b000100556e6b6e6f776e20617474726962757465207479706500000800020014000000"]),
+    "dump, attribute type 0": (
+        _msg(0x10, 0x301, 5, 3, _attr(0, _u32(1))), False, True,
+        ["5400000002000002050000000df00000eaffffff1c0000001000010305000000000000000301000008000000"
+         "010000001b000100556e6b6e6f776e20617474726962757465207479706500000800020014000000"]),
+    "dump, leftover": (
+        _msg(0x10, 0x301, 5, 3, tail=b"\0\0"), False, True,
+        ["5800000002000002050000000df00000eaffffff16000000100001030500000000000000030100000000"
+         "0000" + _LEFTOVER_TLV]),
+    "dump, FAMILY_ID of 4 bytes": (
+        _msg(0x10, 0x301, 5, 3, _attr(1, _u32(0x10))), False, True,
+        ["7c00000002000002050000000df00000eaffffff1c0000001000010305000000000000000301000008000100"
+         "100000001d000100696e76616c696420617474726962757465206c656e677468000000000800020014000000"
+         "240004800c00040000000000000000000c000500ffff0000000000000800010003000000"]),
+    "dump, FAMILY_ID of 4 bytes, no EXT_ACK": (
+        _msg(0x10, 0x301, 5, 3, _attr(1, _u32(0x10))), False, False,
+        ["3000000002000000050000000df00000eaffffff1c000000100001030500000000000000030100000800"
+         "010010000000"]),
+    "dump, NESTED name": (
+        _msg(0x10, 0x301, 5, 3, _attr(0x8002, b"nlctrl\0")), False, True,
+        ["7000000002000002050000000df00000eaffffff20000000100001030500000000000000030100000b00"
+         "02806e6c6374726c00001e0001004e4c415f465f4e4553544544206e6f7420657870656374656400000008"
+         "0002001400000014000480080007000f000000080001000c000000"]),
+    "dump, unterminated name": (
+        _msg(0x10, 0x301, 5, 3, _attr(2, b"nlctrl")), False, True,
+        ["7800000002000002050000000df00000eaffffff20000000100001030500000000000000030100000a00"
+         "02006e6c6374726c000027000100417474726962757465206661696c656420706f6c6963792076616c69"
+         "646174696f6e0000080002001400000014000480080007000f000000080001000c000000"]),
+}
+
+
+@pytest.mark.parametrize("name", list(MEASURED_DUMP_STRICT))
+def test_dump_strict_validation_as_measured(name: str) -> None:
+    _check(MEASURED_DUMP_STRICT, name)
+
+
+@pytest.mark.parametrize("attrs", [b"", _attr(2, b"nlctrl\0"), _attr(0x4001, b"\x10\0"),
+                                   _attr(1, b"\x10\0") + _attr(2, b"TASKSTATS\0")],
+                         ids=["none", "name", "BYTEORDER id", "id and name"])
+def test_dump_with_valid_attributes_still_dumps(attrs: bytes) -> None:
+    (answer,) = _answers(_msg(0x10, 0x301, 5, 3, attrs), ext_ack=True)
+    types = [m.header.type for m in split_datagram(answer)]
+    assert types == [0x10, 0x10, 3], "every family, then DONE: the keys are ignored"
+
+
+def test_strict_parse_rule() -> None:
+    with pytest.raises(WireError) as raised:
+        parse_attrs(_attr(1, b"\x10\0\0\0"), GETFAMILY_POLICY, GETFAMILY_MAXATTR, strict=True)
+    assert raised.value.errno == errno.EINVAL and raised.value.attr_offset == 0
+    attrs = parse_attrs(_attr(1, b"\x10\0\0\0"), GETFAMILY_POLICY, GETFAMILY_MAXATTR)
+    assert attrs[1].payload == b"\x10\0\0\0", "a liberal parse takes a longer integer"
+    nest = {1: AttrPolicy(AttrType.NESTED)}
+    assert parse_attrs(_attr(0x8001, b""), nest, 1, strict=True)[1].nested
 
 
 # ---------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ Everything that decides what a request earns lives here, in the order the kernel
    command, or a dump of a command without one, or a request of a dump-only command:
    EOPNOTSUPP; ADMIN_PERM without CAP_NET_ADMIN: EPERM; then the op's policy (`wire`):
    liberal for a request, whose leftover bytes only leave a warning that the ACK, or an error
-   with no message of its own, carries as its extended-ack message.
+   with no message of its own, carries as its extended-ack message; strict for nlctrl's
+   GETFAMILY dump.
 3. the family's handler: nlctrl's GETFAMILY (by name over id, else EINVAL; unknown: ENOENT;
    dump: every family then DONE), TASKSTATS_CMD_GET (register, deregister, pid, tgid in that
    order; none: EINVAL), CGROUPSTATS_CMD_GET (no FD: EINVAL; FD not open: nothing; not a
@@ -346,7 +347,9 @@ class Kernel:
         actions.append(Send(encode_newfamily(found, seq=genl.header.seq, pid=sender.port)))
 
     def _ctrl_dump(self, genl: GenlMessage, sender: Sender, actions: list[Action]) -> None:
-        """Every family, then NLMSG_DONE, in one datagram as the kernel fills one skb."""
+        """Every family, then NLMSG_DONE, in one datagram as the kernel fills one skb; the
+        attributes, ignored, must pass a strict parse first (genl_start)."""
+        decode_getfamily(genl, strict=True)
         seq = genl.header.seq
         parts = [encode_newfamily(f, seq=seq, pid=sender.port, flags=Flag.MULTI)
                  for f in self.families.families]
