@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -38,6 +39,7 @@ from tsemu.wire.netlink import (
     pack_genl_header,
     pack_header,
 )
+from tsemu.wire.taskstats import carries_descriptor
 
 F = 0x1F
 PORT = 0xF00D
@@ -383,3 +385,45 @@ def test_cpumask_attribute_rule() -> None:
                                               Sender(PORT, admin=True))
                   if isinstance(a, Listen)]
     assert registered == [Listen(frozenset({0}), True)]
+
+
+# ---------------------------------------------------------------------------------------
+# CGROUPSTATS descriptors: a client sends one with each CGROUPSTATS request whose FD attribute
+# (of at least 4 bytes) names an open descriptor (shim/io.c); the kernel model pairs them with
+# exactly those requests, so a request that has none (no FD attribute, a 2-byte one) or that
+# is refused before its handler does not take the next request's descriptor.
+
+def _cgroupstats(seq: int, fd_payload: bytes | None, flags: int = 5) -> bytes:
+    attrs = _attr(1, fd_payload) if fd_payload is not None else b""
+    return _msg(F, flags, seq, 4, attrs)
+
+
+def test_carries_descriptor_follows_the_shims_rule() -> None:
+    def carries(datagram: bytes) -> bool:
+        return carries_descriptor(split_datagram(datagram)[0], F)
+
+    assert carries(_cgroupstats(1, _u32(3)))
+    assert carries(_cgroupstats(1, _u32(3) + b"\0\0\0\0"))
+    assert carries(_msg(F, 1, 1, 4, _attr(0x4001, _u32(3))))
+    assert not carries(_cgroupstats(1, None))
+    assert not carries(_cgroupstats(1, b"\3\0"))
+    assert not carries(_cgroupstats(1, _u32(3), flags=0x4))
+    assert not carries(_cgroupstats(1, _u32(3), flags=0x301))
+    assert not carries(_msg(F, 1, 1, 1, _attr(1, _u32(3))))
+    assert not carries(_msg(0x10, 1, 1, 4, _attr(1, _u32(3))))
+
+
+@pytest.mark.parametrize("first", [_cgroupstats(1, None), _cgroupstats(1, b"\3\0"),
+                                   pack_header(18, F, 5, 1, 0) + b"\4\1\0\0"],
+                         ids=["no FD", "short FD", "genl header cut"])
+def test_a_request_without_a_descriptor_does_not_take_the_next_ones(first: bytes,
+                                                                    tmp_path: Path) -> None:
+    datagram = first + _cgroupstats(2, _u32(7))
+    ref = CgroupRef(str(tmp_path), is_dir=True)
+    kernel = _kernel(cgroup_roots=(str(tmp_path),))
+    answers = [a.data for a in kernel.handle(datagram, Sender(PORT, cgroup_refs=[ref]))
+               if isinstance(a, Send)]
+    first_errno = -struct.unpack_from("<i", answers[0], 16)[0]
+    assert first_errno in (errno.EINVAL, errno.ERANGE)
+    assert split_datagram(answers[1])[0].header.type == F, "the second gets the descriptor"
+    assert split_datagram(answers[1])[0].header.seq == 2

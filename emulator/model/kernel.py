@@ -17,7 +17,9 @@ Everything that decides what a request earns lives here, in the order the kernel
 3. the family's handler: nlctrl's GETFAMILY (by name over id, else EINVAL; unknown: ENOENT;
    dump: every family then DONE), TASKSTATS_CMD_GET (register, deregister, pid, tgid in that
    order; none: EINVAL), CGROUPSTATS_CMD_GET (no FD: EINVAL; FD not open: nothing; not a
-   cgroup the table knows: EINVAL).
+   cgroup the table knows: EINVAL). The descriptors a datagram brought are paired, in order,
+   with the messages a client sends one for (`wire.taskstats.carries_descriptor`), before
+   anything decides their answers.
 
 Nothing here does I/O or awaits: the result is a list of actions (`Send`, `Listen`) that the
 trio shell carries out in order, so a REGISTER's ACK leaves only after the listener is in place.
@@ -70,6 +72,7 @@ from tsemu.wire.netlink import Header, check_genl_header
 from tsemu.wire.taskstats import (
     SINGLE_U32_REQUEST_CODEC,
     ReplyTemplate,
+    carries_descriptor,
     encode_taskstats_new,
 )
 
@@ -114,8 +117,9 @@ class Sender:
     admin: bool = False
     cap_ack: bool = False
     ext_ack: bool = False
-    #: descriptors passed with the datagram (SCM_RIGHTS), in the order of the CGROUPSTATS
-    #: requests naming them; None where the client's descriptor was not open.
+    #: descriptors passed with the datagram (SCM_RIGHTS), one for each message that
+    #: `wire.taskstats.carries_descriptor` picks, in order (a client sends none for a
+    #: descriptor that is not open: the requests past the last one get none).
     cgroup_refs: list[CgroupRef | None] = field(default_factory=list)
 
 
@@ -217,12 +221,14 @@ class Kernel:
         """`handle` without the fast path: what every datagram earns, the general way."""
         actions: list[Action] = []
         refs = iter(sender.cgroup_refs)
+        ts_id = self.taskstats.id
         for message in split_datagram(datagram):
             h = message.header
             err, ext = 0, None
+            ref = next(refs, None) if carries_descriptor(message, ts_id) else None
             if h.flags & _REQUEST and h.type >= NLMSG_MIN_TYPE:
                 try:
-                    dumped, ext = self._family_message(message, sender, refs, actions)
+                    dumped, ext = self._family_message(message, sender, ref, actions)
                     if dumped:
                         continue  # a dump: DONE ends it, no ACK
                 except _Refused as refused:
@@ -285,7 +291,7 @@ class Kernel:
 
     # -- genl_rcv_msg ----------------------------------------------------------------------
 
-    def _family_message(self, message: Message, sender: Sender, refs: Any,
+    def _family_message(self, message: Message, sender: Sender, ref: CgroupRef | None,
                         actions: list[Action]) -> tuple[bool, ExtAck | None]:
         """Handle one request: (whether it was a dump, the extended-ack warning its ACK
         carries). Raises _Refused for an errno."""
@@ -312,7 +318,7 @@ class Kernel:
                 if genl.cmd == TaskstatsCmd.GET:
                     self._taskstats_get(genl, sender, actions)
                 else:
-                    self._cgroupstats_get(genl, sender, next(refs, None), actions)
+                    self._cgroupstats_get(genl, sender, ref, actions)
             elif dump:
                 if genl.cmd != CtrlCmd.GETFAMILY:
                     # GETPOLICY dumps are not emulated: answered as if the op were absent.
