@@ -20,7 +20,7 @@ from tsemu.emulator.model.families import FamilyTable
 from tsemu.emulator.model.kernel import CgroupRef, Kernel, Listen, Send, Sender
 from tsemu.emulator.model.profiles import PROFILES
 from tsemu.emulator.model.table import ProcessTable
-from tsemu.wire import WireError, decode_error, decode_genl, split_datagram
+from tsemu.wire import GenlMessage, WireError, decode_error, decode_genl, split_datagram
 from tsemu.wire.attributes import (
     LEFTOVER,
     AttrPolicy,
@@ -131,20 +131,20 @@ def test_genl_header_check_as_measured(name: str) -> None:
 
 
 def test_genl_header_check_rule() -> None:
-    def genl(flags: int, cmd: int, reserved: int = 0) -> object:
+    def genl(flags: int, cmd: int, reserved: int = 0) -> GenlMessage:
         return decode_genl(split_datagram(_msg(F, flags, 1, cmd, reserved=reserved))[0])
 
     for flags in (0x1, 0x5, 0x9, 0x301, 0x305, 0x30D):
-        check_genl_header(genl(flags, 5), 5)  # type: ignore[arg-type]
+        check_genl_header(genl(flags, 5), 5)
     for flags, cmd, reserved, message in ((0x1, 5, 1, RESERVED_NOT_ZERO),
                                           (0x3, 5, 0, RESERVED_FLAGS),
                                           (0x101, 200, 0, RESERVED_FLAGS),
                                           (0x201, 6, 0, RESERVED_FLAGS),
                                           (0x1001, 5, 0, RESERVED_FLAGS)):
         with pytest.raises(WireError) as raised:
-            check_genl_header(genl(flags, cmd, reserved), 5)  # type: ignore[arg-type]
+            check_genl_header(genl(flags, cmd, reserved), 5)
         assert raised.value.errno == errno.EINVAL and raised.value.ext_msg == message
-    check_genl_header(genl(0x3, 4, 7), 5)  # type: ignore[arg-type]  # older commands: no check
+    check_genl_header(genl(0x3, 4, 7), 5)  # older commands: no check
 
 
 # ---------------------------------------------------------------------------------------
