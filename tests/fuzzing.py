@@ -845,10 +845,15 @@ def _owner(requests: list[Message], reply: Reply, at: int,
     seq = reply.seq
     candidates = range(at, len(requests))
     if reply.type == MsgType.ERROR:
+        # An ACK answers a request that asked for one; an error, one not answered yet.
+        if reply.errno == 0:
+            fits = [k for k in candidates if requests[k].header.flags & Flag.ACK]
+        else:
+            fits = [k for k in candidates if k not in answered]
         echo = reply.raw[4:20]
-        j = next((k for k in candidates if requests[k].raw[:16] == echo), None)
+        j = next((k for k in fits if requests[k].raw[:16] == echo), None)
         if j is None:
-            j = next((k for k in candidates if requests[k].header.seq == seq), None)
+            j = next((k for k in fits if requests[k].header.seq == seq), None)
         return j, True
     if reply.type == MsgType.DONE or reply.flags & Flag.MULTI:
         j = next((k for k in candidates if requests[k].header.seq == seq), None)
