@@ -40,6 +40,12 @@ def _short_genl(fid: int, pid: int) -> bytes:
     return bytes(raw[:18])
 
 
+def _reserved(fid: int, pid: int) -> bytes:
+    raw = bytearray(encode_genl(fid, Flag.REQUEST, 7, 0, 99, 1, b""))
+    raw[18:20] = (1).to_bytes(2, "little")
+    return bytes(raw)
+
+
 REQUESTS: dict[str, tuple[Build, bool, bool]] = {
     # name: (request builder, NETLINK_CAP_ACK, NETLINK_EXT_ACK)
     "getfamily TASKSTATS": (lambda f, p: encode_getfamily(name="TASKSTATS", seq=1), False, False),
@@ -83,6 +89,22 @@ REQUESTS: dict[str, tuple[Build, bool, bool]] = {
     "deregister ok": (lambda f, p: encode_taskstats_get(f, deregister=b"0-1\0", seq=6,
                                                         flags=ACK), False, False),
     "unknown cmd": (lambda f, p: encode_genl(f, Flag.REQUEST, 7, 0, 99, 1, b""), False, False),
+    "unknown cmd, reserved set": (_reserved, False, True),
+    "unknown cmd, MULTI flag": (lambda f, p: encode_genl(f, Flag.REQUEST | Flag.MULTI, 7, 0, 99,
+                                                         1, b""), False, True),
+    "register 0-1 without NUL": (lambda f, p: encode_taskstats_get(f, register=b"0-1", seq=6,
+                                                                   flags=ACK), False, False),
+    "register 0- without NUL": (lambda f, p: encode_taskstats_get(f, register=b"0-", seq=6,
+                                                                  flags=ACK), False, False),
+    "register 4294967295": (lambda f, p: encode_taskstats_get(f, register=b"4294967295\0",
+                                                              seq=6, flags=ACK), False, False),
+    "get unknown pid, leftover bytes": (lambda f, p: encode_genl(
+        f, Flag.REQUEST | Flag.ACK, 3, 0, 1, 1, encode_u32(1, 0x3FFFFFF0) + b"\0\0\0\0"[:2]),
+        False, True),
+    "getfamily dump with an attribute": (lambda f, p: encode_genl(
+        0x10, Flag.REQUEST | Flag.DUMP, 1, 0, 3, 1, encode_u32(5, 1)), False, True),
+    "getfamily name with a NUL inside": (lambda f, p: encode_genl(
+        0x10, Flag.REQUEST, 1, 0, 3, 1, encode_attr(2, b"TASKSTATS\0xxxxxxxxx\0")), False, True),
     "unknown family": (lambda f, p: encode_genl(0x7FF0, Flag.REQUEST, 7, 0, 1, 1, b""),
                        False, False),
     "genl header cut": (_short_genl, False, False),

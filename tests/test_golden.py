@@ -30,7 +30,7 @@ from tsemu.wire import (
     decode_message,
     decode_taskstats_get,
     encode_error,
-    parse_cpulist,
+    parse_cpumask_attr,
     split_datagram,
 )
 from tsemu.wire.constants import GENL_ID_CTRL
@@ -199,7 +199,7 @@ def test_cpulist_errno_matches_the_kernel(name: str, golden: dict[str, Any]) -> 
     try:
         payload = decode_taskstats_get(decode_genl(request)).register
         assert payload is not None
-        parse_cpulist(payload, golden["nr_cpus"], golden["nr_cpus_config"])
+        parse_cpumask_attr(payload, golden["nr_cpus"], golden["nr_cpus_config"])
         ours = 0
     except WireError as exc:
         ours = -exc.errno

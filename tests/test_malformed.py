@@ -19,6 +19,7 @@ from tsemu.wire import (
     iter_attrs,
     layout_for,
     parse_cpulist,
+    parse_cpumask_attr,
     split_datagram,
 )
 from tsemu.wire.netlink import pack_header
@@ -51,6 +52,10 @@ def _exercise(datagram: bytes) -> None:
                 decoder(genl)
             except WireError:
                 pass
+        try:
+            decode_getfamily(genl, strict=True)
+        except WireError:
+            pass
 
 
 @settings(max_examples=500)
@@ -87,7 +92,8 @@ def test_taskstats_struct_of_any_size(data: bytes) -> None:
 def test_attribute_walk_and_cpulist(data: bytes) -> None:
     for attr in iter_attrs(data):
         assert len(attr.payload) <= len(data)
-    try:
-        parse_cpulist(data, 8)
-    except WireError:
-        pass
+    for parse in (parse_cpulist, parse_cpumask_attr):
+        try:
+            parse(data, 8)
+        except WireError:
+            pass

@@ -41,7 +41,7 @@ from .controller import (
     encode_getfamily,
     encode_newfamily,
 )
-from .cpulist import cpumask_maxlen, parse_cpulist
+from .cpulist import cpumask_maxlen, parse_cpulist, parse_cpumask_attr
 from .errors import WireError
 from .messages import (
     CgroupstatsGet,
@@ -83,5 +83,6 @@ __all__ = [
     "encode_cgroupstats_get", "encode_cgroupstats_new", "encode_done", "encode_error",
     "encode_genl", "encode_getfamily", "encode_nest", "encode_newfamily", "encode_taskstats_get",
     "encode_taskstats_new", "iter_attrs", "layout", "layout_for", "parse_attrs", "parse_cpulist",
+    "parse_cpumask_attr",
     "split_datagram",
 ]

@@ -3,18 +3,28 @@
 What lives here: the attribute header's layout, how a stream of attributes is walked (the
 kernel's `nla_ok`/`nla_next`), how attributes and nests are encoded (4-byte alignment, the
 NESTED and BYTEORDER type bits), and how a request's attributes are checked against a policy
-the way the kernel's liberal (non-strict) validation checks them, errno and extended-ack
-details included. What must not: what any family's attributes mean.
+the way the kernel's liberal and strict validations check them, errno, extended-ack details
+and warnings included. What must not: what any family's attributes mean.
 
 Theory of operation, following lib/nlattr.c:
-- a stream ends at the first attribute whose length is below 4 or beyond what is left; the
-  leftover bytes are ignored (the kernel only warns);
-- in a parse against a policy, types above the policy's maximum and type 0 are skipped, each
-  known attribute is validated when it is met (so the first bad one decides the error), and a
-  later attribute of the same type replaces an earlier one;
-- validation is the liberal kind every operation tsemu serves uses (GENL_DONT_VALIDATE_STRICT):
-  integers longer than their type are accepted (their low bytes are read), shorter ones fail
-  with ERANGE and the extended-ack message "Attribute failed policy validation".
+- a stream ends at the first attribute whose length is below 4 or beyond what is left; bytes
+  left over after the last whole attribute (1 to 3, or an attribute cut short) are ignored by
+  a liberal parse, which only leaves the extended-ack warning "bytes leftover after parsing
+  attributes" (`parse_warning`: it then rides on the request's ACK, or on an error that sets
+  no message of its own), and refused by a strict one (EINVAL, that message);
+- in a parse against a policy, types above the policy's maximum and type 0 are skipped (a
+  strict parse refuses them: EINVAL "Unknown attribute type"), each known attribute is
+  validated when it is met (so the first bad one decides the error), and a later attribute of
+  the same type replaces an earlier one;
+- liberal validation (GENL_DONT_VALIDATE_STRICT: every do-operation tsemu serves) accepts
+  integers longer than their type (their low bytes are read); shorter ones fail with ERANGE
+  and the extended-ack message "Attribute failed policy validation". A NUL_STRING must hold a
+  NUL within its first max_len + 1 bytes (else EINVAL) and then passes the STRING check as
+  well (the kernel falls through): more than max_len bytes before a final NUL is ERANGE;
+- strict validation (NL_VALIDATE_STRICT: nlctrl's GETFAMILY dump, which lacks
+  GENL_DONT_VALIDATE_DUMP_STRICT) adds, before the liberal checks: a fixed-size type of any
+  other length is EINVAL "invalid attribute length", NLA_F_NESTED on a type that is not a
+  nest is EINVAL "NLA_F_NESTED not expected" (both with the attribute's offset and policy).
 """
 
 from __future__ import annotations
@@ -194,11 +204,41 @@ def _policy_error(err: int, detail: str, attr: Attr, policy: AttrPolicy) -> Wire
                      policy=encode_policy(policy))
 
 
-def _validate(attr: Attr, policy: AttrPolicy) -> None:
-    """Raise what `validate_nla` raises for `attr` under liberal validation."""
+#: Payload length of each fixed-size policy type (nla_attr_len): a strict parse wants exactly it.
+_EXACT_LEN = {
+    AttrType.U8: 1, AttrType.U16: 2, AttrType.U32: 4, AttrType.U64: 8,
+    AttrType.S8: 1, AttrType.S16: 2, AttrType.S32: 4, AttrType.S64: 8,
+}
+_NEST_TYPES = (AttrType.NESTED, AttrType.NESTED_ARRAY)
+
+#: The extended-ack messages of nlattr.c this module reproduces.
+LEFTOVER = "bytes leftover after parsing attributes"
+UNKNOWN_TYPE = "Unknown attribute type"
+INVALID_LENGTH = "invalid attribute length"
+NESTED_NOT_EXPECTED = "NLA_F_NESTED not expected"
+
+
+def _validate(attr: Attr, policy: AttrPolicy, strict: bool = False) -> None:
+    """Raise what `validate_nla` raises for `attr` (liberal validation, or `strict`)."""
     size = len(attr.payload)
     kind = policy.kind
-    if kind == AttrType.STRING:
+    if strict:
+        exact = _EXACT_LEN.get(kind)
+        if exact is not None and size != exact:
+            raise WireError(errno.EINVAL, f"attribute {attr.type}: {size} bytes, "
+                            f"{kind.name} is {exact}", ext_msg=INVALID_LENGTH,
+                            attr_offset=attr.offset, policy=encode_policy(policy))
+        if attr.nested and kind not in _NEST_TYPES and kind != AttrType.INVALID:
+            raise WireError(errno.EINVAL, f"attribute {attr.type}: NLA_F_NESTED on a "
+                            f"{kind.name}", ext_msg=NESTED_NOT_EXPECTED,
+                            attr_offset=attr.offset, policy=encode_policy(policy))
+    if kind == AttrType.NUL_STRING:
+        window = min(size, policy.max_len + 1) if policy.max_len else size
+        if window == 0 or b"\0" not in attr.payload[:window]:
+            raise _policy_error(errno.EINVAL, f"attribute {attr.type}: string not NUL-terminated"
+                                + (f" within {policy.max_len + 1} bytes" if policy.max_len else ""),
+                                attr, policy)
+    if kind in (AttrType.STRING, AttrType.NUL_STRING):  # NUL_STRING falls through, as in C
         if size < 1:
             raise _policy_error(errno.ERANGE, f"attribute {attr.type}: empty string", attr, policy)
         if policy.max_len:
@@ -206,29 +246,51 @@ def _validate(attr: Attr, policy: AttrPolicy) -> None:
             if text_len > policy.max_len:
                 raise _policy_error(errno.ERANGE, f"attribute {attr.type}: string longer than "
                                     f"{policy.max_len}", attr, policy)
-    elif kind == AttrType.NUL_STRING:
-        window = min(size, policy.max_len + 1) if policy.max_len else size
-        if window == 0 or b"\0" not in attr.payload[:window]:
-            raise _policy_error(errno.EINVAL, f"attribute {attr.type}: string not NUL-terminated"
-                                + (f" within {policy.max_len + 1} bytes" if policy.max_len else ""),
-                                attr, policy)
     elif size < _MIN_LEN.get(kind, 0):
         raise _policy_error(errno.ERANGE, f"attribute {attr.type}: {size} bytes, "
                             f"{_MIN_LEN[kind]} needed for {kind.name}", attr, policy)
 
 
-def parse_attrs(data: bytes, policy: Mapping[int, AttrPolicy], max_type: int) -> dict[int, Attr]:
+def leftover(data: bytes) -> int:
+    """How many bytes of an attribute stream follow its last whole attribute (`rem` after
+    nla_for_each_attr; 0 when the last attribute ends the stream, padding or not)."""
+    pos = 0
+    end = len(data)
+    while end - pos >= NLA_HDRLEN:
+        length = _unpack_nlattr(data, pos)[0]
+        if length < NLA_HDRLEN or length > end - pos:
+            break
+        pos += (length + 3) & ~3
+    return max(end - pos, 0)
+
+
+def parse_warning(data: bytes) -> str | None:
+    """The extended-ack warning a liberal parse of `data` leaves behind, or None: with bytes
+    left over, the kernel sets its message and goes on."""
+    return LEFTOVER if leftover(data) else None
+
+
+def parse_attrs(data: bytes, policy: Mapping[int, AttrPolicy], max_type: int, *,
+                strict: bool = False) -> dict[int, Attr]:
     """The attributes of a request, validated against `policy` as `__nla_parse` does.
 
     Returns the last attribute of each type 1..max_type. Attributes without a policy entry
-    are kept unvalidated. Raises `WireError` for the first attribute that fails validation.
+    are kept unvalidated. Raises `WireError` for the first attribute that fails validation;
+    with `strict` (NL_VALIDATE_STRICT) also for an unknown type and for leftover bytes.
     """
     table: dict[int, Attr] = {}
     for attr in iter_attrs(data):
         if attr.type == 0 or attr.type > max_type:
+            if strict:
+                raise WireError(errno.EINVAL, f"attribute type {attr.type} is unknown "
+                                f"(maximum {max_type})", ext_msg=UNKNOWN_TYPE,
+                                attr_offset=attr.offset)
             continue
         rule = policy.get(attr.type)
         if rule is not None:
-            _validate(attr, rule)
+            _validate(attr, rule, strict)
         table[attr.type] = attr
+    if strict and leftover(data):
+        raise WireError(errno.EINVAL, f"{leftover(data)} bytes after the last attribute",
+                        ext_msg=LEFTOVER)
     return table

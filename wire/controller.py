@@ -66,12 +66,16 @@ class GetFamily:
     extra: dict[int, bytes] = field(default_factory=dict)
 
 
-def decode_getfamily(message: GenlMessage) -> GetFamily:
-    """The lookup keys of a GETFAMILY request, validated by nlctrl's policy.
+def decode_getfamily(message: GenlMessage, *, strict: bool = False) -> GetFamily:
+    """The lookup keys of a GETFAMILY request, validated by nlctrl's policy: liberally for a
+    lookup (GENL_DONT_VALIDATE_STRICT), strictly for a dump (`strict`: GETFAMILY lacks
+    GENL_DONT_VALIDATE_DUMP_STRICT, so genl_start parses a dump's attributes strictly, and
+    a dump carrying an unknown attribute, a FAMILY_ID that is not exactly 2 bytes, a NESTED
+    bit or leftover bytes is refused with EINVAL even though a dump ignores the keys).
 
     Raises `WireError` (offsets counted from the nlmsghdr) for a policy failure."""
     try:
-        attrs = parse_attrs(message.attrs, GETFAMILY_POLICY, GETFAMILY_MAXATTR)
+        attrs = parse_attrs(message.attrs, GETFAMILY_POLICY, GETFAMILY_MAXATTR, strict=strict)
     except WireError as exc:
         raise exc.at_offset(message.attrs_offset) from None
     name_attr = attrs.get(CtrlAttr.FAMILY_NAME)

@@ -3,7 +3,10 @@
 Everything about that syntax and its errors lives here, following taskstats.c's `parse()` and
 lib/bitmap-str.c's `bitmap_parselist()` (checked against a 6.18 host, see tests/golden):
 
-- the payload is cut at its first NUL (`nla_strscpy`); no NUL at all is fine;
+- an attribute's payload (`parse_cpumask_attr`) is copied by `nla_strscpy(data, na, len)`
+  into a buffer of the payload's own length, which keeps at most len - 1 bytes: the last byte
+  is dropped whether or not it is a NUL ("0-" without a NUL registers CPU 0, "0-1" without
+  one is EINVAL), then the string ends at its first NUL;
 - a payload longer than TASKSTATS_CPUMASK_MAXLEN = 100 + 6 * NR_CPUS bytes: E2BIG (NR_CPUS is
   the kernel's compile-time maximum, 256 on the measured host, not the number of CPUs);
 - regions are separated by commas or white space, and a newline ends the list; an empty list
@@ -11,7 +14,12 @@ lib/bitmap-str.c's `bitmap_parselist()` (checked against a 6.18 host, see tests/
 - a region is `all`, `A`, `A-B` or either followed by `:USED/GROUP` (in each group of GROUP
   CPUs starting at A, the first USED are set); `N` stands for the last CPU;
 - syntax errors, `A > B`, GROUP 0 and USED > GROUP: EINVAL; a number that does not fit 32 bits:
-  EOVERFLOW; a CPU at or beyond the machine's CPU count: ERANGE.
+  EOVERFLOW; a CPU at or beyond the machine's CPU count: ERANGE. A region without a pattern
+  has USED = GROUP = B + 1 computed in 32 bits, so B = 4294967295 makes GROUP 0: EINVAL
+  before the range is looked at ("4294967295" is EINVAL, not ERANGE).
+
+`parse_cpulist` reads a cpulist given as text (the control socket, scenario files): the
+string up to its first NUL, with the same length rules.
 """
 
 from __future__ import annotations
@@ -33,18 +41,32 @@ def cpumask_maxlen(nr_cpus_config: int = DEFAULT_NR_CPUS_CONFIG) -> int:
     return 100 + 6 * nr_cpus_config
 
 
-def parse_cpulist(payload: bytes, nr_cpus: int,
-                  nr_cpus_config: int = DEFAULT_NR_CPUS_CONFIG) -> frozenset[int]:
-    """The CPUs a REGISTER/DEREGISTER payload names on a machine of `nr_cpus` possible CPUs.
+def parse_cpumask_attr(payload: bytes, nr_cpus: int,
+                       nr_cpus_config: int = DEFAULT_NR_CPUS_CONFIG) -> frozenset[int]:
+    """The CPUs a REGISTER/DEREGISTER attribute's payload names on a machine of `nr_cpus`
+    possible CPUs, as taskstats.c's `parse()` reads it (its last byte dropped, see above).
 
     Raises `WireError` with E2BIG, EINVAL, EOVERFLOW or ERANGE as the kernel answers."""
+    _check_length(payload, nr_cpus_config)
+    text = payload[:-1].split(b"\0", 1)[0]  # nla_strscpy(data, na, nla_len(na))
+    return _Parser(text, nr_cpus).parse()
+
+
+def parse_cpulist(payload: bytes, nr_cpus: int,
+                  nr_cpus_config: int = DEFAULT_NR_CPUS_CONFIG) -> frozenset[int]:
+    """The CPUs a cpulist given as text names (up to its first NUL), with the attribute's
+    length rules. Raises `WireError` as `parse_cpumask_attr` does."""
+    _check_length(payload, nr_cpus_config)
+    text = payload.split(b"\0", 1)[0]
+    return _Parser(text, nr_cpus).parse()
+
+
+def _check_length(payload: bytes, nr_cpus_config: int) -> None:
     if len(payload) > cpumask_maxlen(nr_cpus_config):
         raise WireError(errno.E2BIG, f"cpumask of {len(payload)} bytes exceeds "
                         f"{cpumask_maxlen(nr_cpus_config)}")
     if len(payload) < 1:
         raise WireError(errno.EINVAL, "empty cpumask attribute")
-    text = payload.split(b"\0", 1)[0]
-    return _Parser(text, nr_cpus).parse()
 
 
 class _Parser:
@@ -112,13 +134,13 @@ class _Parser:
         else:
             start = self._number()
             if self._end_of_region():
-                return start, start, start + 1, start + 1, self._end_of_str()
+                return start, start, *_whole(start), self._end_of_str()
             if self._peek() != ord("-"):
                 raise self._error(errno.EINVAL, "'-', ',' or the end expected")
             self.i += 1
             end = self._number()
         if self._end_of_region():
-            return start, end, end + 1, end + 1, self._end_of_str()
+            return start, end, *_whole(end), self._end_of_str()
         if self._peek() != ord(":"):
             raise self._error(errno.EINVAL, "':', ',' or the end expected")
         self.i += 1
@@ -128,3 +150,10 @@ class _Parser:
         self.i += 1
         group = self._number()
         return start, end, used, group, False
+
+
+def _whole(end: int) -> tuple[int, int]:
+    """(USED, GROUP) of a region without a pattern: every CPU, a group of B + 1 counted in
+    the kernel's unsigned int (`r->off = r->end + 1`), so 4294967295 wraps to 0."""
+    whole = (end + 1) & 0xFFFFFFFF
+    return whole, whole

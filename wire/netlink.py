@@ -1,7 +1,8 @@
 """Netlink framing: `struct nlmsghdr`, `struct genlmsghdr`, and datagrams of several messages.
 
 What lives here: the two headers' layouts, how a datagram is cut into messages (the rules of the
-kernel's `netlink_rcv_skb`), and how one message is assembled from a header and a payload. What
+kernel's `netlink_rcv_skb`), what genetlink checks of its header (`decode_genl`,
+`check_genl_header`), and how one message is assembled from a header and a payload. What
 must not: any family's meaning, attributes (see `attributes`), errors and acks (see `acks`).
 
 Theory of operation: the kernel walks a datagram message by message. It stops silently at the
@@ -119,6 +120,34 @@ def decode_genl(message: Message, family_hdrsize: int = 0) -> GenlMessage:
     cmd, version, reserved = _unpack_genlmsghdr(message.raw, NLMSG_HDRLEN)
     offset = need
     return GenlMessage(message.header, cmd, version, reserved, message.raw[offset:], offset)
+
+
+#: The flags genl_header_check lets through on a command it checks (a full DUMP aside).
+_CHECKED_FLAGS_ALLOWED = 0x1 | 0x4 | 0x8  # NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO
+_DUMP_BITS = 0x300
+
+RESERVED_NOT_ZERO = "genlmsghdr.reserved field is not 0"
+RESERVED_FLAGS = "ambiguous or reserved bits set in nlmsg_flags"
+
+
+def check_genl_header(message: GenlMessage, resv_start_op: int) -> None:
+    """genetlink's `genl_header_check`: for a command numbered `resv_start_op` or above (the
+    family's commands added after genetlink began validating), a non-zero `reserved` field,
+    or a flag other than REQUEST, ACK, ECHO and a whole DUMP, is EINVAL with an extended-ack
+    message. Older commands are not checked. Runs after the header-length check and before
+    the command is looked up, so an unknown command with bad flags is EINVAL, not
+    EOPNOTSUPP."""
+    if message.cmd < resv_start_op:
+        return
+    if message.reserved:
+        raise WireError(errno.EINVAL, f"genlmsghdr.reserved is {message.reserved:#x}",
+                        ext_msg=RESERVED_NOT_ZERO)
+    flags = message.header.flags
+    if flags & _DUMP_BITS == _DUMP_BITS:
+        flags &= ~_DUMP_BITS
+    if flags & ~_CHECKED_FLAGS_ALLOWED:
+        raise WireError(errno.EINVAL, f"nlmsg_flags {message.header.flags:#x} has bits other "
+                        "than REQUEST, ACK, ECHO and DUMP", ext_msg=RESERVED_FLAGS)
 
 
 def encode_message(msg_type: int, flags: int, seq: int, pid: int, payload: bytes) -> bytes:

@@ -48,7 +48,15 @@ from .constants import (
 )
 from .derive import FastCodec
 from .errors import WireError
-from .netlink import GENLMSGHDR, NLMSGHDR, NLMSGHDR_CODEC, GenlMessage, encode_genl, pack_header
+from .netlink import (
+    GENLMSGHDR,
+    NLMSGHDR,
+    NLMSGHDR_CODEC,
+    GenlMessage,
+    Message,
+    encode_genl,
+    pack_header,
+)
 from .taskstats_struct import CGROUPSTATS_CODEC, FIELDS, TaskstatsLayout, layout_for
 
 #: taskstats_cmd_get_policy
@@ -135,6 +143,22 @@ def decode_cgroupstats_get(message: GenlMessage) -> int | None:
     attrs = _parse(message, CGROUPSTATS_POLICY, CGROUPSTATS_MAXATTR)
     fd = attrs.get(CGROUPSTATS_CMD_ATTR_FD)
     return get_u32(fd) if fd is not None else None
+
+
+def carries_descriptor(message: Message, family_id: int) -> bool:
+    """Whether a client sends a descriptor along with this message (SCM_RIGHTS), by tsemu's
+    convention for CGROUPSTATS (shim/io.c `cgroupstats_fds`, followed by `tsemu.client`): a
+    CGROUPSTATS_CMD_GET request (REQUEST set, not a whole DUMP, TASKSTATS' type, command 4)
+    with an FD attribute (flag bits aside) of at least 4 bytes, when the descriptor it names
+    is open in the client. The server pairs the descriptors it receives with the messages
+    for which this is true, in order, whatever answer those messages then earn."""
+    h = message.header
+    if (h.type != family_id or not h.flags & Flag.REQUEST or h.flags & Flag.DUMP == Flag.DUMP
+            or h.length < NLMSG_HDRLEN + GENL_HDRLEN
+            or message.raw[NLMSG_HDRLEN] != TaskstatsCmd.CGROUPSTATS_GET):
+        return False
+    return any(a.type == CGROUPSTATS_CMD_ATTR_FD and len(a.payload) >= U32.sizeof()
+               for a in iter_attrs(message.raw[NLMSG_HDRLEN + GENL_HDRLEN:]))
 
 
 def encode_cgroupstats_get(

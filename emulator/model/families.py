@@ -4,6 +4,10 @@ A table of two rows: nlctrl itself (fixed id 0x10) and TASKSTATS (id assigned at
 the measured host, configurable). Each operation's flags say what nlctrl reports and what
 genetlink enforces: ADMIN_PERM (CAP_NET_ADMIN needed), CMD_CAP_DO (a request is answered),
 CMD_CAP_DUMP (a dump is answered), CMD_CAP_HASPOL (attributes are validated by a policy).
+
+What genetlink enforces without nlctrl reporting it is tabled here too: `RESV_START_OP`, the
+first command of each family whose genl header and flags genetlink checks
+(`wire.netlink.check_genl_header`).
 """
 
 from __future__ import annotations
@@ -52,6 +56,14 @@ def taskstats_family(family_id: int = DEFAULT_TASKSTATS_ID) -> Family:
     )
 
 
+#: `resv_start_op` of each family, by name: commands from this one on get genl_header_check
+#: (nlctrl: CTRL_CMD_GETPOLICY + 1; TASKSTATS: CGROUPSTATS_CMD_GET + 1, as taskstats.c sets).
+RESV_START_OP: dict[str, int] = {
+    NLCTRL.name: CtrlCmd.GETPOLICY + 1,
+    TASKSTATS_GENL_NAME: TaskstatsCmd.CGROUPSTATS_GET + 1,
+}
+
+
 @dataclass(frozen=True)
 class FamilyTable:
     """The registered families, in registration order (the order of a GETFAMILY dump)."""
@@ -70,6 +82,10 @@ class FamilyTable:
 
     def by_name(self, name: bytes) -> Family | None:
         return next((f for f in self.families if f.name.encode() == name), None)
+
+    def resv_start_op(self, family: Family) -> int:
+        """The first command genetlink checks the header of (0: every command)."""
+        return RESV_START_OP.get(family.name, 0)
 
     def op_flags(self, family: Family, cmd: int) -> int | None:
         """The flags of `family`'s operation `cmd`, or None when it has no such operation."""

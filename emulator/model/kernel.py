@@ -6,13 +6,20 @@ Everything that decides what a request earns lives here, in the order the kernel
    without NLM_F_REQUEST, or of a control type (< 0x10), is not handed to a family but still
    acknowledged if it asks for an ACK; every error, and every success with NLM_F_ACK, gets an
    NLMSG_ERROR after the replies (none after a dump, which ends with NLMSG_DONE instead).
-2. `genl_rcv_msg`: unknown family id: ENOENT; no room for the genl header: EINVAL; no such
+2. `genl_rcv_msg`: unknown family id: ENOENT; no room for the genl header: EINVAL; for a
+   command at or above the family's `resv_start_op`, a reserved field or flag genetlink does
+   not allow: EINVAL with an extended-ack message (`wire.netlink.check_genl_header`); no such
    command, or a dump of a command without one, or a request of a dump-only command:
-   EOPNOTSUPP; ADMIN_PERM without CAP_NET_ADMIN: EPERM; then the op's policy (`wire`).
+   EOPNOTSUPP; ADMIN_PERM without CAP_NET_ADMIN: EPERM; then the op's policy (`wire`):
+   liberal for a request, whose leftover bytes only leave a warning that the ACK, or an error
+   with no message of its own, carries as its extended-ack message; strict for nlctrl's
+   GETFAMILY dump.
 3. the family's handler: nlctrl's GETFAMILY (by name over id, else EINVAL; unknown: ENOENT;
    dump: every family then DONE), TASKSTATS_CMD_GET (register, deregister, pid, tgid in that
    order; none: EINVAL), CGROUPSTATS_CMD_GET (no FD: EINVAL; FD not open: nothing; not a
-   cgroup the table knows: EINVAL).
+   cgroup the table knows: EINVAL). The descriptors a datagram brought are paired, in order,
+   with the messages a client sends one for (`wire.taskstats.carries_descriptor`), before
+   anything decides their answers.
 
 Nothing here does I/O or awaits: the result is a list of actions (`Send`, `Listen`) that the
 trio shell carries out in order, so a REGISTER's ACK leaves only after the listener is in place.
@@ -49,10 +56,10 @@ from tsemu.wire import (
     encode_error,
     encode_newfamily,
     layout,
-    parse_cpulist,
+    parse_cpumask_attr,
     split_datagram,
 )
-from tsemu.wire.attributes import U32
+from tsemu.wire.attributes import U32, parse_warning
 from tsemu.wire.constants import (
     NLA_HDRLEN,
     NLMSG_MIN_TYPE,
@@ -61,10 +68,11 @@ from tsemu.wire.constants import (
     TaskstatsCmd,
     TaskstatsCmdAttr,
 )
-from tsemu.wire.netlink import Header
+from tsemu.wire.netlink import Header, check_genl_header
 from tsemu.wire.taskstats import (
     SINGLE_U32_REQUEST_CODEC,
     ReplyTemplate,
+    carries_descriptor,
     encode_taskstats_new,
 )
 
@@ -110,8 +118,9 @@ class Sender:
     admin: bool = False
     cap_ack: bool = False
     ext_ack: bool = False
-    #: descriptors passed with the datagram (SCM_RIGHTS), in the order of the CGROUPSTATS
-    #: requests naming them; None where the client's descriptor was not open.
+    #: descriptors passed with the datagram (SCM_RIGHTS), one for each message that
+    #: `wire.taskstats.carries_descriptor` picks, in order (a client sends none for a
+    #: descriptor that is not open: the requests past the last one get none).
     cgroup_refs: list[CgroupRef | None] = field(default_factory=list)
 
 
@@ -218,12 +227,15 @@ class Kernel:
         """`handle` without the fast path: what every datagram earns, the general way."""
         actions: list[Action] = []
         refs = iter(sender.cgroup_refs)
+        ts_id = self.taskstats.id
         for message in split_datagram(datagram):
             h = message.header
             err, ext = 0, None
+            ref = next(refs, None) if carries_descriptor(message, ts_id) else None
             if h.flags & _REQUEST and h.type >= NLMSG_MIN_TYPE:
                 try:
-                    if self._family_message(message, sender, refs, actions):
+                    dumped, ext = self._family_message(message, sender, ref, actions)
+                    if dumped:
                         continue  # a dump: DONE ends it, no ACK
                 except _Refused as refused:
                     err, ext = refused.err, refused.ext
@@ -285,39 +297,52 @@ class Kernel:
 
     # -- genl_rcv_msg ----------------------------------------------------------------------
 
-    def _family_message(self, message: Message, sender: Sender, refs: Any,
-                        actions: list[Action]) -> bool:
-        """Handle one request; True when it was a dump. Raises _Refused for an errno."""
+    def _family_message(self, message: Message, sender: Sender, ref: CgroupRef | None,
+                        actions: list[Action]) -> tuple[bool, ExtAck | None]:
+        """Handle one request: (whether it was a dump, the extended-ack warning its ACK
+        carries). Raises _Refused for an errno."""
         family = self._by_id.get(message.header.type)
         if family is None:
             raise _Refused(errno.ENOENT)
         try:
             genl = decode_genl(message, family.hdrsize)
+            check_genl_header(genl, self.families.resv_start_op(family))
         except WireError as exc:
-            raise _Refused(exc.errno) from None
+            raise _Refused(exc.errno, ExtAck.of(exc)) from None
         flags = self._op_flags.get((family.id, genl.cmd))
         dump = message.header.flags & _DUMP == _DUMP
         if flags is None or not flags & (_CAP_DUMP if dump else _CAP_DO):
             raise _Refused(errno.EOPNOTSUPP)
         if flags & _ADMIN_PERM and not sender.admin:
             raise _Refused(errno.EPERM)
+        # A request's attributes are parsed liberally before its handler runs: leftover
+        # bytes set the extended-ack message and the parse goes on.
+        text = None if dump else parse_warning(genl.attrs)
+        warning = ExtAck(text) if text is not None else None
         try:
             if family.id == self.taskstats.id:
                 if genl.cmd == TaskstatsCmd.GET:
                     self._taskstats_get(genl, sender, actions)
                 else:
-                    self._cgroupstats_get(genl, sender, next(refs, None), actions)
+                    self._cgroupstats_get(genl, sender, ref, actions)
             elif dump:
                 if genl.cmd != CtrlCmd.GETFAMILY:
                     # GETPOLICY dumps are not emulated: answered as if the op were absent.
                     raise _Refused(errno.EOPNOTSUPP)
                 self._ctrl_dump(genl, sender, actions)
-                return True
+                return True, None
             else:
                 self._ctrl_getfamily(genl, sender, actions)
         except WireError as exc:
-            raise _Refused(exc.errno, ExtAck.of(exc)) from None
-        return False
+            # A policy failure brings its own message; a handler's errno (a cpulist's) the
+            # parse's warning, if any.
+            ext = ExtAck.of(exc) if exc.ext_msg is not None else warning
+            raise _Refused(exc.errno, ext) from None
+        except _Refused as refused:
+            if refused.ext is None and warning is not None:
+                raise _Refused(refused.err, warning) from None
+            raise
+        return False, warning
 
     # -- nlctrl ----------------------------------------------------------------------------
 
@@ -335,7 +360,9 @@ class Kernel:
         actions.append(Send(encode_newfamily(found, seq=genl.header.seq, pid=sender.port)))
 
     def _ctrl_dump(self, genl: GenlMessage, sender: Sender, actions: list[Action]) -> None:
-        """Every family, then NLMSG_DONE, in one datagram as the kernel fills one skb."""
+        """Every family, then NLMSG_DONE, in one datagram as the kernel fills one skb; the
+        attributes, ignored, must pass a strict parse first (genl_start)."""
+        decode_getfamily(genl, strict=True)
         seq = genl.header.seq
         parts = [encode_newfamily(f, seq=seq, pid=sender.port, flags=Flag.MULTI)
                  for f in self.families.families]
@@ -361,7 +388,7 @@ class Kernel:
             self._forced("get", sender, request.pid if request.pid is not None else request.tgid)
         for mask, register in ((request.register, True), (request.deregister, False)):
             if mask is not None:
-                cpus = parse_cpulist(mask, self.nr_cpus, self.profile.nr_cpus_config)
+                cpus = parse_cpumask_attr(mask, self.nr_cpus, self.profile.nr_cpus_config)
                 actions.append(Listen(cpus, register))
                 return
         seq, port = genl.header.seq, sender.port
