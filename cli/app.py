@@ -166,7 +166,7 @@ def run(
     argv = list(ctx.args)
     if not argv:
         fail("run needs a command: tsemu run -- CMD [ARGS...]", 2)
-    raise typer.Exit(run_command(argv, socket_path(socket), proc.value))
+    raise typer.Exit(run_command(argv, socket_path(socket), proc.value, whole_process=True))
 
 
 # -- ctl ------------------------------------------------------------------------------------
@@ -279,15 +279,16 @@ def ctl_advance(
 @ctl_app.command("ps")
 def ctl_ps(socket: SocketOption = None,
            as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False) -> None:
-    """List the live tasks."""
+    """List the live tasks: the scenario's, and the clients' own processes (marked real)."""
     tasks = _call(socket, "ps")["tasks"]
     if as_json:
         typer.echo(json.dumps(tasks, indent=1))
         return
     typer.echo(f"{'PID':>8} {'TGID':>8} {'PPID':>8} {'CPU':>3} {'STATE':<16} {'UID':>6} COMM")
     for t in tasks:
+        real = "  (real: a client's own process)" if t.get("real") else ""
         typer.echo(f"{t['pid']:>8} {t['tgid']:>8} {t['ppid']:>8} {t['cpu']:>3} "
-                   f"{t['state']:<16} {t['uid']:>6} {t['comm']}")
+                   f"{t['state']:<16} {t['uid']:>6} {t['comm']}{real}")
 
 
 @ctl_app.command("listeners")

@@ -26,6 +26,14 @@ from tsemu.emulator.shell.addressing import (
     default_socket_path,
     proc_view_dir,
 )
+from tsemu.family import (
+    ROOT_ENV,
+    FamilyChannel,
+    become_subreaper,
+    reap_child,
+    reap_orphans,
+    reap_reporting,
+)
 from tsemu.shim import ShimNotBuilt, shim_environment
 
 #: Signals passed on to the command rather than acted on by `tsemu run` itself.
@@ -97,10 +105,14 @@ class _Forwarder:
 
 
 def run_command(argv: list[str], socket_path: Path | None = None,
-                proc: str = "emulated") -> int:
+                proc: str = "emulated", *, whole_process: bool = False) -> int:
     """Run `argv` with the shim against the server at `socket_path` (default: TSEMU_SOCKET's
     rule), seeing the emulated machine's /proc (`proc` "emulated") or the host's; return its
-    exit status. Problems before CMD starts are reported on stderr."""
+    exit status. Problems before CMD starts are reported on stderr.
+
+    With `whole_process` (the `tsemu run` command, a process of its own), this process also
+    becomes the subreaper of CMD's descendants and reports and reaps every child; otherwise
+    (called from a program with children of its own) only CMD is reaped."""
     if not argv:
         print("tsemu run: no command given (usage: tsemu run [--socket PATH] -- CMD [ARGS...])",
               file=sys.stderr)
@@ -118,18 +130,35 @@ def run_command(argv: list[str], socket_path: Path | None = None,
     if not server.exists() and os.environ.get("TSEMU_DEBUG"):
         print(f"tsemu run: no server socket at {server} yet (start one with `tsemu serve`)",
               file=sys.stderr)
-    with _Forwarder() as forwarder:
-        try:
-            child = subprocess.Popen(argv, env=env)
-        except FileNotFoundError:
-            print(f"tsemu run: {argv[0]}: command not found", file=sys.stderr)
-            return 127
-        except OSError as exc:  # not executable, not a program (EACCES, ENOEXEC)
-            print(f"tsemu run: {argv[0]}: {exc.strerror}", file=sys.stderr)
-            return 126
-        forwarder.started(child)
-        while True:
+    # This process and everything it starts belong to the emulated machine: the server
+    # answers about them and hears of their exits (tsemu.family).
+    channel = FamilyChannel.open(server) if server.exists() else None
+    if channel is not None and channel.register_root():
+        env[ROOT_ENV] = str(os.getpid())
+    if whole_process:
+        become_subreaper()
+    try:
+        with _Forwarder() as forwarder:
             try:
-                return exit_status(child.wait())
-            except KeyboardInterrupt:  # SIGINT before it was ignored: CMD got it too
-                continue
+                child = subprocess.Popen(argv, env=env)
+            except FileNotFoundError:
+                print(f"tsemu run: {argv[0]}: command not found", file=sys.stderr)
+                return 127
+            except OSError as exc:  # not executable, not a program (EACCES, ENOEXEC)
+                print(f"tsemu run: {argv[0]}: {exc.strerror}", file=sys.stderr)
+                return 126
+            forwarder.started(child)
+            while True:
+                try:
+                    status = (reap_reporting(child.pid, channel) if whole_process
+                              else reap_child(child.pid, channel))
+                    break
+                except KeyboardInterrupt:  # SIGINT before it was ignored: CMD got it too
+                    continue
+            child.returncode = os.waitstatus_to_exitcode(status)
+            if whole_process:
+                reap_orphans(channel)
+            return exit_status(child.returncode)
+    finally:
+        if channel is not None:
+            channel.close()

@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ class TsemuHandle:
         self._control = ControlClient(socket_path)
         self._children: list[subprocess.Popen[Any]] = []
         from tsemu.emulator.shell.addressing import proc_view_dir
+        from tsemu.family import ROOT_ENV, FamilyChannel
         from tsemu.shim import ShimNotBuilt, shim_environment
 
         try:
@@ -62,14 +64,71 @@ class TsemuHandle:
                                         proc_view=proc_view_dir(socket_path))
         except ShimNotBuilt:  # no C compiler at install time: native clients still work
             self.env = {**os.environ, "TSEMU_SOCKET": str(socket_path)}
+        # The test process and the clients it starts belong to the emulated machine: the
+        # server answers about them and hears of the exits `run` and `wait` reap.
+        self._family = FamilyChannel.open(socket_path)
+        if self._family is not None and self._family.register_root():
+            self.env[ROOT_ENV] = str(os.getpid())
 
     # -- clients ---------------------------------------------------------------------------
 
-    def run(self, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
-        """Run a client to completion through the shim (subprocess.run's keywords)."""
+    def run(self, argv: list[str], *, input: bytes | str | None = None, timeout: float = 60,
+            capture_output: bool = False, check: bool = False,
+            **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+        """Run a client to completion through the shim, as subprocess.run does (Popen's
+        keywords, `input`, `timeout`, `capture_output`, `check`); its exit is reported to
+        the machine's listeners, as the kernel reports a real process's."""
         kwargs.setdefault("env", self.env)
-        kwargs.setdefault("timeout", 60)
-        return subprocess.run(argv, **kwargs)
+        if capture_output:
+            kwargs["stdout"] = kwargs["stderr"] = subprocess.PIPE
+        if input is not None:
+            kwargs["stdin"] = subprocess.PIPE
+        proc = subprocess.Popen(argv, **kwargs)
+        outputs: dict[str, Any] = {}
+        readers = [threading.Thread(target=lambda name, f: outputs.__setitem__(name, f.read()),
+                                    args=(name, stream), daemon=True)
+                   for name, stream in (("out", proc.stdout), ("err", proc.stderr))
+                   if stream is not None]
+        for reader in readers:
+            reader.start()
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout, expire)
+        timer.start()
+        try:
+            if proc.stdin is not None:
+                if input is not None:
+                    proc.stdin.write(input)
+                proc.stdin.close()
+            self.wait(proc)
+        finally:
+            timer.cancel()
+            for reader in readers:
+                reader.join()
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+        if expired.is_set():
+            raise subprocess.TimeoutExpired(argv, timeout, outputs.get("out"),
+                                            outputs.get("err"))
+        done = subprocess.CompletedProcess(argv, proc.returncode, outputs.get("out"),
+                                           outputs.get("err"))
+        if check:
+            done.check_returncode()
+        return done
+
+    def wait(self, proc: subprocess.Popen[Any]) -> int:
+        """Wait for a child the test started (`popen`), reporting its exit to the machine
+        before reaping it (a plain `proc.wait()` reaps it unreported); its return code."""
+        from tsemu.family import reap_child
+
+        if proc.returncode is None:
+            proc.returncode = os.waitstatus_to_exitcode(reap_child(proc.pid, self._family))
+        return proc.returncode
 
     def popen(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start a client through the shim; the test stops it (or the fixture does)."""
@@ -117,6 +176,8 @@ class TsemuHandle:
                 child.kill()
                 child.wait()
         self._control.close()
+        if self._family is not None:
+            self._family.close()
 
 
 def start_tsemu(scenario_text: str, directory: Path, *, timeout: float = 20

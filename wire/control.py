@@ -43,6 +43,16 @@ class ControlOp(enum.IntEnum):
     SETOPT = 1
     #: server -> client: the receive buffer overflowed; the next receive fails with ENOBUFS.
     ENOBUFS = 2
+    #: client -> server: the sending process (as its credentials say, never as the datagram
+    #: says) is a client root: it and its descendants belong to the emulated machine.
+    ROOT = 3
+    #: client -> server: the sender's child `value` (a pid) has exited and is not reaped yet.
+    EXITED = 4
+    #: server -> client: the answer to ROOT, EXITED and THREADED: `value` is the pid the
+    #: notice was about, `option` 0 when it was taken (an EXITED exit broadcast), else an errno.
+    SEEN = 5
+    #: client -> server: the sending process has started a second thread.
+    THREADED = 6
 
 
 class ControlOption(enum.IntEnum):

@@ -122,6 +122,9 @@ class Sender:
     #: `wire.taskstats.carries_descriptor` picks, in order (a client sends none for a
     #: descriptor that is not open: the requests past the last one get none).
     cgroup_refs: list[CgroupRef | None] = field(default_factory=list)
+    #: where an id the task source does not know is looked up for this sender ("pid" or
+    #: "tgid", the id): its own processes (`shell.clientprocs`); LookupError is ESRCH
+    own: Callable[[str, int], Mapping[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -263,14 +266,15 @@ class Kernel:
             return None
         port = sender.port
         try:
-            try:
-                data = None
-                if attr_type == _ATTR_PID and self._pid_cache is not None:
+            data = None
+            if attr_type == _ATTR_PID and self._pid_cache is not None:
+                try:
                     data = self._pid_cache.reply(seq, port, ident)
-                if data is None:
-                    values = source(ident)
-            except LookupError:
-                raise _Refused(errno.ESRCH) from None
+                except LookupError:  # not the table's: the sender's own, or ESRCH
+                    data = None
+            if data is None:
+                values = self._lookup(source, ident, sender,
+                                      "pid" if attr_type == _ATTR_PID else "tgid")
             if data is None:
                 data = template.build_values(seq, port, ident, values)
             if data is None:
@@ -393,20 +397,31 @@ class Kernel:
                 return
         seq, port = genl.header.seq, sender.port
         if request.pid is not None:
-            values = self._stats(self.tasks.pid_stats, request.pid)
+            values = self._stats(self.tasks.pid_stats, request.pid, sender, "pid")
             actions.append(Send(self._pid_reply.build(seq, port, request.pid, values)))
         elif request.tgid is not None:
-            values = self._stats(self.tasks.tgid_stats, request.tgid)
+            values = self._stats(self.tasks.tgid_stats, request.tgid, sender, "tgid")
             actions.append(Send(self._tgid_reply.build(seq, port, request.tgid, values)))
         else:
             raise _Refused(errno.EINVAL)
 
-    def _stats(self, source: Any, ident: int) -> bytes:
+    def _stats(self, source: Any, ident: int, sender: Sender, kind: str) -> bytes:
+        return self.layout.build(self._lookup(source, ident, sender, kind))
+
+    @staticmethod
+    def _lookup(source: Callable[[int], Mapping[str, Any]], ident: int, sender: Sender,
+                kind: str) -> Mapping[str, Any]:
+        """The values of task `ident` from the task source, else from the sender's own
+        processes; ESRCH if neither has it."""
         try:
-            values = source(ident)
+            return source(ident)
+        except LookupError:
+            if sender.own is None:
+                raise _Refused(errno.ESRCH) from None
+        try:
+            return sender.own(kind, ident)
         except LookupError:
             raise _Refused(errno.ESRCH) from None
-        return self.layout.build(values)
 
     def _cgroupstats_get(self, genl: GenlMessage, sender: Sender, ref: CgroupRef | None,
                          actions: list[Action]) -> None:

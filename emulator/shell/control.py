@@ -238,9 +238,16 @@ async def _op_advance(emu: Any, args: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _op_ps(emu: Any, args: dict[str, Any]) -> dict[str, Any]:
+    """The table's tasks, and the clients' own processes (`clientprocs`), marked real."""
     tasks = [{"pid": t.tid, "tgid": t.tgid, "ppid": t.ppid, "comm": t.comm.decode(errors="replace"),
-              "cpu": t.cpu, "state": t.state.name.lower(), "uid": t.uid, "cgroup": t.cgroup}
+              "cpu": t.cpu, "state": t.state.name.lower(), "uid": t.uid, "cgroup": t.cgroup,
+              "real": False}
              for t in emu.table]
+    for p in await trio.to_thread.run_sync(emu.server.own.members):
+        if p.pid not in emu.table:
+            tasks.append({"pid": p.pid, "tgid": p.tgid, "ppid": p.ppid, "comm": p.comm,
+                          "cpu": p.cpu % emu.server.nr_cpus, "state": p.state_name,
+                          "uid": p.uid, "cgroup": None, "real": True})
     return {"tasks": sorted(tasks, key=lambda t: t["pid"])}
 
 

@@ -67,7 +67,10 @@ ac_exe_dev, ac_exe_inode   stat(2) of exe (the link followed)          dev as hu
                                                                        (minor & 0xff) | major<<8
                                                                        | (minor & ~0xff) << 12;
                                                                        0 if unreadable / no mm
-everything else            not in /proc: coremem, virtmem, the other   0
+coremem, virtmem           status VmRSS, VmSize (KiB) x schedstat's    KiB * (ns >> 10) // 1000
+                           sum_exec_runtime: the integral as if the    (MB-usec, as xacct_add_tsk)
+                           process had always had today's sizes
+everything else            not in /proc: the other
                            delay categories, every _delay_max/_min
                            and _delay_max_ts
 =========================  ==========================================  ===========================
@@ -115,9 +118,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
+from tsemu.wire.constants import AcFlag
+
 from ..model import accounting
 from ..model.kernel import TaskSource
 from ..model.profiles import KernelProfile
+from ..model.tasks import ExitReport
 
 if TYPE_CHECKING:
     from ..model.tasks import Task
@@ -175,6 +181,8 @@ class _HostTask:
     dumped_core: bool
     signaled: bool
     zombie: bool
+    #: the CPU it last ran on (stat 39)
+    cpu: int = 0
     counter_map: dict[str, int] = field(default_factory=dict)
     max_ts_map: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
@@ -343,6 +351,37 @@ class HostMirror:
         return accounting.tgid_query(None, cast("list[Task]", threads), now_ns=now,
                                      profile=self.profile)
 
+    def host_exit_report(self, tid: int, *, nr_cpus: int, threaded: bool
+                         ) -> ExitReport | None:
+        """What the kernel broadcast when host process `tid` exited, read from its zombie (its
+        parent has not reaped it yet; its other threads are gone): the leader's PID record
+        with AGROUP and its exit code and signal flags, and, for a process that had threads
+        (`threaded`), an AGGR_TGID record. None if `tid` is not a zombie group leader.
+
+        The event goes to emulated CPU (host CPU it last ran on) mod `nr_cpus`. Limits: the
+        threads that died before the leader are not in /proc any more, so they get no PID
+        record and the AGGR_TGID record holds the leader's own share; a zombie has no mm, so
+        hiwater_rss, hiwater_vm and the exe are 0."""
+        try:
+            task = self._task(f"{self.proc}/{tid}/task/{tid}", tid, full=True)
+        except _Vanished:
+            return None
+        if not task.zombie or not task.is_leader:
+            return None
+        now = max(self._boottime_ns(), task.start_ns)
+        pid_values = accounting.pid_record(
+            cast("Task", task), leader_start_ns=task.start_ns, now_ns=now,
+            wall_seconds=self._wall_seconds(), profile=self.profile)
+        pid_values["ac_flag"] |= int(AcFlag.AGROUP)
+        tgid_values = None
+        if threaded:
+            stats = accounting.new_group_stats(self.profile)
+            accounting.accumulate_exit(stats, cast("Task", task), now_ns=now,
+                                       profile=self.profile)
+            tgid_values = accounting.tgid_exit_record(stats, self.profile)
+        return ExitReport(cpu=task.cpu % nr_cpus, tid=tid, tgid=tid, pid_values=pid_values,
+                          tgid_values=tgid_values, group_dead=True)
+
     def _leader_start_ns(self, task: _HostTask) -> int:
         """The group leader's start (ac_tgetime's origin); the task's own if unreadable."""
         try:
@@ -379,6 +418,13 @@ class HostMirror:
                     gone |= exc.errno in _GONE
                 except (ValueError, IndexError):
                     pass
+            if full and not task.zombie:
+                # acct_update_integrals: RSS and VM size (pages) times CPU time (ns >> 10),
+                # reported in MB-usec (x PAGE_SIZE / 1000 KB). /proc shows the sizes now, not
+                # their history: the integral as if the process had had today's size all along.
+                run_units = counters.get("cpu_run_virtual_total", 0) >> 10
+                counters["coremem"] = _kib(status.get(b"VmRSS")) * run_units // 1000
+                counters["virtmem"] = _kib(status.get(b"VmSize")) * run_units // 1000
             if full:
                 try:
                     st = os.stat("exe", dir_fd=dfd)
@@ -432,7 +478,7 @@ class HostMirror:
             exit_code=_stat_field(f, 52) if exiting else None,
             forked_no_exec=bool(flags & PF_FORKNOEXEC), superuser=bool(flags & PF_SUPERPRIV),
             dumped_core=bool(flags & PF_DUMPCORE), signaled=bool(flags & PF_SIGNALED),
-            zombie=zombie, counter_map=counters)
+            zombie=zombie, cpu=_stat_field(f, 39), counter_map=counters)
 
     @staticmethod
     def _schedstat(raw: bytes) -> dict[str, int]:

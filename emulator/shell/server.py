@@ -53,6 +53,7 @@ over `MAX_FORCED_RCVBUF`).
 from __future__ import annotations
 
 import array
+import errno
 import os
 import resource
 import select
@@ -68,16 +69,26 @@ from typing import Any
 import trio
 
 from tsemu.wire.constants import TaskstatsCmd
-from tsemu.wire.control import ControlOp, ControlOption, decode_control, is_control
+from tsemu.wire.control import (
+    Control,
+    ControlOp,
+    ControlOption,
+    decode_control,
+    encode_control,
+    is_control,
+)
 
 from ..model.families import FamilyTable
 from ..model.faults import DELIVERY
 from ..model.kernel import Action, CgroupRef, Kernel, Listen, Send, Sender, TaskSource
 from ..model.profiles import DEFAULT_PROFILE, KernelProfile
+from ..model.table import ProcessTable
 from ..model.tasks import RepeatExit
 from .addressing import is_stale, ports_dir
 from .busypoll import DEFAULT_WINDOW_NS, BusyPoll
+from .clientprocs import ClientProcesses
 from .clients import DEFAULT_MAX_CLIENTS, SWEEP_SECONDS, ClientConn, Clients
+from .hostmirror import HostMirror
 from .listeners import ListenerTable
 from .permissions import AdminPolicy, Credentials
 from .portwatch import PortWatch
@@ -134,6 +145,9 @@ class Server:
         self.kernel = Kernel(tasks, profile=profile, nr_cpus=nr_cpus, families=families,
                              cgroup_roots=cgroup_roots)
         self.listeners = ListenerTable(nr_cpus)
+        self.nr_cpus = nr_cpus
+        #: the clients' own processes, answered and reported from the host (`clientprocs`)
+        self.own = ClientProcesses(HostMirror(tasks, profile))
         self.admin = admin or AdminPolicy()
         self.client_table = Clients(ports_dir(self.socket_path), budget=profile.rmem_default,
                                     max_clients=max_clients, on_forget=self._forgotten)
@@ -417,14 +431,24 @@ class Server:
                     await self.listeners.apply(client.port, action.cpus, action.register)
 
     def _sender(self, client: ClientConn, creds: bytes, fds: Sequence[int]) -> Sender:
-        return Sender(client.port, admin=self.admin.is_admin(_credentials(creds)),
+        who = _credentials(creds)
+        own = None
+        if who.pid > 0:
+            own = self.own.lookup_for(who.pid, who.uid)
+            table = getattr(self.tasks, "table", self.tasks)
+            if isinstance(table, ProcessTable) and who.pid in table:
+                self.own.shadowed(who.pid)
+        return Sender(client.port, admin=self.admin.is_admin(who),
                       cap_ack=client.cap_ack, ext_ack=client.ext_ack,
-                      cgroup_refs=[_cgroup_ref(fd) for fd in fds])
+                      cgroup_refs=[_cgroup_ref(fd) for fd in fds], own=own)
 
     def _control(self, client: ClientConn, data: bytes, creds: bytes) -> None:
         try:
             control = decode_control(data)
         except Exception:
+            return
+        if control.op in (ControlOp.ROOT, ControlOp.THREADED, ControlOp.EXITED):
+            self._own_process(client, control, _credentials(creds))
             return
         if control.op != ControlOp.SETOPT:
             return
@@ -437,6 +461,34 @@ class Server:
         elif control.option == ControlOption.NO_ENOBUFS:
             client.outbox.no_enobufs = bool(control.value)
         client.sender = client.sender_creds = None  # its options may have changed
+
+    def _own_process(self, client: ClientConn, control: Control, who: Credentials) -> None:
+        """What a client says of its own processes (`clientprocs`): always of the process the
+        kernel says sent it."""
+        if control.op == ControlOp.EXITED:
+            if who.pid > 0 and 0 < control.value < 2**31 and self._nursery is not None:
+                self._nursery.start_soon(self._real_exit, client, who, control.value)
+                return
+            taken = False
+        elif who.pid <= 0:
+            taken = False  # a sender in a pid namespace the server cannot see
+        elif control.op == ControlOp.ROOT:
+            taken = self.own.register_root(who.pid)
+        else:
+            taken = self.own.register_threaded(who.pid)
+        client.outbox.offer(encode_control(ControlOp.SEEN, 0 if taken else errno.ESRCH,
+                                           control.value if control.op == ControlOp.EXITED
+                                           else who.pid))
+
+    async def _real_exit(self, client: ClientConn, who: Credentials, pid: int) -> None:
+        """A client's child has exited: broadcast its records, then tell the client (which
+        reaps it only then, so that its /proc entry was there to be read)."""
+        report = self.own.exit_report(who.pid, who.uid, pid, self.nr_cpus)
+        if report is not None:
+            await self.broadcast(report)
+            await self.settle()
+        client.outbox.offer(encode_control(ControlOp.SEEN,
+                                           0 if report is not None else errno.ESRCH, pid))
 
     def _budget(self, value: int, creds: bytes) -> int:
         """A receive budget asked for (SO_RCVBUF as getsockopt reports it: twice what was

@@ -11,6 +11,9 @@
  *                              them with read(2))
  *   getdelays -C DIR           cgroupstats of a cgroup directory
  *   getdelays -F FD            cgroupstats naming descriptor FD as it is (asks for an ACK)
+ *   getdelays -c CMD [ARGS]    run CMD (fork, exec), ask about the child by pid while it
+ *                              runs, then wait for it (getdelays' run-a-command mode); with
+ *                              -m, its exit event is read afterwards
  *   -r BYTES                   SO_RCVBUF for the socket (before bind, as getdelays does)
  *
  * Every result is one line of `key=value` words on stdout; errors are `error=NAME` lines.
@@ -21,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <linux/cgroupstats.h>
 #include <linux/genetlink.h>
@@ -224,22 +228,24 @@ static int query(int fd, int family, __u16 attr, __u32 id)
     return 0;
 }
 
-static int listen_exits(int fd, int family, const char *mask, int count, int wait_stdin)
+static int register_mask(int fd, int family, const char *mask)
 {
     struct msgtemplate msg;
     if (send_cmd(fd, (__u16)family, (__u32)getpid(), TASKSTATS_CMD_GET, NLM_F_ACK,
                  TASKSTATS_CMD_ATTR_REGISTER_CPUMASK, mask, (int)strlen(mask) + 1) < 0 ||
         recv_reply(fd, &msg) < 0) {
         printf("error=%s\n", errname(errno));
-        return 1;
+        return -1;
     }
     printf("registered cpumask=%s\n", mask);
     fflush(stdout);
-    if (wait_stdin) {
-        char line[64];
-        if (!fgets(line, sizeof line, stdin))
-            return 1;
-    }
+    return 0;
+}
+
+/* Print `count` exit events (0: for ever). */
+static int read_exits(int fd, int count)
+{
+    struct msgtemplate msg;
     for (int seen = 0; count <= 0 || seen < count;) {
         ssize_t len = use_read ? read(fd, &msg, recv_size) : recv(fd, &msg, recv_size, 0);
         if (len < 0) {
@@ -255,6 +261,20 @@ static int listen_exits(int fd, int family, const char *mask, int count, int wai
         fflush(stdout);
         seen++;
     }
+    return 0;
+}
+
+static int listen_exits(int fd, int family, const char *mask, int count, int wait_stdin)
+{
+    if (register_mask(fd, family, mask) < 0)
+        return 1;
+    if (wait_stdin) {
+        char line[64];
+        if (!fgets(line, sizeof line, stdin))
+            return 1;
+    }
+    if (read_exits(fd, count))
+        return 1;
     send_cmd(fd, (__u16)family, (__u32)getpid(), TASKSTATS_CMD_GET, 0,
              TASKSTATS_CMD_ATTR_DEREGISTER_CPUMASK, mask, (int)strlen(mask) + 1);
     return 0;
@@ -306,7 +326,8 @@ int main(int argc, char **argv)
     const char *pid = NULL, *tgid = NULL, *mask = NULL, *cgroup = NULL;
     int count = 0, wait_stdin = 0, rawfd = -1, opt;
     setvbuf(stdout, NULL, _IOLBF, 0);
-    while ((opt = getopt(argc, argv, "p:t:m:n:wRC:F:r:")) != -1) {
+    char **command = NULL;
+    while ((opt = getopt(argc, argv, "+p:t:m:n:wRC:F:r:c")) != -1) {
         switch (opt) {
         case 'p': pid = optarg; break;
         case 't': tgid = optarg; break;
@@ -317,6 +338,7 @@ int main(int argc, char **argv)
         case 'C': cgroup = optarg; break;
         case 'F': rawfd = atoi(optarg); break;
         case 'r': rcvbufsz = atoi(optarg); break;
+        case 'c': command = argv + optind; break;
         default:
             fprintf(stderr, "usage: %s [-r BYTES] -p PID | -t TGID | -m MASK [-n N] [-w] [-R] "
                     "| -C DIR | -F FD\n", argv[0]);
@@ -350,6 +372,23 @@ int main(int argc, char **argv)
     }
     if (rawfd >= 0)
         rc |= cgroupstats(fd, family, rawfd);
+    if (command && *command) {
+        if (mask && register_mask(fd, family, mask) < 0)
+            return 1;
+        pid_t child = fork();
+        if (child == 0) {
+            execvp(command[0], command);
+            _exit(127);
+        }
+        rc |= query(fd, family, TASKSTATS_CMD_ATTR_PID, (__u32)child);
+        int status;
+        if (waitpid(child, &status, 0) == child)
+            printf("child=%d status=%d\n", (int)child, status);
+        if (mask)
+            rc |= read_exits(fd, count);
+        close(fd);
+        return rc;
+    }
     if (mask)
         rc |= listen_exits(fd, family, mask, count, wait_stdin);
     close(fd);
