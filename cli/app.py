@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from tsemu.cli.common import SocketOption, fail, socket_path
+from tsemu.cli.run import ProcMode, ProcOption
 
 app = typer.Typer(
     name="tsemu",
@@ -140,10 +141,13 @@ def _startup_problem(exc: BaseException) -> str:
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
              epilog="Examples:\n\n  tsemu run -- genl ctrl get name TASKSTATS\n\n"
-                    "  tsemu run --socket /run/tsemu/genl.sock -- ./getdelays -d -p 1")
+                    "  tsemu run --socket /run/tsemu/genl.sock -- ./getdelays -d -p 1\n\n"
+                    "  tsemu run -- iotop-c -b -o -n 1\n\n"
+                    "  tsemu run --proc host -- ps -e")
 def run(
     ctx: typer.Context,
     socket: SocketOption = None,
+    proc: ProcOption = ProcMode.emulated,
 ) -> None:
     """Run CMD with the shim, so its netlink taskstats calls reach tsemu; exits with CMD's
     status. Put `--` before CMD."""
@@ -152,7 +156,7 @@ def run(
     argv = list(ctx.args)
     if not argv:
         fail("run needs a command: tsemu run -- CMD [ARGS...]", 2)
-    raise typer.Exit(run_command(argv, socket_path(socket)))
+    raise typer.Exit(run_command(argv, socket_path(socket), proc))
 
 
 # -- ctl ------------------------------------------------------------------------------------
