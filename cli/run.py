@@ -22,8 +22,8 @@ import signal
 import subprocess
 import sys
 import threading
+from enum import StrEnum
 from pathlib import Path
-from enum import Enum
 from types import FrameType
 from typing import Annotated, Any
 
@@ -33,7 +33,7 @@ from tsemu.emulator.shell.addressing import default_socket_path
 from tsemu.shim import ShimNotBuilt, shim_environment
 
 
-class ProcMode(str, Enum):
+class ProcMode(StrEnum):
     """Which /proc the command sees."""
 
     emulated = "emulated"
