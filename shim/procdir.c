@@ -63,6 +63,8 @@ struct pdir {
  * open at once gets the rest listed as libc lists them. */
 #define SLOTS 64
 static _Atomic(struct pdir *) slots[SLOTS];
+static _Atomic(DIR *) slot_dirs[SLOTS]; /* slots[i]->dir: compared without touching *slots[i],
+                                           which another thread may be releasing */
 static atomic_int n_pdirs;
 static atomic_int slots_used; /* no slot at or above this index has ever been claimed */
 static pthread_mutex_t pdir_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -72,11 +74,9 @@ static struct pdir *find(DIR *dir)
     if (!atomic_load_explicit(&n_pdirs, memory_order_acquire) || !dir)
         return NULL;
     int used = atomic_load_explicit(&slots_used, memory_order_acquire);
-    for (int i = 0; i < used; i++) {
-        struct pdir *pd = atomic_load_explicit(&slots[i], memory_order_acquire);
-        if (pd && pd->dir == dir)
-            return pd;
-    }
+    for (int i = 0; i < used; i++)
+        if (atomic_load_explicit(&slot_dirs[i], memory_order_acquire) == dir)
+            return atomic_load_explicit(&slots[i], memory_order_acquire);
     return NULL;
 }
 
@@ -105,6 +105,7 @@ void proc_dir_adopt(DIR *dir, int mode)
         i++;
     if (i < SLOTS) {
         atomic_store_explicit(&slots[i], pd, memory_order_release);
+        atomic_store_explicit(&slot_dirs[i], dir, memory_order_release);
         if (i >= atomic_load_explicit(&slots_used, memory_order_relaxed))
             atomic_store_explicit(&slots_used, i + 1, memory_order_release);
         atomic_fetch_add_explicit(&n_pdirs, 1, memory_order_release);
@@ -141,6 +142,7 @@ static struct pdir *forget(DIR *dir)
         struct pdir *slot = atomic_load_explicit(&slots[i], memory_order_relaxed);
         if (slot && slot->dir == dir) {
             pd = slot;
+            atomic_store_explicit(&slot_dirs[i], NULL, memory_order_release);
             atomic_store_explicit(&slots[i], NULL, memory_order_release);
             atomic_fetch_sub_explicit(&n_pdirs, 1, memory_order_release);
         }

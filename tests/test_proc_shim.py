@@ -311,6 +311,11 @@ def test_fork_and_threads_keep_their_own_files(procprobe: Path, view: Path) -> N
     ]
 
 
+def test_threads_listing_at_once_each_see_whole_listings(procprobe: Path, view: Path) -> None:
+    out = probe(procprobe, view_env(view), "stress:200")
+    assert one(out, "stress") == f"pids={len(VIEW_PIDS) + 1} bad=0"
+
+
 def test_null_and_bad_pointers_get_libcs_answer(procprobe: Path, view: Path) -> None:
     assert probe(procprobe, view_env(view), "bad") == probe(procprobe, host_env(), "bad")
 

@@ -10,7 +10,7 @@
  *   cat:PATH  fopen:PATH  open2:PATH  openat:DIR:REL  fstatat:DIR:REL  relcat:REL
  *   stat:PATH  lstat:PATH  statx:PATH  access:PATH:r|w  readlink:PATH  write:PATH
  *   chdir:PATH  ioprio:PID  getprio:PID  setprio:PID:N  sched:PID  kill:PID:SIG
- *   self  bad  syscall  fork  thread  sleep:SECONDS  bench:N[:ROOT]
+ *   self  bad  syscall  fork  thread  stress:N  sleep:SECONDS  bench:N[:ROOT]
  *
  * bench:N[:ROOT] times N refreshes of what iotop-c does (ROOT instead of /proc: the same
  * work on a directory directly, the reference without the shim).
@@ -22,6 +22,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -402,6 +403,59 @@ static void probe_thread(void)
     pthread_join(t, NULL);
 }
 
+/* Threads listing /proc and task/ directories at once: every listing must be whole. */
+static int stress_rounds;
+static atomic_int stress_bad;
+
+static void *stress_main(void *arg)
+{
+    int expect = *(int *)arg;
+    for (int r = 0; r < stress_rounds; r++) {
+        DIR *d = opendir("/proc");
+        struct dirent *e;
+        int pids = 0;
+        while (d && (e = readdir(d))) {
+            if (!numeric(e->d_name))
+                continue;
+            pids++;
+            char path[300];
+            snprintf(path, sizeof path, "/proc/%s/task", e->d_name);
+            DIR *t = opendir(path);
+            int tids = 0;
+            struct dirent *te;
+            while (t && (te = readdir(t)))
+                tids += numeric(te->d_name);
+            if (t)
+                closedir(t);
+            if (!t || tids < 1)
+                atomic_fetch_add(&stress_bad, 1);
+        }
+        if (d)
+            closedir(d);
+        if (pids != expect)
+            atomic_fetch_add(&stress_bad, 1);
+    }
+    return NULL;
+}
+
+static void probe_stress(int rounds)
+{
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    int expect = 0;
+    while (d && (e = readdir(d)))
+        expect += numeric(e->d_name);
+    if (d)
+        closedir(d);
+    stress_rounds = rounds;
+    pthread_t threads[6];
+    for (int i = 0; i < 6; i++)
+        pthread_create(&threads[i], NULL, stress_main, &expect);
+    for (int i = 0; i < 6; i++)
+        pthread_join(threads[i], NULL);
+    printf("stress: pids=%d bad=%d\n", expect, atomic_load(&stress_bad));
+}
+
 static double now(clockid_t clock)
 {
     struct timespec ts;
@@ -538,6 +592,8 @@ int main(int argc, char **argv)
             probe_fork();
         else if (!strcmp(what, "thread"))
             probe_thread();
+        else if (!strcmp(what, "stress"))
+            probe_stress(arg ? atoi(arg) : 20);
         else if (!strcmp(what, "sleep")) {
             double seconds = arg ? atof(arg) : 0;
             struct timespec ts = {(time_t)seconds, (long)((seconds - (double)(time_t)seconds) * 1e9)};
