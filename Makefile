@@ -24,6 +24,7 @@ system-deps:
 	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
 	command -v genl >/dev/null 2>&1 || missing="$$missing iproute2"; \
 	command -v pgrep >/dev/null 2>&1 || missing="$$missing procps"; \
+	command -v iotop-c >/dev/null 2>&1 || missing="$$missing iotop-c"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing Debian packages:$$missing"; \

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from tsemu.cli.common import SocketOption, fail, socket_path
+from tsemu.cli.run import ProcMode, ProcOption
 
 app = typer.Typer(
     name="tsemu",
@@ -142,22 +142,15 @@ def _startup_problem(exc: BaseException) -> str:
     raise exc
 
 
-class ProcMode(StrEnum):
-    emulated = "emulated"
-    host = "host"
-
-
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
              epilog="Examples:\n\n  tsemu run -- genl ctrl get name TASKSTATS\n\n"
-                    "  tsemu run -- iotop-c -b -o -n 2\n\n  tsemu run -- ps -eLf\n\n"
-                    "  tsemu run --socket /run/tsemu/genl.sock -- ./getdelays -d -p 1")
+                    "  tsemu run --socket /run/tsemu/genl.sock -- ./getdelays -d -p 1\n\n"
+                    "  tsemu run -- iotop-c -b -o -n 1\n\n"
+                    "  tsemu run --proc host -- ps -e")
 def run(
     ctx: typer.Context,
     socket: SocketOption = None,
-    proc: Annotated[ProcMode, typer.Option(
-        help="What CMD sees in /proc: the emulated machine's processes and files (the "
-             "server's view, so ps, top and iotop-c list the scenario's tasks), or the "
-             "host's (for a scenario with mirror_host).")] = ProcMode.emulated,
+    proc: ProcOption = ProcMode.emulated,
 ) -> None:
     """Run CMD with the shim, so its netlink taskstats calls reach tsemu and its /proc shows
     the emulated machine; exits with CMD's status. Put `--` before CMD."""
@@ -166,7 +159,7 @@ def run(
     argv = list(ctx.args)
     if not argv:
         fail("run needs a command: tsemu run -- CMD [ARGS...]", 2)
-    raise typer.Exit(run_command(argv, socket_path(socket), proc.value, whole_process=True))
+    raise typer.Exit(run_command(argv, socket_path(socket), proc, whole_process=True))
 
 
 # -- ctl ------------------------------------------------------------------------------------

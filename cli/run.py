@@ -1,13 +1,18 @@
-"""`tsemu run [--socket PATH] -- CMD [ARGS...]`: run an unmodified netlink client against tsemu.
+"""`tsemu run [--socket PATH] [--proc emulated|host] -- CMD [ARGS...]`: run an unmodified
+netlink client against tsemu.
 
 CMD runs with the shim (`tsemu.shim`) in LD_PRELOAD and TSEMU_SOCKET naming the server, so
-its AF_NETLINK / NETLINK_GENERIC sockets talk to tsemu; its children inherit both. The exit
+its AF_NETLINK / NETLINK_GENERIC sockets talk to tsemu; its children inherit both. With
+`--proc emulated` (the default), TSEMU_PROC_VIEW names the server's /proc view
+(`PATH.proc`) when the server publishes one, and CMD's /proc shows the emulated machine's
+tasks (ps, top, iotop see them); `--proc host` leaves CMD the host's /proc. The exit
 status is CMD's (128 + N when signal N killed it, as a shell reports it; 127 when CMD cannot
 be found, 126 when it cannot be executed). SIGTERM and SIGHUP sent to `tsemu run` are passed
 on to CMD; SIGINT and SIGQUIT are left to CMD alone: typed at a terminal they reach the whole
 foreground process group, CMD included, and CMD decides what they mean.
 
-The typer app wires `run_command` in; nothing here parses options.
+The typer app wires `run_command` in (and `ProcOption`, the --proc option's declaration);
+nothing here parses options.
 """
 
 from __future__ import annotations
@@ -17,9 +22,12 @@ import signal
 import subprocess
 import sys
 import threading
+from enum import StrEnum
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from tsemu.emulator.shell.addressing import (
     PROC_VIEW_MARKER,
@@ -36,23 +44,34 @@ from tsemu.family import (
 )
 from tsemu.shim import ShimNotBuilt, shim_environment
 
+
+class ProcMode(StrEnum):
+    """Which /proc the command sees."""
+
+    emulated = "emulated"
+    host = "host"
+
+
+ProcOption = Annotated[
+    ProcMode,
+    typer.Option("--proc", case_sensitive=False,
+                 help="emulated: CMD's /proc shows the emulated machine's tasks (the server's "
+                      "/proc view, PATH.proc, when the server publishes one), so ps, top and "
+                      "iotop list them; host: CMD sees the host's /proc."),
+]
+
 #: Signals passed on to the command rather than acted on by `tsemu run` itself.
 FORWARDED = (signal.SIGTERM, signal.SIGHUP)
 #: Signals a terminal sends to the command too: `tsemu run` ignores them while CMD runs.
 IGNORED = (signal.SIGINT, signal.SIGQUIT)
 
 
-#: --proc: what the command sees in /proc.
-PROC_CHOICES = ("emulated", "host")
-
-
-def run_environment(socket_path: Path | None = None, proc: str = "emulated"
-                    ) -> dict[str, str]:
-    """This process's environment plus what loads the shim, names the server and, with
-    `proc` "emulated", shows the server's /proc view in place of /proc."""
-    server = socket_path if socket_path is not None else default_socket_path()
-    view = proc_view_dir(server) if proc == "emulated" else None
-    return shim_environment(server, proc_view=view)
+def run_environment(socket_path: Path | None = None,
+                    proc: ProcMode | str = ProcMode.emulated) -> dict[str, str]:
+    """This process's environment plus what loads the shim, names the server and (for
+    `proc` emulated, when the server publishes one) names its /proc view."""
+    return shim_environment(socket_path if socket_path is not None else default_socket_path(),
+                            proc=ProcMode(proc).value)
 
 
 def missing_view(server: Path) -> str | None:
@@ -105,7 +124,8 @@ class _Forwarder:
 
 
 def run_command(argv: list[str], socket_path: Path | None = None,
-                proc: str = "emulated", *, whole_process: bool = False) -> int:
+                proc: ProcMode | str = ProcMode.emulated, *,
+                whole_process: bool = False) -> int:
     """Run `argv` with the shim against the server at `socket_path` (default: TSEMU_SOCKET's
     rule), seeing the emulated machine's /proc (`proc` "emulated") or the host's; return its
     exit status. Problems before CMD starts are reported on stderr.

@@ -55,13 +55,11 @@ class TsemuHandle:
         self.process = process
         self._control = ControlClient(socket_path)
         self._children: list[subprocess.Popen[Any]] = []
-        from tsemu.emulator.shell.addressing import proc_view_dir
         from tsemu.family import ROOT_ENV, FamilyChannel
         from tsemu.shim import ShimNotBuilt, shim_environment
 
         try:
-            self.env = shim_environment(socket_path,
-                                        proc_view=proc_view_dir(socket_path))
+            self.env = shim_environment(socket_path, proc="emulated")
         except ShimNotBuilt:  # no C compiler at install time: native clients still work
             self.env = {**os.environ, "TSEMU_SOCKET": str(socket_path)}
         # The test process and the clients it starts belong to the emulated machine: the
