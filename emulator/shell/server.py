@@ -72,7 +72,16 @@ from tsemu.wire.control import ControlOp, ControlOption, decode_control, is_cont
 
 from ..model.families import FamilyTable
 from ..model.faults import DELIVERY
-from ..model.kernel import Action, CgroupRef, Kernel, Listen, Send, Sender, TaskSource
+from ..model.kernel import (
+    DEFAULT_NR_CPUS_CONFIG,
+    Action,
+    CgroupRef,
+    Kernel,
+    Listen,
+    Send,
+    Sender,
+    TaskSource,
+)
 from ..model.profiles import DEFAULT_PROFILE, KernelProfile
 from ..model.tasks import RepeatExit
 from .addressing import is_stale, ports_dir
@@ -122,6 +131,7 @@ class Server:
 
     def __init__(self, socket_path: Path, tasks: TaskSource, *,
                  profile: KernelProfile = DEFAULT_PROFILE, nr_cpus: int = 2,
+                 nr_cpus_config: int = DEFAULT_NR_CPUS_CONFIG,
                  families: FamilyTable | None = None,
                  admin: AdminPolicy | None = None,
                  cgroup_roots: tuple[str, ...] = ("/sys/fs/cgroup",),
@@ -132,8 +142,8 @@ class Server:
         self.tasks = tasks
         self.profile = profile
         self.kernel = Kernel(tasks, profile=profile, nr_cpus=nr_cpus, families=families,
-                             cgroup_roots=cgroup_roots)
-        self.listeners = ListenerTable(nr_cpus)
+                             cgroup_roots=cgroup_roots, nr_cpus_config=nr_cpus_config)
+        self.listeners = ListenerTable(nr_cpus, dedupe=profile.listener_dedupe)
         self.admin = admin or AdminPolicy()
         self.client_table = Clients(ports_dir(self.socket_path), budget=profile.rmem_default,
                                     max_clients=max_clients, on_forget=self._forgotten)
