@@ -14,9 +14,9 @@ met (for 6.1 that is Debian bookworm's 6.1.192); naming a point release ("6.1.0"
 picks exactly that one. `--kernel host` picks the generation of the running kernel, or the
 nearest older one, at the host's point release (`nearest`).
 
-Each column says, beside it, the kernel version and commit that brought its change; the
-research behind them, with what could not be verified and how it was decided, is
-/work/research/kernel-generations.md (kept with the project's shared notes). In short:
+Each column says, beside it, the kernel version and commit that brought its change (the
+research notes of issue 14, kernel-generations.md, say which were read in headers, patches and
+seeds, which were measured, and which are recalled history not verified):
 
 =====================  ========================================================================
 column                 changed in
