@@ -41,10 +41,14 @@ def serve(
              "reference`). Default: the embedded default machine.",
         show_default=False)] = None,
     kernel: Annotated[str | None, typer.Option(
-        help="Kernel profile to emulate: 6.1, 6.18 or 7.2 (overrides the scenario's).",
+        help="Kernel profile to emulate: a generation (2.6.31, 3.10, 4.18, 5.4, 5.10, 5.14, "
+             "5.15, 6.1, 6.6, 6.8, 6.12, 6.18, 7.2), a point release of one (6.1.0), or "
+             "`host`: the running kernel's, or the nearest older one (overrides the "
+             "scenario's).",
         show_default=False)] = None,
     cpus: Annotated[int | None, typer.Option(
-        min=1, max=256, help="Number of CPUs (overrides the scenario's; at most NR_CPUS, 256).",
+        min=1, max=8192, help="Number of CPUs (overrides the scenario's; at most the "
+                              "machine's NR_CPUS, [machine] nr_cpus).",
         show_default=False)] = None,
     family_id: Annotated[str | None, typer.Option(
         help="TASKSTATS family id, e.g. 0x1f (overrides the scenario's).",
@@ -96,6 +100,12 @@ def serve(
         assert scenario is not None
         typer.echo(f"tsemu: loading {scenario} ({scenario.stat().st_size >> 10} KiB)...",
                    err=True)
+    if kernel == "host":
+        from tsemu.emulator.model.profiles import host_profile
+
+        chosen, said = host_profile()
+        typer.echo(said, err=True)
+        kernel = chosen.name
     with loading_for_good():
         try:
             loaded = load_scenario(scenario) if scenario is not None else default_scenario()
@@ -238,13 +248,17 @@ def ctl_exit(
     signal: Annotated[str | None, typer.Option(help="Killed by this signal (9, KILL, SIGKILL).",
                                                show_default=False)] = None,
     core: Annotated[bool, typer.Option(help="Dumped core (with --signal).")] = False,
+    leader_last: Annotated[bool, typer.Option(
+        help="A process's other threads exit before its leader (the rare order; by default "
+             "the leader goes first, as a real exit_group almost always does).")] = False,
 ) -> None:
     """Make a process or thread exit now; its CPU's listeners get the event."""
     if code is not None and signal is not None:
         fail("give --code or --signal, not both", 2)
     if core and signal is None:
         fail("--core needs --signal (a core dump is a death by signal)", 2)
-    reply = _call(socket, "exit", pid=pid, cpu=cpu, code=code, signal=signal, core=core)
+    reply = _call(socket, "exit", pid=pid, cpu=cpu, code=code, signal=signal, core=core,
+                  **({"leader_last": True} if leader_last else {}))
     typer.echo(" ".join(str(t) for t in reply["exited"]))
 
 

@@ -18,6 +18,8 @@ settings.register_profile("dev", derandomize=True, deadline=None,
 settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 GOLDEN = Path(__file__).parent / "golden" / "kernel.json"
+#: CONFIG_NR_CPUS of the kernel the golden capture came from (its cpumask length bound).
+GOLDEN_NR_CPUS_CONFIG: int = json.loads(GOLDEN.read_text())["nr_cpus_config"]
 
 
 @pytest.fixture(scope="session")
@@ -44,13 +46,15 @@ def short_tmp() -> Any:
 
 @pytest.fixture
 async def server(short_tmp: Path) -> Any:
-    """A live tsemu server (profile 6.18, 2 CPUs, virtual clock, empty process table) on a
-    socket in a private directory; yields the Server (`.tasks` is its ProcessTable)."""
+    """A live tsemu server (profile 6.18, 2 CPUs, built with NR_CPUS 256 like the golden
+    capture's host, virtual clock, empty process table) on a socket in a private directory;
+    yields the Server (`.tasks` is its ProcessTable)."""
     from tsemu.emulator.model.clock import VirtualClock
     from tsemu.emulator.model.profiles import DEFAULT_PROFILE
     from tsemu.emulator.model.table import ProcessTable
     from tsemu.emulator.shell.server import running_server
 
     table = ProcessTable(VirtualClock(), DEFAULT_PROFILE, 2)
-    async with running_server(short_tmp / "genl.sock", table, nr_cpus=2) as server:
+    async with running_server(short_tmp / "genl.sock", table, nr_cpus=2,
+                              nr_cpus_config=GOLDEN_NR_CPUS_CONFIG) as server:
         yield server

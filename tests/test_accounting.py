@@ -318,7 +318,7 @@ def test_group_record_sums_counts_and_keeps_the_last_max_min(
     leader = table.spawn(comm=b"p", counters=counters[-1])
     for c in counters[:-1]:
         table.clone_thread(leader.tid, counters=c)
-    tgid = table.exit_group(leader.tid)[-1].tgid_values  # the leader exits last
+    tgid = table.exit_group(leader.tid, leader_last=True)[-1].tgid_values
     assert tgid is not None
     for cat in ("cpu", "irq"):
         assert tgid[f"{cat}_count"] == sum(t[0] for t in threads)

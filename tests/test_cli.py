@@ -94,7 +94,7 @@ def test_shell_session_with_ctl(served: Served) -> None:
     assert advanced.stdout.startswith("now 2.500000 s; 1 event(s)")
     assert "late" in served.ctl("ps").stdout
     exited = served.ctl("exit", str(pid), "--signal", "KILL")
-    assert exited.returncode == 0 and exited.stdout.split() == [str(pid + 1), str(pid)]
+    assert exited.returncode == 0 and exited.stdout.split() == [str(pid), str(pid + 1)]
     assert served.ctl("listeners").stdout.strip() == "no listeners"
     stats = json.loads(served.ctl("stats").stdout)
     assert stats["tasks"] == 2 and stats["now"] == 2.5

@@ -372,7 +372,7 @@ def test_listen_text_marks_the_group_totals(served: Served) -> None:
     listener = served.popen("listen", "--cpus", "0-1", "--count", "2")
     try:
         served.wait_for_listener()
-        served.ctl("exit", "800", "--signal", "TERM")  # 801, then the leader with AGGR_TGID
+        served.ctl("exit", "800", "--signal", "TERM", "--leader-last")  # 801, then 800, TGID
         out, err = listener.communicate(timeout=30)
     finally:
         if listener.poll() is None:

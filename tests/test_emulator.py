@@ -116,7 +116,7 @@ async def test_control_socket_drives_the_machine(short_tmp: Path) -> None:
         nursery.cancel_scope.cancel()
     pid = result["pid"]
     assert [t["comm"] for t in result["ps"] if t["tgid"] == pid] == ["job"] * 3  # type: ignore
-    assert result["exited"] == {"exited": [pid + 1, pid + 2, pid], "tgid_record": True}
+    assert result["exited"] == {"exited": [pid, pid + 1, pid + 2], "tgid_record": True}
     assert result["stats"]["tasks"] == 1  # type: ignore[index]
 
 

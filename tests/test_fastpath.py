@@ -68,7 +68,8 @@ def _table(profile_name: str) -> tuple[ProcessTable, list[int]]:
 
 
 TABLES = {name: _table(name) for name in PROFILES}
-KERNELS = {name: Kernel(table, profile=PROFILES[name], nr_cpus=2)
+KERNELS = {name: Kernel(table, profile=PROFILES[name], nr_cpus=2,
+                        families=FamilyTable.default(FAMILY, PROFILES[name]))
            for name, (table, _ids) in TABLES.items()}
 KNOWN_IDS = sorted({i for _table_, ids in TABLES.values() for i in ids})
 
@@ -343,7 +344,8 @@ def test_build_values_declines_what_it_cannot_pack_exactly() -> None:
 @pytest.mark.parametrize("profile_name", sorted(PROFILES))
 def test_exit_events_are_the_bytes_they_were(profile_name: str) -> None:
     table = ProcessTable(VirtualClock(), PROFILES[profile_name], 2)
-    kernel = Kernel(table, profile=PROFILES[profile_name], nr_cpus=2)
+    kernel = Kernel(table, profile=PROFILES[profile_name], nr_cpus=2,
+                    families=FamilyTable.default(FAMILY, PROFILES[profile_name]))
     lay = kernel.layout
     lone = table.spawn(comm="lone")
     report = table.exit_task(lone.tid, code=3)

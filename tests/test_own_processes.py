@@ -180,9 +180,12 @@ def test_a_real_exit_record_equals_the_host_kernels(tsemu: TsemuHandle, getdelay
         host.kill()
         host.wait()
     same = ("version", "comm", "pid", "ppid", "tgid", "uid", "exitcode", "flag", "minflt",
-            "majflt", "read_bytes", "write_bytes", "nivcsw")
+            "majflt", "read_bytes", "write_bytes")
     assert {k: ours[k] for k in same} == {k: theirs[k] for k in same}
-    assert int(ours["nvcsw"]) - int(theirs["nvcsw"]) in (0, 1)
+    # The zombie's counts include the switches the dying task made after the kernel's record
+    # (preempted on its way out, and the last one away from it): a few.
+    extra = [int(ours[k]) - int(theirs[k]) for k in ("nvcsw", "nivcsw")]
+    assert min(extra) >= 0 and sum(extra) <= 4, (ours, theirs)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")

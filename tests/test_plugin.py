@@ -49,7 +49,7 @@ def test_default_machine_and_control(tsemu: TsemuHandle) -> None:
     tsemu.set(pid, nvcsw=9)
     assert tsemu.listeners() == {}
     assert tsemu.advance(2.5) == 2.5
-    assert tsemu.exit(pid) == [pid + 1, pid + 2, pid]
+    assert tsemu.exit(pid) == [pid, pid + 1, pid + 2]
     assert tsemu.stats()["tasks"] == 1
 
 

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tsemu.emulator.model.clock import VirtualClock
+from tsemu.emulator.model.families import FamilyTable
 from tsemu.emulator.model.kernel import Kernel, Send, Sender
 from tsemu.emulator.model.profiles import PROFILES
 from tsemu.emulator.model.replycache import DEFAULT_LIMIT
@@ -29,7 +30,8 @@ SENDER = Sender(4242, admin=True, cap_ack=False, ext_ack=False)
 
 def _machine(profile_name: str) -> tuple[ProcessTable, Kernel]:
     table = ProcessTable(VirtualClock(), PROFILES[profile_name], 2)
-    return table, Kernel(table, profile=PROFILES[profile_name], nr_cpus=2)
+    return table, Kernel(table, profile=PROFILES[profile_name], nr_cpus=2,
+                         families=FamilyTable.default(FAMILY, PROFILES[profile_name]))
 
 
 def _answers(kernel: Kernel, tid: int, seq: int) -> tuple[list[bytes], list[bytes]]:

@@ -133,7 +133,8 @@ def test_the_default_scenario_timeline_exits_jobs_on_both_cpus() -> None:
     named = {r.tid: r for _, r in exits if r.tgid <= 2004}
     assert named[2001].pid_values["ac_exitcode"] == 0
     assert named[2001].pid_values["ac_comm"] == b"logrotate"
-    assert named[2002].tgid_values is not None, "the two-threaded script's TGID record"
+    assert any(r.tgid == 2002 and r.tgid_values is not None for _, r in exits), \
+        "the two-threaded script's TGID record"
     assert named[2002].pid_values["ac_exitcode"] == 1 << 8
     assert named[2003].pid_values["ac_exitcode"] == 2  # SIGINT
     assert named[2003].pid_values["ac_flag"] & AXSIG
@@ -199,9 +200,9 @@ def test_multithreaded_threads_exit_one_by_one_then_the_group() -> None:
         (2, 3104, 1, 0, 0, False),
         (3, 3103, 0, 0, 0, False),
         (5, 3102, 1, 0, 0, False),
+        (6, 3100, 0, AXSIG, 15, False),
         (6, 3101, 0, AXSIG, 15, False),
-        (6, 3105, 1, AXSIG, 15, False),
-        (6, 3100, 0, AXSIG | AGROUP, 15, True),
+        (6, 3105, 1, AXSIG | AGROUP, 15, True),
     ]
     assert 3100 not in table and not any(t.tgid == 3100 for t in table)
     # The TGID record accumulates every thread (6.18 adds times too).
@@ -475,7 +476,7 @@ def test_apply_event_is_what_play_does() -> None:
     for event in scenario.timeline:
         clock.advance_ns(scenario.clock_ns(event) - clock.monotonic_ns())
         tids += [r.tid for r in apply_event(table, event)]
-    assert tids == [3104, 3103, 3102, 3101, 3105, 3100]
+    assert tids == [3104, 3103, 3102, 3100, 3101, 3105]
 
 
 def test_real_clock_keeps_ages_relative_to_now() -> None:
@@ -656,7 +657,8 @@ BAD_FILES = [
      'process[0].delays.blkio.total: "3 parsecs" is not a duration'),
     ("negative_count.toml", "generator[0].count: must not be negative (got -5)"),
     ("cpu_out_of_range.toml", "process[0].cpu: cpu 2 does not exist: the machine has CPUs 0-1"),
-    ("unknown_profile.toml", 'machine.kernel: unknown kernel profile "5.4"; choose one of 6.1'),
+    ("unknown_profile.toml", 'machine.kernel: unknown kernel profile "4.4"; choose one of '
+     '2.6.31, 3.10'),
     ("bad_family_id.toml", "machine.family_id: family id 0x10 is outside 0x11..0xffff"),
     ("duplicate_pid.toml", "process[1].pid: pid 100 is already taken by process[0].pid"),
     ("unknown_pid.toml", "timeline[0].exit.pid: no task 4242 exists at 1s"),
@@ -722,7 +724,7 @@ def test_a_directory_or_binary_file_is_named(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("text", "expected"), [
     ('[machine]\nkernel = 6.18\n', 'kernel = "6.18" (a bare 6.18 is a TOML number)'),
-    ('[machine]\ncpus = 0\n', "machine.cpus: 0 is out of range 1..256"),
+    ('[machine]\ncpus = 0\n', "machine.cpus: 0 is out of range 1..8192"),
     ('[machine]\nclock = "wall"\n', 'clock must be "virtual" or "real"'),
     ('[machine]\nboot_time = "yesterday"\n', "is not an RFC 3339 date-time"),
     ('[machine]\nmirror_host = 1\n', "machine.mirror_host: expected true or false"),

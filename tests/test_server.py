@@ -59,7 +59,7 @@ async def test_thread_group_exit_record_field_by_field(server: Server) -> None:
     server.tasks.clock.advance(2.5)
     async with await Client.connect(server.socket_path) as c:
         await c.register("0")
-        for report in server.tasks.exit_group(leader.tid, code=3):
+        for report in server.tasks.exit_group(leader.tid, code=3, leader_last=True):
             await server.broadcast(report)
         await server.settle()
         with trio.fail_after(2):

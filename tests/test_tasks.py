@@ -404,7 +404,7 @@ def test_exit_group_order_and_flags(table: ProcessTable) -> None:
     for cpu in (3, 1):
         table.clone_thread(leader.tid, cpu=cpu)
     table.clone_thread(leader.tid, pid=100)
-    reports = table.exit_group(leader.tid, code=2)
+    reports = table.exit_group(leader.tid, code=2, leader_last=True)
     assert [(r.tid, r.cpu) for r in reports] == [(2, 3), (3, 1), (100, 0), (1, 0)]
     assert [r.group_dead for r in reports] == [False, False, False, True]
     assert [r.tgid_values is not None for r in reports] == [False, False, False, True]
@@ -429,6 +429,11 @@ def test_exit_group_by_a_caller_goes_first(table: ProcessTable) -> None:
 def test_exit_group_core_dump(table: ProcessTable) -> None:
     leader = table.spawn(comm=b"p", threads=2)
     reports = table.exit_group(leader.tid, signal=11, core=True)
+    lead, thread = (r.pid_values for r in reports)  # the leader, dumping, goes first
+    assert lead["ac_exitcode"] == 0x8B and lead["ac_flag"] == AcFlag.ACORE | AcFlag.AXSIG
+    assert thread["ac_exitcode"] == 11 and thread["ac_flag"] == AcFlag.AXSIG | AcFlag.AGROUP
+    leader = table.spawn(comm=b"p", threads=2)
+    reports = table.exit_group(leader.tid, signal=11, core=True, leader_last=True)
     thread, lead = (r.pid_values for r in reports)
     assert lead["ac_exitcode"] == 0x8B and lead["ac_flag"] == (
         AcFlag.ACORE | AcFlag.AXSIG | AcFlag.AGROUP)

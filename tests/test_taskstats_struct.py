@@ -15,7 +15,7 @@ from tsemu.wire.taskstats_struct import CGROUPSTATS_CODEC, FIELDS
 
 #: Sizes from KERNEL-FACTS.md (v8, 13 = Linux 6.1, 14, 16 = Linux 6.18, 17 = Linux 7.2) and
 #: from the field table for the versions in between.
-SIZES = {8: 328, 9: 344, 10: 352, 11: 368, 12: 400, 13: 416, 14: 432, 16: 560, 17: 688}
+SIZES = {7: 328, 8: 328, 9: 344, 10: 352, 11: 368, 12: 400, 13: 416, 14: 432, 16: 560, 17: 688}
 
 #: Offsets from the layout table in KERNEL-FACTS.md.
 OFFSETS = {

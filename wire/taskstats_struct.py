@@ -8,8 +8,11 @@ Nothing else in tsemu knows an offset.
 
 Versions: each version's struct is a prefix of the next, except 15, which placed the delay
 max/min fields in the middle and was replaced by 16 (max/min moved to the end); tsemu leaves 15
-out. Fields older than version 8 are tagged 8: tsemu offers nothing older, and the uapi header
-records their earlier history only in part ("version 1 ends here" after cpu_run_virtual_total).
+out. Version 7 (Linux 2.6.28 to about 2.6.35) added freepages_count and freepages_delay_total;
+version 8 changed no field (it came with the TASKSTATS_TYPE_NULL padding attribute), so 7 and 8
+have the same 328 bytes. The fields between cpu_run_virtual_total ("version 1 ends here", the
+uapi header says) and freepages came in versions 2 to 6, whose exact steps the header does not
+record: they are tagged 6, as tsemu offers nothing older than 7.
 """
 
 from __future__ import annotations
@@ -81,37 +84,37 @@ FIELDS: tuple[Field, ...] = (
     Field("swapin_delay_total", "u64", 1),
     Field("cpu_run_real_total", "u64", 1),
     Field("cpu_run_virtual_total", "u64", 1),
-    Field("ac_comm", "comm", 8),
-    Field("ac_sched", "u8", 8, align=8),
-    Field("ac_pad", "pad3", 8),
-    Field("ac_uid", "u32", 8, align=8),
-    Field("ac_gid", "u32", 8),
-    Field("ac_pid", "u32", 8),
-    Field("ac_ppid", "u32", 8),
-    Field("ac_btime", "u32", 8),
-    Field("ac_etime", "u64", 8, align=8),
-    Field("ac_utime", "u64", 8),
-    Field("ac_stime", "u64", 8),
-    Field("ac_minflt", "u64", 8),
-    Field("ac_majflt", "u64", 8),
-    Field("coremem", "u64", 8),
-    Field("virtmem", "u64", 8),
-    Field("hiwater_rss", "u64", 8),
-    Field("hiwater_vm", "u64", 8),
-    Field("read_char", "u64", 8),
-    Field("write_char", "u64", 8),
-    Field("read_syscalls", "u64", 8),
-    Field("write_syscalls", "u64", 8),
-    Field("read_bytes", "u64", 8),
-    Field("write_bytes", "u64", 8),
-    Field("cancelled_write_bytes", "u64", 8),
-    Field("nvcsw", "u64", 8),
-    Field("nivcsw", "u64", 8),
-    Field("ac_utimescaled", "u64", 8),
-    Field("ac_stimescaled", "u64", 8),
-    Field("cpu_scaled_run_real_total", "u64", 8),
-    Field("freepages_count", "u64", 8),
-    Field("freepages_delay_total", "u64", 8),
+    Field("ac_comm", "comm", 6),
+    Field("ac_sched", "u8", 6, align=8),
+    Field("ac_pad", "pad3", 6),
+    Field("ac_uid", "u32", 6, align=8),
+    Field("ac_gid", "u32", 6),
+    Field("ac_pid", "u32", 6),
+    Field("ac_ppid", "u32", 6),
+    Field("ac_btime", "u32", 6),
+    Field("ac_etime", "u64", 6, align=8),
+    Field("ac_utime", "u64", 6),
+    Field("ac_stime", "u64", 6),
+    Field("ac_minflt", "u64", 6),
+    Field("ac_majflt", "u64", 6),
+    Field("coremem", "u64", 6),
+    Field("virtmem", "u64", 6),
+    Field("hiwater_rss", "u64", 6),
+    Field("hiwater_vm", "u64", 6),
+    Field("read_char", "u64", 6),
+    Field("write_char", "u64", 6),
+    Field("read_syscalls", "u64", 6),
+    Field("write_syscalls", "u64", 6),
+    Field("read_bytes", "u64", 6),
+    Field("write_bytes", "u64", 6),
+    Field("cancelled_write_bytes", "u64", 6),
+    Field("nvcsw", "u64", 6),
+    Field("nivcsw", "u64", 6),
+    Field("ac_utimescaled", "u64", 6),
+    Field("ac_stimescaled", "u64", 6),
+    Field("cpu_scaled_run_real_total", "u64", 6),
+    Field("freepages_count", "u64", 7),
+    Field("freepages_delay_total", "u64", 7),
     Field("thrashing_count", "u64", 9),
     Field("thrashing_delay_total", "u64", 9),
     Field("ac_btime64", "u64", 10),
@@ -130,7 +133,7 @@ FIELDS: tuple[Field, ...] = (
 )
 
 #: Versions tsemu can speak, oldest first (15 left out: see the module docstring).
-VERSIONS: tuple[int, ...] = (8, 9, 10, 11, 12, 13, 14, 16, 17)
+VERSIONS: tuple[int, ...] = (7, 8, 9, 10, 11, 12, 13, 14, 16, 17)
 #: What Linux 6.18 (the measured host) speaks.
 DEFAULT_VERSION = 16
 
@@ -226,7 +229,7 @@ def layout_for(raw: bytes) -> TaskstatsLayout:
         raise WireError(errno.EINVAL, f"a {len(raw)}-byte taskstats is shorter than any "
                         f"version tsemu knows ({layout(VERSIONS[0]).size} bytes for "
                         f"v{VERSIONS[0]})")
-    return layout(max(fitting, key=lambda v: layout(v).size))
+    return layout(max(fitting, key=lambda v: (layout(v).size, v)))  # 7 and 8: 8
 
 
 #: struct cgroupstats (uapi <linux/cgroupstats.h>).

@@ -39,9 +39,10 @@ ac_etime                    now - start_ns                     ns // 1000 (micro
 ac_tgetime                  now - group leader's start_ns      ns // 1000
 ac_btime64                  wall seconds - ac_etime // 10**6   an s64 stored in a u64
 ac_btime                    the same                           clamped to [0, 2**32 - 1]
-ac_exitcode                 the exit code                      only once the task is exiting
+ac_exitcode                 the exit code                      only once the task is exiting;
+                                                               before 5.17, the leader's only
 ac_flag                     AFORK (leader only), ASU,          AGROUP is added by the exit path
-                            ACORE, AXSIG
+                            ACORE, AXSIG                       (5.17 on)
 ac_nice                     nice (-20..19)                     as a u8: -5 reads 251
 ac_sched                    policy                             as is
 ac_pid, ac_tgid, ac_ppid    tid, tgid, ppid (parent's tgid)    as is
@@ -58,10 +59,12 @@ read_syscalls, write_sys..  the same counters                  multiple of 1024,
 read_bytes, write_bytes     the same counters                  counts too (the kernel masks
 cancelled_write_bytes       the same counter                   each with KB_MASK)
 ac_exe_dev, ac_exe_inode    ac_exe_dev, ac_exe_inode           as is
-**per-thread times** (`add_thread_times`): TGID query (every kernel); group accumulation (only
-profiles with tgid_exit_adds_times)
+**per-thread times** (`add_thread_times`): TGID query (2.6.37 on: `tgid_query_times`); group
+accumulation (`tgid_exit_times`: the 2026 fix and its backports)
 ac_etime                    now - start_ns                     += ns // 1000
 ac_utime, ac_stime          utime_ns, stime_ns                 += ns // 1000, per thread
+**per-thread switches** (`add_switches`): TGID query (every kernel); group accumulation
+(`tgid_exit_times`)
 nvcsw, nivcsw               nvcsw, nivcsw                      +=
 ==========================  =================================  ==================================
 
@@ -261,15 +264,16 @@ def clock_fields(start_ns: int, leader_start_ns: int, now_ns: int,
 
 
 def fill_basic(stats: Values, task: Task, *, leader_start_ns: int, now_ns: int,
-               wall_seconds: int) -> None:
+               wall_seconds: int, every_exit_code: bool = True) -> None:
     """bacct_add_tsk: identity, times and faults.
 
     ac_btime is not stored anywhere: it is derived now, as wall-clock seconds minus the task's
     age in whole seconds, so it moves if the wall clock is stepped. ac_exitcode is only filled
-    once the task is exiting (PF_EXITING); AFORK only for a group leader that has not exec'd."""
+    once the task is exiting (PF_EXITING), and before 5.17 (`every_exit_code` False) only for
+    a group leader; AFORK only for a group leader that has not exec'd."""
     (stats["ac_etime"], stats["ac_tgetime"], stats["ac_btime"],
      stats["ac_btime64"]) = clock_fields(task.start_ns, leader_start_ns, now_ns, wall_seconds)
-    if task.exit_code is not None:
+    if task.exit_code is not None and (every_exit_code or task.is_leader):
         stats["ac_exitcode"] = task.exit_code
     flag = 0
     if task.is_leader and task.forked_no_exec:
@@ -315,13 +319,18 @@ def fill_exe(stats: Values, task: Task) -> None:
 
 
 def add_thread_times(stats: Values, task: Task, now_ns: int) -> None:
-    """The per-thread times a TGID total sums: the thread's age, CPU times (each converted to
-    microseconds before adding, as the kernel divides per thread) and context switches."""
+    """The per-thread times a TGID total sums: the thread's age and CPU times, each converted
+    to microseconds before adding, as the kernel divides per thread."""
     get = task.counter_map.get
     stats["ac_etime"] = _add_u64(stats.get("ac_etime", 0),
                                  (now_ns - task.start_ns) // NSEC_PER_USEC)
     stats["ac_utime"] = _add_u64(stats.get("ac_utime", 0), get("utime_ns", 0) // NSEC_PER_USEC)
     stats["ac_stime"] = _add_u64(stats.get("ac_stime", 0), get("stime_ns", 0) // NSEC_PER_USEC)
+
+
+def add_switches(stats: Values, task: Task) -> None:
+    """The context switches a TGID total sums (every kernel's TGID query has summed them)."""
+    get = task.counter_map.get
     stats["nvcsw"] = _add_u64(stats.get("nvcsw", 0), get("nvcsw", 0))
     stats["nivcsw"] = _add_u64(stats.get("nivcsw", 0), get("nivcsw", 0))
 
@@ -342,7 +351,7 @@ def pid_record(task: Task, *, leader_start_ns: int, now_ns: int, wall_seconds: i
     stats["nvcsw"] = get("nvcsw", 0)
     stats["nivcsw"] = get("nivcsw", 0)
     fill_basic(stats, task, leader_start_ns=leader_start_ns, now_ns=now_ns,
-               wall_seconds=wall_seconds)
+               wall_seconds=wall_seconds, every_exit_code=profile.exit_v12_flags)
     fill_extended(stats, task)
     fill_exe(stats, task)
     return _restrict(stats, version)
@@ -351,27 +360,33 @@ def pid_record(task: Task, *, leader_start_ns: int, now_ns: int, wall_seconds: i
 def tgid_query(group_stats: Mapping[str, Any] | None, live_threads: Iterable[Task], *,
                now_ns: int, profile: KernelProfile) -> Values:
     """fill_stats_for_tgid: a copy of the group's accumulation (zeros if it was never
-    allocated), plus, for each live thread, its delays and `add_thread_times`. Exited threads
-    (a zombie leader included) are in the accumulation already, so only live ones are added."""
+    allocated), plus, for each live thread, its delays, its `add_thread_times` (2.6.37 on:
+    `profile.tgid_query_times`) and its `add_switches`. Exited threads (a zombie leader
+    included) are in the accumulation already, so only live ones are added."""
     version = profile.taskstats_version
+    times = profile.tgid_query_times
     stats = empty_record(version)
     if group_stats is not None:
         stats.update(group_stats)
     for task in live_threads:
         add_delays(stats, task)
-        add_thread_times(stats, task, now_ns)
+        if times:
+            add_thread_times(stats, task, now_ns)
+        add_switches(stats, task)
     stats["version"] = version
     return _restrict(stats, version)
 
 
 def accumulate_exit(group_stats: Values, task: Task, *, now_ns: int,
                     profile: KernelProfile) -> None:
-    """fill_tgid_exit: an exiting thread's share, added to its group's accumulation. Kernels up
-    to about 6.12 add only the delay fields; later ones also the thread's times and context
-    switches (`profile.tgid_exit_adds_times`)."""
+    """fill_tgid_exit: an exiting thread's share, added to its group's accumulation. Kernels
+    add the delay fields; those with the 2026 fix ("retain dead thread stats in TGID queries",
+    mainline and its stable backports: `profile.tgid_exit_times`) also the thread's times and
+    context switches."""
     add_delays(group_stats, task)
-    if profile.tgid_exit_adds_times:
+    if profile.tgid_exit_times:
         add_thread_times(group_stats, task, now_ns)
+        add_switches(group_stats, task)
 
 
 def tgid_exit_record(group_stats: Mapping[str, Any], profile: KernelProfile) -> Values:

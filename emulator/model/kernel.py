@@ -86,6 +86,11 @@ if TYPE_CHECKING:
     from .tasks import RepeatExit
 
 
+#: CONFIG_NR_CPUS of distribution kernels (Debian, Ubuntu, RHEL build with 8192): what an
+#: emulated machine is built with unless it says otherwise (`[machine] nr_cpus`).
+DEFAULT_NR_CPUS_CONFIG = 8192
+
+
 class TaskSource(Protocol):
     """What the kernel model reads from the process table. `pid_stats` and `tgid_stats`
     raise LookupError for an id no task has (answered ESRCH); `cgroup_counts` returns None
@@ -173,11 +178,16 @@ class Kernel:
 
     def __init__(self, tasks: TaskSource, *, profile: KernelProfile, nr_cpus: int,
                  families: FamilyTable | None = None,
-                 cgroup_roots: tuple[str, ...] = ("/sys/fs/cgroup",)) -> None:
+                 cgroup_roots: tuple[str, ...] = ("/sys/fs/cgroup",),
+                 nr_cpus_config: int = DEFAULT_NR_CPUS_CONFIG) -> None:
         self.tasks = tasks
         self.profile = profile
         self.nr_cpus = nr_cpus
-        self.families = families or FamilyTable.default()
+        #: CONFIG_NR_CPUS of the emulated build: bounds a cpumask string's length (a value
+        #: pinned on the profile wins)
+        self.nr_cpus_config = (nr_cpus_config if profile.nr_cpus_config is None
+                               else profile.nr_cpus_config)
+        self.families = families or FamilyTable.default(profile=profile)
         self.taskstats = self.families.families[1]
         self.cgroup_roots = cgroup_roots
         self.layout = layout(profile.taskstats_version)
@@ -243,10 +253,16 @@ class Kernel:
                 except _Refused as refused:
                     err, ext = refused.err, refused.ext
             if h.flags & _ACK or err:
-                actions.append(Send(encode_error(message, -err, sender.port,
-                                                 cap_ack=sender.cap_ack,
-                                                 ext_ack=sender.ext_ack, ext=ext)))
+                actions.append(self._error(message, err, sender, ext))
         return actions
+
+    def _error(self, message: Message, err: int, sender: Sender, ext: ExtAck | None) -> Send:
+        """The NLMSG_ERROR (an ACK for err 0) answering `message`, shaped by the sender's
+        NETLINK_CAP_ACK and NETLINK_EXT_ACK where the profile's kernel has them (4.3 and 4.12
+        on): an older kernel refuses to set them, so it answers as if they were off."""
+        return Send(encode_error(message, -err, sender.port,
+                                 cap_ack=sender.cap_ack and self.profile.cap_ack,
+                                 ext_ack=sender.ext_ack and self.profile.ext_ack, ext=ext))
 
     def _fast_get(self, datagram: bytes, sender: Sender) -> list[Action] | None:
         """The actions for a lone 28-byte TASKSTATS_CMD_GET by PID or TGID, or None for any
@@ -290,14 +306,12 @@ class Kernel:
                                               sender, 0, None)]
         return [Send(data)]
 
-    @staticmethod
-    def _refusal(datagram: bytes, length: int, msg_type: int, flags: int, seq: int, pid: int,
-                 sender: Sender, err: int, ext: ExtAck | None) -> Send:
+    def _refusal(self, datagram: bytes, length: int, msg_type: int, flags: int, seq: int,
+                 pid: int, sender: Sender, err: int, ext: ExtAck | None) -> Send:
         """The NLMSG_ERROR (or ACK, for err 0) answering a lone message, as the general path
         builds it."""
         message = Message(Header(length, msg_type, flags, seq, pid), bytes(datagram[:length]))
-        return Send(encode_error(message, -err, sender.port, cap_ack=sender.cap_ack,
-                                 ext_ack=sender.ext_ack, ext=ext))
+        return self._error(message, err, sender, ext)
 
     # -- genl_rcv_msg ----------------------------------------------------------------------
 
@@ -392,7 +406,7 @@ class Kernel:
             self._forced("get", sender, request.pid if request.pid is not None else request.tgid)
         for mask, register in ((request.register, True), (request.deregister, False)):
             if mask is not None:
-                cpus = parse_cpumask_attr(mask, self.nr_cpus, self.profile.nr_cpus_config)
+                cpus = parse_cpumask_attr(mask, self.nr_cpus, self.nr_cpus_config)
                 actions.append(Listen(cpus, register))
                 return
         seq, port = genl.header.seq, sender.port

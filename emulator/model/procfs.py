@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from .profiles import KernelProfile
+from .profiles import KernelProfile, release_numbers
 
 #: Clock ticks per second as /proc counts them (USER_HZ), and the page size.
 USER_HZ = 100
@@ -127,8 +127,10 @@ STATE_TEXT: Mapping[str, str] = {
 
 
 def _version(profile: KernelProfile) -> tuple[int, int]:
-    major, minor = profile.name.split(".")[:2]
-    return int(major), int(minor)
+    """The kernel version a profile's /proc prints as (the status lines' table is by version:
+    /proc is not among the profile table's columns)."""
+    major, minor = release_numbers(profile.release)[:2]
+    return major, minor
 
 
 # --- printing a task's files -----------------------------------------------------------------

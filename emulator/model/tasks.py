@@ -576,7 +576,9 @@ class RepeatExit:
     def pid_values(self) -> dict[str, Any]:
         """The record as a full exit computes it (for readers other than the hot path)."""
         values = dict(self.model.pid_values)
-        values["ac_pid"] = values["ac_tgid"] = self.tid
+        values["ac_pid"] = self.tid
+        if "ac_tgid" in values:  # (struct v12 on)
+            values["ac_tgid"] = self.tid
         for name, value in zip(accounting.CLOCK_FIELDS, self.clock, strict=True):
             if name in values:
                 values[name] = value

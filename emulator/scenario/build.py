@@ -124,7 +124,8 @@ def run_action(table: ProcessTable, action: str, args: Mapping[str, Any]
     if action == "exit_group":
         return dict(args), table.exit_group(args["pid"], code=args["code"],
                                             signal=args["signal"], core=args["core"],
-                                            caller=args["caller"])
+                                            caller=args["caller"],
+                                            leader_last=args.get("leader_last", False))
     raise ValueError(f"unknown timeline action {action!r}; valid: {', '.join(ACTIONS)}")
 
 

@@ -135,7 +135,7 @@ class _ShortJobs:
                                 f"{where} (job {i}, spawned at {format_duration(at)})", ref))
             exit_args = {"pid": Ref(ref), "code": 0 if killed else code,
                          "signal": signal if killed else None, "core": self.core and killed,
-                         "caller": None}
+                         "caller": None, "leader_last": False}
             drafts.append(Draft(min(at + lifetime, DURATION_MAX), "exit_group", exit_args,
                                 f"{where} (job {i}, exiting)"))
         return drafts

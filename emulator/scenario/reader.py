@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..model.families import FamilyTable
-from ..model.profiles import PROFILES
+from ..model.profiles import PROFILES, profile
 from ..model.tasks import PID_MAX_LIMIT, RESERVED_PIDS, U32_MAX, ProcIdentity
 from .check import Draft
 from .draws import choosable, drawable, highest, is_drawn, lowest, number
@@ -162,13 +162,15 @@ def read_machine(top: Table) -> Machine:
         return value
 
     kernel = pick("kernel", _kernel, defaults.kernel, defaults.kernel)
-    nr_cpus_config = PROFILES[kernel].nr_cpus_config
+    nr_cpus = pick("nr_cpus", ranged(1, NR_CPUS_LIMIT), defaults.nr_cpus, defaults.nr_cpus)
     pid_max = pick("pid_max", ranged(RESERVED_PIDS + 1, PID_MAX_LIMIT), defaults.pid_max,
                    PID_MAX_LIMIT)
     return Machine(
-        cpus=pick("cpus", ranged(1, nr_cpus_config), defaults.cpus, nr_cpus_config),
+        cpus=pick("cpus", ranged(1, nr_cpus), defaults.cpus, nr_cpus),
+        nr_cpus=nr_cpus,
         kernel=kernel,
-        family_id=pick("family_id", _family_id, defaults.family_id, defaults.family_id),
+        family_id=pick("family_id", _family_id, profile(kernel).taskstats_family_id,
+                       profile(kernel).taskstats_family_id),
         clock=pick("clock", _clock_mode, defaults.clock, defaults.clock),
         boot_wall_seconds=pick("boot_time", boot_seconds, defaults.boot_wall_seconds,
                                defaults.boot_wall_seconds),
@@ -197,13 +199,20 @@ def _load_averages(value: object) -> tuple[float, float, float]:
     return (float(value[0]), float(value[1]), float(value[2]))
 
 
+#: The largest CONFIG_NR_CPUS Linux accepts (x86_64 with MAXSMP).
+NR_CPUS_LIMIT = 8192
+
+
 def _kernel(value: object) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         raise Bad(f"write the kernel profile as a string: kernel = \"{value}\" (a bare "
                   f"{value} is a TOML number)")
     name = string(value)
-    if name not in PROFILES:
-        raise Bad(f"unknown kernel profile {show(name)}; choose one of {', '.join(PROFILES)}")
+    try:
+        profile(name)
+    except ValueError:
+        raise Bad(f"unknown kernel profile {show(name)}; choose one of {', '.join(PROFILES)} "
+                  "(or a point release of one, e.g. \"6.1.0\")") from None
     return name
 
 
@@ -630,6 +639,9 @@ def _read_action(ctx: Context, t: Table, action: str, *, ref_ns: int
             args["cpu"] = t.get("cpu", ctx.cpu)
         else:
             args["caller"] = t.get("caller", ctx.pid)
+            args["leader_last"] = t.get("leader_last", boolean, False)
+            if t.ok and args["caller"] is not None and args["leader_last"]:
+                t.fail("leader_last", "name a caller or ask for the leader last, not both")
     return args if t.ok else None
 
 

@@ -18,7 +18,7 @@ from ..model import accounting
 from ..model.tasks import COUNTERS
 
 TOP_KEYS = ("machine", "cgroup", "process", "timeline", "generator", "fault")
-MACHINE_KEYS = ("cpus", "kernel", "family_id", "clock", "boot_time", "start", "next_pid",
+MACHINE_KEYS = ("cpus", "nr_cpus", "kernel", "family_id", "clock", "boot_time", "start", "next_pid",
                 "pid_max", "mirror_host", "memory", "load")
 CGROUP_KEYS = ("path",)
 #: The counter tables, in the order they are read.
@@ -43,7 +43,7 @@ ACTION_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "add": ("pid", *COUNTER_TABLES),
     "move": ("pid", "cpu"),
     "exit": ("pid", "code", "signal", "core", "cpu"),
-    "exit_group": ("pid", "code", "signal", "core", "caller"),
+    "exit_group": ("pid", "code", "signal", "core", "caller", "leader_last"),
 })
 #: The generator kinds.
 GENERATOR_KINDS = ("short_jobs",)

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..model.clock import DEFAULT_BOOT_WALL_SECONDS, NSEC_PER_SEC
 from ..model.families import DEFAULT_TASKSTATS_ID, FamilyTable
-from ..model.profiles import PROFILES, KernelProfile
+from ..model.kernel import DEFAULT_NR_CPUS_CONFIG
+from ..model.profiles import KernelProfile
+from ..model.profiles import profile as profile_named
 from ..model.tasks import PID_MAX_LIMIT, FrozenCounters, ProcIdentity, TaskState
 
 if TYPE_CHECKING:
@@ -38,7 +40,11 @@ class Machine:
 
     cpus: int = 2
     kernel: str = "6.18"
+    #: the TASKSTATS family id (a scenario that names none gets its kernel profile's)
     family_id: int = DEFAULT_TASKSTATS_ID
+    #: CONFIG_NR_CPUS of the emulated build: the most CPUs `cpus` may say, and what bounds a
+    #: cpumask string (100 + 6 * nr_cpus bytes)
+    nr_cpus: int = DEFAULT_NR_CPUS_CONFIG
     clock: str = "virtual"
     boot_wall_seconds: int = DEFAULT_BOOT_WALL_SECONDS
     #: the scenario's start on the virtual clock: nanoseconds since boot
@@ -53,10 +59,11 @@ class Machine:
 
     @property
     def profile(self) -> KernelProfile:
-        return PROFILES[self.kernel]
+        return profile_named(self.kernel)
 
     def families(self) -> FamilyTable:
-        return FamilyTable.default(self.family_id)
+        """nlctrl and TASKSTATS as the profile's kernel registers them, with `family_id`."""
+        return FamilyTable.default(self.family_id, self.profile)
 
 
 #: The counters of a spec that gives none: one shared empty mapping, not a dict per spec.
@@ -146,7 +153,7 @@ class Event(NamedTuple):
     - move: {"pid": int, "cpu": int}
     - exit: {"pid": int, "code": int, "signal": int | None, "core": bool, "cpu": int | None}
     - exit_group: {"pid": int, "code": int, "signal": int | None, "core": bool,
-      "caller": int | None}
+      "caller": int | None, "leader_last": bool}
     """
 
     at_ns: int

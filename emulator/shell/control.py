@@ -12,7 +12,9 @@ went wrong"}`. A connection may carry any number of requests.
 |               | gid?, ppid?, cgroup?, state?, nice?,         |                         |
 |               | policy?, counters? {name: value}             |                         |
 | exit          | pid, cpu?, code?, signal? (9 or "SIGKILL"),  | exited, tgid_record     |
-|               | core? (a leader: the whole process exits)    |                         |
+|               | core?, leader_last? (a leader: the whole     |                         |
+|               | process exits, the leader first unless       |                         |
+|               | leader_last)                                 |                         |
 | set           | pid, values {field or counter: value; a      | -                       |
 |               | counter may move: "40MiB/s"}                 |                         |
 | advance       | seconds (a number, or a duration "250ms";    | now, fired              |
@@ -222,7 +224,7 @@ async def _op_exit(emu: Any, args: dict[str, Any]) -> dict[str, Any]:
         raise ControlError("only a death by signal dumps core: give signal too")
     reports = await emu.exit(args["pid"], code=args.get("code", 0),
                              signal=args.get("signal"), core=args.get("core", False),
-                             cpu=args.get("cpu"))
+                             cpu=args.get("cpu"), leader_last=args.get("leader_last", False))
     return {"exited": [r.tid for r in reports],
             "tgid_record": any(r.tgid_values is not None for r in reports)}
 
@@ -329,7 +331,8 @@ OPS: dict[str, tuple[tuple[Arg, ...], Handler]] = {
                Arg("nice", _plain(nice_value)), Arg("policy", _plain(policy_number)),
                Arg("counters", _counters)), _op_spawn),
     "exit": ((Arg("pid", _pid, True), Arg("cpu", _cpu), Arg("code", _EXIT_CODE),
-              Arg("signal", _signal), Arg("core", _plain(boolean))), _op_exit),
+              Arg("signal", _signal), Arg("core", _plain(boolean)),
+              Arg("leader_last", _plain(boolean))), _op_exit),
     "set": ((Arg("pid", _pid, True), Arg("values", _values, True)), _op_set),
     "advance": ((Arg("seconds", _seconds, True),), _op_advance),
     "ps": ((), _op_ps),

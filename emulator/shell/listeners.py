@@ -5,14 +5,16 @@ semaphore: registering and deregistering write, an exit's broadcast reads. tsemu
 one `CpuListeners` per CPU, each with an `RWLock` and its own trio task that broadcasts that
 CPU's exits in order. The rules, from taskstats.c:
 
-- a socket is listed once per CPU however often it registers (a REGISTER is deduplicated);
+- a socket is listed once per CPU however often it registers (a REGISTER is deduplicated,
+  Linux 3.0 on); before, each REGISTER added an entry, every entry hears each exit, and a
+  DEREGISTER removes one entry per CPU (`dedupe`, the profile's `listener_dedupe`);
   new listeners go to the head of the list, so the newest hears an exit first;
 - deregistering what was never registered succeeds;
 - each exit on a CPU with listeners takes that CPU's next sequence number (from 0); an exit on
   a CPU with none takes nothing;
 - the message is built once and the same bytes go to every listener;
-- a listener whose socket is gone is dropped from the list it failed on (other CPUs' lists
-  drop it on their own next failed send).
+- a listener whose socket is gone is dropped from the list it failed on, every entry of it
+  (other CPUs' lists drop it on their own next failed send).
 
 Exits reach a CPU's task one at a time (`submit`) or as an ordered batch (`submit_many`, what
 a storm uses); either way they wait in one backlog, and the task broadcasts them in order,
@@ -59,8 +61,9 @@ class BroadcastStats:
 class CpuListeners:
     """One CPU's listener list, its lock, its sequence counter and its broadcast task."""
 
-    def __init__(self, cpu: int, buffer: int = 4096) -> None:
+    def __init__(self, cpu: int, buffer: int = 4096, *, dedupe: bool = True) -> None:
         self.cpu = cpu
+        self.dedupe = dedupe
         self.lock = RWLock()
         self.ports: list[int] = []
         self.seq = 0
@@ -76,13 +79,24 @@ class CpuListeners:
 
     async def register(self, port: int) -> None:
         async with self.lock.write():
-            if port not in self.ports:
+            if not self.dedupe or port not in self.ports:
                 self.ports.insert(0, port)
 
     async def deregister(self, port: int) -> None:
+        """Take `port`'s first entry off the list (its only one, when entries are deduped)."""
         async with self.lock.write():
             if port in self.ports:
                 self.ports.remove(port)
+
+    async def drop(self, port: int) -> None:
+        """Take every entry of `port` off the list: its socket is gone."""
+        async with self.lock.write():
+            self._drop(port)
+
+    def _drop(self, port: int) -> int:
+        before = len(self.ports)
+        self.ports[:] = [p for p in self.ports if p != port]
+        return before - len(self.ports)
 
     async def submit(self, exit_report: Any) -> None:
         """Queue an exit for broadcast; waits only when this CPU is far behind."""
@@ -168,9 +182,8 @@ class CpuListeners:
                     stats.deliveries += delivered
             if gone:
                 async with self.lock.write():
-                    for port in gone:
-                        if port in self.ports:
-                            self.ports.remove(port)
+                    for port in set(gone):
+                        if self._drop(port):
                             stats.dropped_listeners += 1
             self._pending -= len(batch)
             if not self._pending:
@@ -178,10 +191,11 @@ class CpuListeners:
 
 
 class ListenerTable:
-    """The per-CPU lists of a machine with `nr_cpus` CPUs."""
+    """The per-CPU lists of a machine with `nr_cpus` CPUs (`dedupe`: see the module
+    docstring)."""
 
-    def __init__(self, nr_cpus: int) -> None:
-        self.cpus = [CpuListeners(cpu) for cpu in range(nr_cpus)]
+    def __init__(self, nr_cpus: int, *, dedupe: bool = True) -> None:
+        self.cpus = [CpuListeners(cpu, dedupe=dedupe) for cpu in range(nr_cpus)]
 
     async def apply(self, port: int, cpus: frozenset[int], register: bool) -> None:
         for cpu in sorted(cpus):
@@ -198,7 +212,7 @@ class ListenerTable:
         """`port`'s socket is gone: off every CPU's list."""
         for cpu in self.cpus:
             if port in cpu.ports:
-                await cpu.deregister(port)
+                await cpu.drop(port)
 
     def listeners(self) -> dict[int, list[int]]:
         """cpu -> ports, for `ctl listeners` and tests."""

@@ -28,9 +28,7 @@ from typing import Any
 import trio
 
 from ..model.clock import NSEC_PER_SEC, VirtualClock
-from ..model.families import FamilyTable
 from ..model.kernel import TaskSource
-from ..model.profiles import profile as profile_named
 from ..model.table import ProcessTable
 from ..model.tasks import ExitReport, RepeatExit
 from ..scenario import Event, Scenario, apply_event, build_table, format_duration
@@ -110,8 +108,8 @@ class Emulator:
         if machine.mirror_host:  # pids the scenario does not define: the host's /proc
             answers = HostMirror(self.table, machine.profile)
         self.server = Server(
-            socket_path, answers, profile=profile_named(machine.kernel),
-            nr_cpus=machine.cpus, families=FamilyTable.default(machine.family_id),
+            socket_path, answers, profile=machine.profile, nr_cpus=machine.cpus,
+            nr_cpus_config=machine.nr_cpus, families=machine.families(),
             admin=admin, cgroup_roots=cgroup_roots, busy_poll_ns=busy_poll_ns,
             max_clients=max_clients, shared_dir=shared_dir)
         self.ctl_group = ctl_group
@@ -250,15 +248,18 @@ class Emulator:
             return list(self.table.group(task.tid).tids)
 
     async def exit(self, pid: int, *, code: int = 0, signal: int | None = None,
-                   core: bool = False, cpu: int | None = None) -> list[ExitReport]:
-        """Exit `pid` now: a whole process when `pid` leads one, else the one thread."""
+                   core: bool = False, cpu: int | None = None,
+                   leader_last: bool = False) -> list[ExitReport]:
+        """Exit `pid` now: a whole process when `pid` leads one (its leader first, unless
+        `leader_last`), else the one thread."""
         async with self._lock:
             group = self._group_led_by(pid)
             if group is not None and len(group) > 1:
                 if cpu is not None:
                     for tid in group.tids:
                         self.table.move(tid, cpu)
-                reports = self.table.exit_group(pid, code=code, signal=signal, core=core)
+                reports = self.table.exit_group(pid, code=code, signal=signal, core=core,
+                                                leader_last=leader_last)
             else:
                 reports = [self.table.exit_task(pid, code=code, signal=signal, core=core,
                                                 cpu=cpu)]

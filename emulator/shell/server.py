@@ -80,7 +80,16 @@ from tsemu.wire.control import (
 
 from ..model.families import FamilyTable
 from ..model.faults import DELIVERY
-from ..model.kernel import Action, CgroupRef, Kernel, Listen, Send, Sender, TaskSource
+from ..model.kernel import (
+    DEFAULT_NR_CPUS_CONFIG,
+    Action,
+    CgroupRef,
+    Kernel,
+    Listen,
+    Send,
+    Sender,
+    TaskSource,
+)
 from ..model.profiles import DEFAULT_PROFILE, KernelProfile
 from ..model.table import ProcessTable
 from ..model.tasks import RepeatExit
@@ -133,6 +142,7 @@ class Server:
 
     def __init__(self, socket_path: Path, tasks: TaskSource, *,
                  profile: KernelProfile = DEFAULT_PROFILE, nr_cpus: int = 2,
+                 nr_cpus_config: int = DEFAULT_NR_CPUS_CONFIG,
                  families: FamilyTable | None = None,
                  admin: AdminPolicy | None = None,
                  cgroup_roots: tuple[str, ...] = ("/sys/fs/cgroup",),
@@ -143,8 +153,8 @@ class Server:
         self.tasks = tasks
         self.profile = profile
         self.kernel = Kernel(tasks, profile=profile, nr_cpus=nr_cpus, families=families,
-                             cgroup_roots=cgroup_roots)
-        self.listeners = ListenerTable(nr_cpus)
+                             cgroup_roots=cgroup_roots, nr_cpus_config=nr_cpus_config)
+        self.listeners = ListenerTable(nr_cpus, dedupe=profile.listener_dedupe)
         self.nr_cpus = nr_cpus
         #: the clients' own processes, answered and reported from the host (`clientprocs`)
         self.own = ClientProcesses(HostMirror(tasks, profile))
