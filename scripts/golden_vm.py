@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,14 +58,26 @@ def find_busybox() -> Path:
     raise FileNotFoundError("no statically linked busybox: install busybox-static")
 
 
+#: Exit status when the kernel package cannot be had (no apt, no mirror, no such package):
+#: the optional `vm` test skips on it rather than failing.
+UNAVAILABLE = 3
+
+
+class Unavailable(RuntimeError):
+    """The kernel package could not be fetched: a fact about this machine, not a bug."""
+
+
 def fetch_kernel(kernel: str, cache: Path) -> tuple[UnpackedKernel, list[str]]:
     """The suite's kernel, downloaded (private apt) and unpacked; and the .debs' names."""
     suite = suite_for(kernel)
     apt = PrivateApt(cache / "apt" / suite, suite)
-    apt.prepare(system_mirrors())
-    apt.update()
-    image = apt.image_package()
-    debs = [apt.download(p) for p in apt.parts_of(image)]
+    try:
+        apt.prepare(system_mirrors())
+        apt.update()
+        image = apt.image_package()
+        debs = [apt.download(p) for p in apt.parts_of(image)]
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        raise Unavailable(f"cannot fetch the {suite} kernel: {exc}") from None
     return unpack(debs, cache / "kernels" / image), [d.name for d in debs]
 
 
@@ -100,7 +113,7 @@ def capture_kernel(kernel: str, golden_dir: Path, cache: Path, timeout: float) -
         extra = {
             "uname": uname,
             "debian_packages": debs,
-            "booted": f"qemu-system-x86_64 -accel {qemu.kvm_usable() and 'kvm' or 'tcg'} "
+            "booted": f"qemu-system-x86_64 -accel {result.accel} "
                       f"-smp {boot.cpus} -m {boot.memory_mb}M, cmdline {qemu.CMDLINE!r}",
             "boot_seconds": round(result.seconds, 1),
         }
@@ -121,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = capture_kernel(args.kernel, args.golden_dir.resolve(), args.cache.resolve(),
                               args.timeout)
+    except Unavailable as exc:
+        print(f"golden_vm: {exc}", file=sys.stderr)
+        return UNAVAILABLE
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
         print(f"golden_vm: {exc}", file=sys.stderr)
         return 1

@@ -63,6 +63,7 @@ class BootResult:
     returncode: int | None  # None: killed at the timeout
     seconds: float
     console: Path
+    accel: str
 
 
 def run(boot: Boot, console: Path, timeout: float) -> BootResult:
@@ -80,4 +81,4 @@ def run(boot: Boot, console: Path, timeout: float) -> BootResult:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             code = None
-    return BootResult(code, time.monotonic() - start, console)
+    return BootResult(code, time.monotonic() - start, console, accel)
