@@ -5,7 +5,9 @@
 #   make lint   ruff and mypy
 #   make soak   a long run: clients that come and go or are killed, 1,000,000 exits to 64
 #               listeners; descriptors, clients and memory must come back (scripts/soak.py)
-#   make golden re-capture the kernel's replies into tests/golden (needs a taskstats kernel, root)
+#   make golden re-capture the kernel's replies into tests/golden (needs a taskstats kernel, root);
+#               KERNEL=6.1|6.12|sid boots Debian's kernel of that suite under QEMU instead
+#   make test-vm  the optional test that boots a kernel under QEMU (slow)
 #   make clean  remove the venv and build leftovers
 
 PYTHON ?= python3
@@ -15,7 +17,7 @@ STAMP  := $(VENV)/.installed
 # Debian packages the tests use: a C compiler for the shim and the test clients, iproute2
 # for `genl`, procps for `pgrep`: installed when missing and when we may (root, apt-get).
 
-.PHONY: install system-deps bytecode run test bench soak lint golden clean
+.PHONY: install system-deps bytecode run test bench soak lint golden golden-deps golden-all test-vm clean
 
 install: $(STAMP)
 
@@ -75,8 +77,43 @@ lint: install
 	@for d in wire emulator cli; do ln -s ../../../$$d build/typecheck/tsemu/$$d; done
 	cd build/typecheck && ../../$(VENV)/bin/mypy -p tsemu
 
+# `make golden` captures the host kernel; `make golden KERNEL=6.1|6.12|sid` boots Debian's own
+# kernel of that suite under QEMU (software emulation) and captures it into
+# tests/golden/kernel-MAJOR.MINOR.json (scripts/golden_vm.py; about a minute each).
+# `make golden-all` does the three. The downloads and the console logs stay in build/golden-vm.
+KERNEL ?=
+GOLDEN_KERNELS := 6.1 6.12 sid
+
+golden-deps:
+	@missing=""; \
+	command -v qemu-system-x86_64 >/dev/null 2>&1 || missing="$$missing qemu-system-x86"; \
+	test -x /bin/busybox && ! ldd /bin/busybox >/dev/null 2>&1 || missing="$$missing busybox-static"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends $$missing; \
+	  else \
+	    echo "golden: missing$$missing (needed to boot other kernels)"; exit 1; \
+	  fi; \
+	fi
+
 golden: install
+ifeq ($(strip $(KERNEL)),)
 	$(PY) scripts/capture_golden.py tests/golden/kernel.json
+else
+	@$(MAKE) -s golden-deps
+	$(PY) scripts/golden_vm.py --kernel $(KERNEL)
+endif
+
+golden-all: install
+	@$(MAKE) -s golden-deps
+	@for k in $(GOLDEN_KERNELS); do $(PY) scripts/golden_vm.py --kernel $$k || exit 1; done
+
+# The optional test that boots a kernel under QEMU (marked `vm`, outside `make test`).
+test-vm: install
+	@$(MAKE) -s golden-deps
+	$(PY) -m pytest -m vm -p no:cacheprovider tests/test_golden_vm.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis tsemu/libtsemu-shim.so

@@ -9,7 +9,13 @@ emulated kernel) replay the same requests against tsemu.
 
 Each case records: name, what it shows, the socket options in force (NETLINK_CAP_ACK,
 NETLINK_EXT_ACK), the request's bytes, the reply datagrams, and facts the replies depend on
-(the capturing process's pid, the family id).
+(the capturing process's pid, the family id). Exit cases have no request: their replies are
+the exit events of children made for the purpose (one thread; two threads that exit in turn;
+two threads ended by the leader's exit_group, sampled several times since the order of the
+two records varies).
+
+Also run inside a guest kernel by scripts/golden_vm.py (`make golden KERNEL=6.1`), as root
+in a chroot of the host's root: nothing here may assume the host's own kernel.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ from tsemu.wire.netlink import encode_genl
 
 NETLINK_GENERIC = 16
 REQ_ACK = Flag.REQUEST | Flag.ACK
+#: exit_group of a two-threaded process, repeated: which thread's record comes first varies.
+GROUP_EXIT_SAMPLES = 4
 
 
 class Netlink:
@@ -231,6 +239,89 @@ def _pinned_child(threads: int, code: int) -> int:
     return child
 
 
+def _spin(seconds: float) -> None:
+    """Burn `seconds` of CPU time in this thread (the GIL is released often enough for the
+    leader, which only waits)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def tgid_after_thread_exit_cases(fid: int, nl: Netlink) -> list[dict[str, Any]]:
+    """A two-threaded child whose worker burned 0.2 s of CPU and exited, asked about while
+    its leader (which only waited) lives on: GET TGID, then GET PID of the leader.
+
+    Whether the TGID answer still counts the dead worker's utime/stime and context switches
+    is a rule that changed between kernels (and came to some by stable backports); the
+    leader's own record shows what the live thread alone accounts for."""
+    rd, wr = os.pipe()
+    hold_rd, hold_wr = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(rd)
+            os.close(hold_wr)
+            worker = threading.Thread(target=_spin, args=(0.2,))
+            worker.start()
+            worker.join()
+            time.sleep(0.05)  # let the worker's kernel thread finish exiting
+            os.write(wr, b"x")
+            os.read(hold_rd, 1)  # until the parent has asked
+        finally:
+            os._exit(0)
+    os.close(wr)
+    os.close(hold_rd)
+    try:
+        os.read(rd, 1)
+        cases = []
+        for name, about, request in (
+            ("get_tgid_after_thread_exit", "GET TGID of a live process whose second thread "
+             "burned 0.2 s of CPU and exited", encode_taskstats_get(fid, tgid=child, seq=120)),
+            ("get_pid_leader_after_thread_exit", "GET PID of that process's leader (it only "
+             "waited)", encode_taskstats_get(fid, pid=child, seq=121)),
+        ):
+            nl.options(False, False)
+            cases.append(case(name, about, request, nl.ask(request), pid=child,
+                              worker_cpu_seconds=0.2))
+        return cases
+    finally:
+        os.close(rd)
+        os.close(hold_wr)
+        os.waitpid(child, 0)
+
+
+def _group_exit_child(code: int) -> int:
+    """A forked child on CPU 0 with a second thread asleep when the leader calls exit_group
+    (os._exit): the kernel kills the sleeper, as on any multi-threaded process's exit."""
+    child = os.fork()
+    if child == 0:
+        os.sched_setaffinity(0, {0})
+        ready = threading.Event()
+
+        def sleeper() -> None:
+            ready.set()
+            time.sleep(30)
+
+        threading.Thread(target=sleeper, daemon=True).start()
+        ready.wait()
+        time.sleep(0.02)
+        os._exit(code)
+    return child
+
+
+def _events_of(nl: Netlink, tgid: int, quiet: float = 0.3) -> list[bytes]:
+    """The exit-event datagrams received for process `tgid` (other exits passed over)."""
+    events = []
+    for datagram in nl.collect(quiet):
+        for msg in split_datagram(datagram):
+            recs = decode_taskstats_new(decode_genl(msg))
+            stats = [r.values() for r in recs if r.aggr == TaskstatsType.AGGR_PID]
+            if stats and stats[0].get("ac_tgid") == tgid:
+                events.append(datagram)
+                break
+    return events
+
+
 def exit_cases(fid: int) -> list[dict[str, Any]]:
     """Exit events on CPU 0 for a single-threaded child and for a two-threaded one."""
     nl = Netlink()
@@ -241,17 +332,19 @@ def exit_cases(fid: int) -> list[dict[str, Any]]:
         child = _pinned_child(threads, code)
         os.waitpid(child, 0)
         time.sleep(0.1)
-        events = []
-        for datagram in nl.collect(0.3):
-            for msg in split_datagram(datagram):
-                recs = decode_taskstats_new(decode_genl(msg))
-                stats = [r.values() for r in recs if r.aggr == TaskstatsType.AGGR_PID]
-                if stats and stats[0].get("ac_tgid") == child:
-                    events.append(datagram)
-                    break
+        events = _events_of(nl, child)
         cases.append(case(f"exit_{threads}_thread", f"exit events of a {threads}-thread child "
                           f"(exit code {code}) on CPU 0", b"", events, pid=child,
                           threads=threads))
+    for sample in range(1, GROUP_EXIT_SAMPLES + 1):
+        nl.collect(0.05)
+        child = _group_exit_child(5)
+        os.waitpid(child, 0)
+        time.sleep(0.1)
+        cases.append(case(f"exit_group_2_thread_{sample}", "exit events of a 2-thread child "
+                          "whose leader calls exit_group(5) while the other thread sleeps "
+                          f"(sample {sample})", b"", _events_of(nl, child), pid=child,
+                          threads=2))
     nl.ask(encode_taskstats_get(fid, deregister="0", seq=111))
     return cases
 
@@ -266,9 +359,17 @@ def main(path: str) -> None:
         sys.exit(f"capture_golden: this kernel has no TASKSTATS family ({exc})")
     with open("/sys/devices/system/cpu/kernel_max") as f:
         nr_cpus_config = int(f.read()) + 1
-    cases = request_cases(nl, fid) + [unprivileged_case(fid)] + exit_cases(fid)
+    cases = (request_cases(nl, fid) + [unprivileged_case(fid)]
+             + tgid_after_thread_exit_cases(fid, nl) + exit_cases(fid))
+    try:
+        with open("/proc/sys/kernel/task_delayacct") as f:
+            delayacct: int | None = int(f.read())
+    except OSError:
+        delayacct = None
     doc = {
         "kernel": platform.release(),
+        "kernel_version": platform.version(),
+        "task_delayacct": delayacct,
         "machine": platform.machine(),
         "captured": time.strftime("%Y-%m-%d"),
         "taskstats_family": fid,
