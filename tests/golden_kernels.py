@@ -30,31 +30,10 @@ CAPTURE_FILE = re.compile(r"^kernel-(\d+\.\d+)\.json$")
 #: Where tsemu is known to differ from a captured kernel: (major.minor, check) -> why.
 #: A check is a replayed case's name or one of the rule checks of test_golden_kernels.py.
 #: Measured against Debian 6.1.192 (bookworm), 6.12.118 (trixie) and 7.2.13 (sid).
-NR_CPUS = ("Debian builds CONFIG_NR_CPUS=8192, so a 1637-byte cpumask string (within "
-           "100 + 6*8192) is accepted with an ACK; tsemu bounds it from NR_CPUS=256 and "
-           "answers E2BIG (the bound belongs to the machine, not the kernel version)")
-KNOWN: dict[tuple[str, str], str] = {
-    ("6.1", "register_toolong"): NR_CPUS,
-    ("6.12", "register_toolong"): NR_CPUS,
-    ("7.2", "register_toolong"): NR_CPUS,
-    ("6.12", "profile_family_id"): "TASKSTATS is family 0x22 on Debian 6.12; tsemu's "
-                                   "default is 0x1f",
-    ("7.2", "profile_family_id"): "TASKSTATS is family 0x24 on Debian 7.2; tsemu's "
-                                  "default is 0x1f",
-    ("6.1", "tgid_query_keeps_dead_threads"): (
-        "Debian 6.1.192 counts an exited thread's utime/stime in a TGID query (a stable "
-        "backport); tsemu's 6.1 profile keeps only its delays"),
-    ("6.1", "tgid_exit_record_sums_times"): (
-        "Debian 6.1.192 sums etime/utime/stime/nvcsw/nivcsw into the AGGR_TGID exit record; "
-        "tsemu's 6.1 profile adds only the delays (tgid_exit_adds_times=False)"),
-    ("*", "group_exit_order"): (
-        "exit_group of a 2-thread process: the kernel reports the leader first (AFORK only), "
-        "then the other thread with AXSIG|AGROUP and the AGGR_TGID record (15 of the 16 VM "
-        "samples); ProcessTable.exit_group reports the other thread first"),
-    ("*", "thread_reports_the_leaders_mm"): (
-        "a thread's record carries the leader's hiwater_rss/hiwater_vm/ac_exe_dev/"
-        "ac_exe_inode (one mm, one exe); a thread made by spawn(threads=2) reports zeros"),
-}
+#: (Empty since the profile table, issue 14, took in what the three captures showed: the
+#: machine's NR_CPUS, each generation's family id, the 6.1/6.12 TGID backports, exit_group's
+#: leader-first order and the threads' shared mm.)
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def captures() -> dict[str, dict[str, Any]]:

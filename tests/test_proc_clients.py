@@ -184,3 +184,25 @@ def test_without_the_view_the_host_is_seen(machine: TsemuHandle) -> None:
          "--socket", str(machine.socket_path), "--", "ps", "-e", "-o", "pid="],
         capture_output=True, text=True, timeout=60, check=True)
     assert 4100 not in {int(x) for x in done.stdout.split()}
+
+
+def test_iotop_on_the_disk_busy_example(tmp_path: Path) -> None:
+    """The README's recipe: `tsemu run -- iotop-c -b -o -n 2` on examples/disk-busy.toml."""
+    iotop = need("iotop-c")
+    example = Path(__file__).parent.parent / "examples" / "disk-busy.toml"
+    os.chmod(tmp_path, 0o755)
+    handle = start_tsemu(example.read_text(), tmp_path)
+    try:
+        rows = iotop_rows(through_tsemu(handle, [iotop, "-b", "-o", "-n", "2", "-d", "1"]))
+    finally:
+        handle.close()
+        handle.process.terminate()
+        handle.process.wait(timeout=10)
+        if handle.process.stderr is not None:
+            handle.process.stderr.close()
+    seen = {int(row[0]): row for row in rows}
+    assert {2213, 3301} <= set(seen), rows
+    assert 40 * 1024 * 0.9 <= rate_kib(seen[2213][5], seen[2213][6]) <= 40 * 1024 * 1.1
+    assert seen[3301][1] == "id/0"  # ioprio "idle", as iotop-c prints class idle, level 0
+    assert 12 * 1024 * 0.9 <= rate_kib(seen[3301][3], seen[3301][4]) <= 12 * 1024 * 1.1
+    assert 27 <= float(seen[2213][9]) <= 33

@@ -78,9 +78,9 @@ def one_error(text: str) -> str:
 # --- every example and the default ---------------------------------------------------------
 
 
-def test_there_are_the_four_promised_examples() -> None:
-    assert [p.name for p in EXAMPLE_FILES] == ["burst.toml", "cgroups.toml", "fleet.toml",
-                                               "multithreaded.toml"]
+def test_there_are_the_promised_examples() -> None:
+    assert [p.name for p in EXAMPLE_FILES] == ["burst.toml", "cgroups.toml", "disk-busy.toml",
+                                               "fleet.toml", "multithreaded.toml"]
     readme = (EXAMPLES / "README.md").read_text()
     for path in EXAMPLE_FILES:
         assert path.name in readme, f"examples/README.md does not describe {path.name}"

@@ -213,6 +213,9 @@ _TGID_FIX = "taskstats: retain dead thread stats in TGID queries (Yiyang Chen, 2
 BACKPORTS: tuple[Backport, ...] = (
     Backport("6.1", "6.1.192", {"tgid_exit_times": True}, _TGID_FIX, first_known=False),
     Backport("6.6", "6.6.147", {"tgid_exit_times": True}, _TGID_FIX, first_known=False),
+    # measured: Debian trixie's 6.12.118 under QEMU (tests/golden/kernel-6.12.json) keeps an
+    # exited thread's times in TGID queries and sums them into the AGGR_TGID exit record
+    Backport("6.12", "6.12.118", {"tgid_exit_times": True}, _TGID_FIX, first_known=False),
     Backport("6.18", "6.18.44", {"tgid_exit_times": True}, _TGID_FIX, first_known=False),
 )
 
