@@ -290,6 +290,9 @@ static void adopt_inherited(void)
         uint32_t port;
         if (port_from_path(name.sun_path, server, sizeof server, &port))
             continue;
+        int one = 1; /* on already, unless something turned it off (see io.c) */
+        if (real_setsockopt((int)fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0)
+            continue;
         struct emu_sock *es = emu_new((int)fd, SOCK_RAW, server);
         if (es) {
             es->port = port;
