@@ -10,21 +10,24 @@
  * process; the server cannot open that, so the descriptor travels along with SCM_RIGHTS (one
  * per request, in request order).
  *
- * Receive: the server's datagrams are netlink bytes, except its control notice that the
- * receive buffer overflowed, which must surface as one receive failing with ENOBUFS. The shim therefore has to see the head of the queue before
+ * Receive: only the server's datagrams (and other clients' unicasts) are taken. The Unix
+ * socket has SO_PASSCRED on, so the kernel attaches the sender's credentials to each datagram;
+ * one whose uid is not the server socket file's owner is dropped unseen, whatever it says
+ * (another local user cannot inject a reply or an ENOBUFS). The server's datagrams are netlink
+ * bytes, except its control notice that the receive buffer overflowed, which must surface as
+ * one receive failing with ENOBUFS. The shim therefore has to see the head of the queue before
  * it hands a datagram over, and two threads must not both decide about the same head. Every
  * receive is done as:
- *   1. under the socket's lock, a non-blocking attempt: a control datagram is consumed and
- *      reported; anything else goes into the caller's buffers as the caller asked (MSG_PEEK,
- *      MSG_TRUNC and a buffer too small included);
+ *   1. under the socket's lock, a non-blocking attempt: a stranger's datagram is dropped and a
+ *      control datagram consumed and reported; anything else goes into the caller's buffers as
+ *      the caller asked (MSG_PEEK, MSG_TRUNC and a buffer too small included);
  *   2. when nothing was there and the caller wants to wait, a zero-length MSG_PEEK outside
  *      the lock waits for the next datagram. That wait is the kernel's own, so O_NONBLOCK,
  *      SO_RCVTIMEO (EAGAIN) and signals (EINTR) behave as they do on any socket.
  * The sender is reported as the kernel: {AF_NETLINK, nl_pid 0, nl_groups 0}, 12 bytes (a
- * client's port for another client's unicast). The Unix socket has SO_PASSCRED on (the kernel
- * attaches the sender's credentials); they never reach the application: it gets netlink's
- * control messages (NETLINK_PKTINFO, and SCM_CREDENTIALS when it asked for SO_PASSCRED: the
- * kernel's, pid 0, uid 0, gid 0, for the server's datagrams; the sender's for a unicast).
+ * client's port for another client's unicast). The credentials never reach the application:
+ * it gets netlink's control messages (NETLINK_PKTINFO, and SCM_CREDENTIALS when it asked for
+ * SO_PASSCRED: the kernel's, pid 0, uid 0, gid 0, for the server's datagrams).
  */
 #include "shim.h"
 
@@ -38,6 +41,7 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/capability.h>
 #include <linux/netlink.h>
 
 #define NLCTRL_ID 0x10
@@ -286,6 +290,8 @@ ssize_t emu_send(struct emu_sock *es, int fd, const struct nl_out *o, int flags)
         memcpy(&nl, &name, sizeof nl);
         if (o->namelen < sizeof nl || nl.nl_family != AF_NETLINK)
             err = EINVAL;
+        else if ((nl.nl_pid || nl.nl_groups) && !shim_capable(CAP_NET_ADMIN))
+            err = EPERM; /* genetlink lets only CAP_NET_ADMIN send to other sockets */
         dst = nl.nl_pid; /* nl_groups: tsemu's families have no multicast listeners */
     } else {
         pthread_mutex_lock(&es->lock);
@@ -435,18 +441,26 @@ static void kernel_credentials(struct ucred *creds)
 
 enum sender { FROM_SERVER, FROM_PEER, FROM_STRANGER };
 
-/* Who sent a datagram the Unix socket gave us (es->lock held): the server (no name: the
- * server's sockets are unnamed) or another client (a port file); its credentials, which the
- * kernel attaches (SO_PASSCRED), go to `creds`. */
+/* Who sent a datagram the Unix socket gave us (es->lock held): the server (its user's
+ * credentials and no name: the server's sockets are unnamed), another client (its user's
+ * credentials, from a port file), or a stranger, whose datagram no one must see. */
 static enum sender judge(struct emu_sock *es, struct msghdr *real, struct ucred *creds,
                          uint32_t *port)
 {
     const struct sockaddr_un *from = real->msg_name;
-    (void)es;
+    int found = 0;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(real); c; c = CMSG_NXTHDR(real, c))
         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS &&
-            c->cmsg_len >= CMSG_LEN(sizeof *creds))
+            c->cmsg_len >= CMSG_LEN(sizeof *creds)) {
             memcpy(creds, CMSG_DATA(c), sizeof *creds);
+            found = 1;
+        }
+    if (!es->server_known)
+        emu_learn_server(es);
+    if (!found || !es->server_known || creds->uid != es->server_uid) {
+        shim_foreign(found ? creds->uid : (uid_t)-1, found ? creds->pid : 0, es->server_uid);
+        return FROM_STRANGER;
+    }
     *port = 0;
     if (real->msg_namelen <= sizeof(sa_family_t) || from->sun_path[0] == '\0')
         return FROM_SERVER; /* unnamed (or, with SO_PASSCRED set there, autobound) */
@@ -457,8 +471,10 @@ static enum sender judge(struct emu_sock *es, struct msghdr *real, struct ucred 
         len = sizeof from->sun_path;
     memcpy(path, from->sun_path, len);
     path[len] = '\0';
-    port_from_path(path, server, sizeof server, port);
-    return FROM_PEER;
+    if (port_from_path(path, server, sizeof server, port) == 0)
+        return FROM_PEER;
+    shim_foreign(creds->uid, creds->pid, es->server_uid);
+    return FROM_STRANGER; /* a named socket that is no netlink port */
 }
 
 enum attempt { GOT_DATA, GOT_NOTHING, GOT_RETRY, GOT_ENOBUFS, GOT_ERROR };

@@ -16,7 +16,7 @@
  *   - CGROUPSTATS: the descriptor a request names travels to the server with SCM_RIGHTS.
  *
  * Files: real.c (the libc functions we wrap), state.c (the descriptor table, fork and exec),
- * addr.c (paths, binding, control datagrams), io.c (send and receive),
+ * addr.c (paths, binding, control datagrams, who the server is), io.c (send and receive),
  * sockops.c (the wrapped calls: the system call layer's checks, the other socket calls,
  * descriptor bookkeeping), usermem.c (the application's memory, touched only through the
  * kernel). emulator/addressing.py is the reference for the
@@ -92,6 +92,8 @@ struct emu_sock {
     int passcred;         /* SO_PASSCRED as the application set it (the Unix socket's is on) */
     int groups_allocated; /* a membership was asked once: LIST_MEMBERSHIPS reports 32 groups */
     int sk_err;           /* an error for the next receive (ENOBUFS, recvmmsg's left-over) */
+    uid_t server_uid;     /* the server socket file's owner: only its datagrams are taken */
+    int server_known;     /* server_uid is set */
     int in_use;           /* 0: on the free list (structures are recycled, never freed) */
     struct emu_sock *next_all; /* every structure ever made, for fork and port look-ups */
 };
@@ -150,11 +152,15 @@ int port_from_path(const char *path, char *server, size_t size, uint32_t *port);
 int emu_bind_port(struct emu_sock *es, int fd, uint32_t port); /* caller holds es->lock */
 int emu_autobind(struct emu_sock *es, int fd);                 /* caller holds es->lock */
 int emu_ensure_bound(struct emu_sock *es, int fd);             /* caller holds es->lock */
+void emu_learn_server(struct emu_sock *es);                    /* caller holds es->lock */
 void emu_send_control(struct emu_sock *es, int fd, int option, int64_t value);
 void emu_send_options(struct emu_sock *es, int fd);
 void emu_release_port(const char *server, uint32_t port);
 void shim_hint(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* TSEMU_DEBUG */
 void shim_no_server(const char *server);
+void shim_foreign(uid_t uid, pid_t pid, uid_t server_uid); /* a datagram dropped: not the server's */
+void shim_report(void);                                     /* at exit: what was dropped */
+int shim_capable(int cap);                                  /* cap is in our effective set */
 
 /* ---- usermem.c: the application's memory, through the kernel (never dereferenced) ---- */
 int um_read(void *to, const void *from, size_t len);  /* 0, or -1 with errno EFAULT */

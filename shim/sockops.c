@@ -28,6 +28,7 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/capability.h>
 #include <linux/netlink.h>
 
 #ifndef CLOSE_RANGE_CLOEXEC
@@ -133,8 +134,8 @@ int socket(int domain, int type, int protocol)
     int fd = real_socket(AF_UNIX, SOCK_DGRAM | (type & (SOCK_NONBLOCK | SOCK_CLOEXEC)), 0);
     if (fd < 0)
         return -1;
-    /* The kernel attaches the sender's credentials to every datagram from now on: what
-     * netlink's SO_PASSCRED gives of another client's unicast (io.c). */
+    /* The kernel attaches the sender's credentials to every datagram from now on: only the
+     * server's are taken (io.c). */
     int one = 1;
     struct emu_sock *es = NULL;
     if (real_setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0 ||
@@ -144,6 +145,9 @@ int socket(int domain, int type, int protocol)
         errno = err;
         return -1;
     }
+    pthread_mutex_lock(&es->lock);
+    emu_learn_server(es);
+    pthread_mutex_unlock(&es->lock);
     return fd;
 }
 
@@ -206,6 +210,8 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len)
     }
     if (nl.nl_family != AF_NETLINK || len < sizeof nl)
         return fail(EINVAL);
+    if ((nl.nl_pid || nl.nl_groups) && !shim_capable(CAP_NET_ADMIN))
+        return fail(EPERM); /* genetlink lets only CAP_NET_ADMIN talk to other sockets */
     pthread_mutex_lock(&es->lock);
     int rc = es->port ? 0 : emu_autobind(es, fd);
     if (rc == 0) {

@@ -1,0 +1,183 @@
+"""Only the server is heard: another user cannot make a client's receive fail or feed it replies.
+
+A client's emulated netlink socket is a Unix socket bound in `SOCKET.ports/`, a directory every
+user may enter and write; whoever may write the client's port file (its mode comes from the
+client's umask) can send it datagrams. On the kernel only the kernel, and a process with
+CAP_NET_ADMIN unicasting to the port, can. So the shim (and `tsemu.client`) turn on SO_PASSCRED
+and drop every datagram whose kernel-attached uid is not the server socket file's owner:
+
+- a forged ENOBUFS notice and a forged reply sent by uid 65534 are dropped unseen (counted, and
+  said with TSEMU_DEBUG);
+- an unprivileged process cannot unicast to another port through the shim either: EPERM, as the
+  kernel answers (NETLINK_GENERIC lacks NL_CFG_F_NONROOT_SEND; checked against the host);
+- the credentials never reach the application (unless it asks for SO_PASSCRED, and then they
+  are the kernel's: tests/clients/oddcalls.expected, `recvmsg_passcred*`).
+
+A legitimate ENOBUFS still arrives (test_shim.py: test_netlink_no_enobufs_reaches_the_server;
+test_shim_clients.py, the getdelays overrun).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tsemu.client import Client
+from tsemu.emulator.shell.addressing import ports_dir
+from tsemu.wire.control import ENOBUFS_NOTICE
+
+from .clients.harness import host_env, require_host_taskstats, running, shim_env
+from .test_security import NOBODY, as_nobody
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+
+#: GETFAMILY "TASKSTATS", sequence 7 (the genuine answer: 112 bytes of type nlctrl, 0x10).
+REQUEST = (struct.pack("=IHHII", 36, 0x10, 1, 7, 0) + bytes([3, 1, 0, 0])
+           + struct.pack("=HH", 14, 2) + b"TASKSTATS\0" + b"\0\0")
+#: What a forger would send instead: an NLMSG_ERROR (ENOENT) for the same sequence.
+FORGED_REPLY = (struct.pack("=IHHII", 36, 2, 0, 7, 0) + struct.pack("=i", -2)
+                + struct.pack("=IHHII", 16, 0x10, 1, 7, 0))
+
+#: Sends each datagram given (hex) to the socket file named first; prints how many went.
+FORGER = """
+import socket, sys
+path, datagrams = sys.argv[1], sys.argv[2:]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sent = 0
+for datagram in datagrams:
+    s.sendto(bytes.fromhex(datagram), path)
+    sent += 1
+print("sent", sent)
+"""
+
+#: A client through the shim: binds, says its port file, waits for a line (the forgeries are
+#: sent meanwhile), then asks for TASKSTATS and reports what it receives: a peek at the head
+#: (less than a control datagram: the shim peeks itself), the datagram, and what is left.
+CLIENT = f"""
+import errno, os, socket, struct, sys
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 16)
+s.bind((0, 0))
+print(os.environ["TSEMU_SOCKET"] + ".ports/" + str(s.getsockname()[0]), flush=True)
+sys.stdin.readline()
+s.sendto({REQUEST!r}, (0, 0))
+s.settimeout(5)
+try:
+    head = s.recv(16, socket.MSG_PEEK)
+    data = s.recv(65536)
+    print("reply", len(data), *struct.unpack_from("=IHHI", head)[1:4:2])
+except OSError as exc:
+    print("error", errno.errorcode[exc.errno])
+s.setblocking(False)
+try:
+    s.recv(65536)
+    print("more")
+except BlockingIOError:
+    print("nothing more")
+except OSError as exc:
+    print("error", errno.errorcode[exc.errno])
+"""
+
+
+@pytest.fixture
+def reachable(server: Any) -> Any:
+    """The server, with its socket directory open to others (0755, as /run/tsemu would be)."""
+    os.chmod(server.socket_path.parent, 0o755)
+    return server
+
+
+def forge(path: Path | str) -> str:
+    """uid 65534 sends a forged ENOBUFS notice and a forged reply to the socket at `path`."""
+    done = as_nobody(FORGER, str(path), ENOBUFS_NOTICE.hex(), FORGED_REPLY.hex())
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+async def test_a_forged_notice_and_reply_do_not_reach_a_client_of_the_shim(
+        reachable: Any) -> None:
+    # umask 0: the client's port file is writable by anyone, so the forgeries do arrive.
+    # (Its stderr joins its stdout: the shim's TSEMU_DEBUG lines come in order.)
+    argv = ["sh", "-c", 'exec 2>&1; umask 0; exec "$0" "$@"', sys.executable, "-c", CLIENT]
+    async with running(argv, shim_env(reachable.socket_path, TSEMU_DEBUG="1")) as client:
+        port_file = await client.line()
+        assert os.stat(port_file).st_mode & 0o002
+        assert await trio.to_thread.run_sync(forge, port_file) == "sent 2"
+        await client.send(b"go\n")
+        rest = await client.rest()
+        assert await client.wait() == 0
+    said = [line for line in rest if line.startswith("tsemu-shim: ")]
+    assert [line for line in rest if line not in said] == ["reply 112 16 7", "nothing more"]
+    assert len(said) == 2, said
+    assert said[0].startswith(f"tsemu-shim: dropped a datagram from uid {NOBODY} pid ")
+    assert said[1] == "tsemu-shim: 2 datagrams dropped: not from the tsemu server's user"
+
+
+#: An unprivileged netlink client unicasting to another port: sendto and connect (EPERM from
+#: the kernel for NETLINK_GENERIC), then the kernel itself (allowed).
+UNICAST = """
+import errno, os, socket, sys
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 16)
+s.bind((0, 0))
+def attempt(call, *args):
+    try:
+        call(*args)
+        return "ok"
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+port = int(sys.argv[1])
+request = bytes.fromhex("1400000010000100010000000000000003010000")  # GETFAMILY, no name
+ports = os.environ.get("TSEMU_SOCKET", "") + ".ports"
+emulated = os.path.isdir(ports) and str(s.getsockname()[0]) in os.listdir(ports)
+print(attempt(s.sendto, request, (port, 0)), attempt(s.sendto, request, (0, 1)),
+      attempt(s.connect, (port, 0)), attempt(s.connect, (0, 0)),
+      "emulated" if emulated else "kernel")
+"""
+
+
+def others_may_run(path: str) -> bool:
+    """Whether a user with no rights of its own may run `path` (every directory on the way
+    searchable by others, the file executable by others)."""
+    real = Path(os.path.realpath(path))
+    return all(os.stat(p).st_mode & 0o001 for p in [real, *real.parents])
+
+
+def python_for_nobody() -> str:
+    for candidate in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.path.exists(candidate) and others_may_run(candidate):
+            return candidate
+    pytest.skip("no Python interpreter that uid 65534 may run")
+
+
+def unicast_as_nobody(env: dict[str, str], port: int) -> list[str]:
+    done = subprocess.run([python_for_nobody(), "-c", UNICAST, str(port)], env=env, user=NOBODY,
+                          group=NOBODY, extra_groups=[], capture_output=True, text=True,
+                          timeout=20, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+async def test_an_unprivileged_client_cannot_unicast_to_another_port(reachable: Any) -> None:
+    async with await Client.connect(reachable.socket_path) as victim:
+        got = await trio.to_thread.run_sync(unicast_as_nobody,
+                                            shim_env(reachable.socket_path), victim.port)
+    assert got == ["EPERM", "EPERM", "EPERM", "ok", "emulated"]
+    assert sorted(os.listdir(ports_dir(reachable.socket_path))) == []
+
+
+@pytest.mark.host
+def test_the_kernel_refuses_an_unprivileged_unicast_too() -> None:
+    require_host_taskstats()
+    victim = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 16)
+    victim.bind((0, 0))
+    try:
+        assert unicast_as_nobody(host_env(), victim.getsockname()[0]) == \
+            ["EPERM", "EPERM", "EPERM", "ok", "kernel"]
+    finally:
+        victim.close()
