@@ -7,7 +7,7 @@ CAP_NET_ADMIN unicasting to the port, can. So the shim (and `tsemu.client`) turn
 and drop every datagram whose kernel-attached uid is not the server socket file's owner:
 
 - a forged ENOBUFS notice and a forged reply sent by uid 65534 are dropped unseen (counted, and
-  said with TSEMU_DEBUG);
+  said with TSEMU_DEBUG), through the shim and through `tsemu.client.Client`;
 - an unprivileged process cannot unicast to another port through the shim either: EPERM, as the
   kernel answers (NETLINK_GENERIC lacks NL_CFG_F_NONROOT_SEND; checked against the host);
 - the credentials never reach the application (unless it asks for SO_PASSCRED, and then they
@@ -19,6 +19,7 @@ test_shim_clients.py, the getdelays overrun).
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
@@ -117,6 +118,27 @@ async def test_a_forged_notice_and_reply_do_not_reach_a_client_of_the_shim(
     assert len(said) == 2, said
     assert said[0].startswith(f"tsemu-shim: dropped a datagram from uid {NOBODY} pid ")
     assert said[1] == "tsemu-shim: 2 datagrams dropped: not from the tsemu server's user"
+
+
+async def test_a_forged_notice_and_reply_do_not_reach_a_tsemu_client(reachable: Any) -> None:
+    async with await Client.connect(reachable.socket_path) as client:
+        assert client.path is not None
+        os.chmod(client.path, 0o777)  # as a umask of 0 would have left it
+        assert await trio.to_thread.run_sync(forge, client.path) == "sent 2"
+        assert await client.family_id() == 0x1F  # no ENOBUFS, no forged ENOENT
+        assert client.dropped == 2
+
+
+async def test_the_servers_own_notice_still_reaches_a_tsemu_client(reachable: Any) -> None:
+    # The same bytes from the server (its user, its unnamed socket) are an overrun.
+    async with await Client.connect(reachable.socket_path) as client:
+        await client.family_id()
+        (conn,) = reachable.clients.values()
+        await conn.sock.send(ENOBUFS_NOTICE)
+        with pytest.raises(OSError) as raised:
+            await client.recv()
+        assert raised.value.errno == errno.ENOBUFS
+        assert client.dropped == 0
 
 
 #: An unprivileged netlink client unicasting to another port: sendto and connect (EPERM from
