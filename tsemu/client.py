@@ -10,8 +10,8 @@ To tsemu, only the server is heard: the socket has SO_PASSCRED on, so the kernel
 sender's credentials to every datagram, and one whose uid is not the server socket file's
 owner (as lstat saw it at `connect`) is dropped and counted in `dropped`, whatever it says
 (another local user cannot inject a reply, an event or an ENOBUFS notice by sending to this
-client's port file). The overrun notice counts only from the server's own (unnamed) sockets;
-another client's datagram is data, as a netlink unicast is.
+client's port file). An overrun notice counts only from the server (not from another client's
+port file: that is data, as a netlink unicast is).
 
 ```python
 async with await Client.connect(socket_path) as c:      # or: await Client.host()
@@ -39,7 +39,7 @@ from types import TracebackType
 
 import trio
 
-from tsemu.emulator.shell.addressing import bind_port, default_socket_path, port_path
+from tsemu.emulator.shell.addressing import bind_port, default_socket_path, port_path, ports_dir
 from tsemu.wire import (
     CgroupstatsReply,
     Decoded,
@@ -162,9 +162,10 @@ class Client:
             if uid is None or uid != self.server_uid:
                 self.dropped += 1  # not the server's user: as if it never came
                 continue
-            # The server's sockets have no name (Python: None, or bytes for an abstract one);
-            # another client's is its port file's path.
-            if not isinstance(sender, str) and is_control(data):
+            # Another client's socket is its port file; anything else of the server's user
+            # is the server (tsemu's sockets have no name: None, or bytes when abstract).
+            peer = isinstance(sender, str) and Path(sender).parent == ports_dir(self.server)
+            if not peer and is_control(data):
                 if decode_control(data).op == ControlOp.ENOBUFS:
                     raise OSError(errno.ENOBUFS, os.strerror(errno.ENOBUFS))
                 continue
