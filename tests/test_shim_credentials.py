@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -35,7 +36,16 @@ from tsemu.client import Client
 from tsemu.emulator.shell.addressing import ports_dir
 from tsemu.wire.control import ENOBUFS_NOTICE
 
-from .clients.harness import host_env, require_host_taskstats, running, shim_env
+from .clients.harness import (
+    CLIENTS,
+    compile_client,
+    host_env,
+    lines,
+    require_host_taskstats,
+    run,
+    running,
+    shim_env,
+)
 from .test_security import NOBODY, as_nobody
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
@@ -203,3 +213,51 @@ def test_the_kernel_refuses_an_unprivileged_unicast_too() -> None:
             ["EPERM", "EPERM", "EPERM", "ok", "kernel"]
     finally:
         victim.close()
+
+
+# -- in a user namespace ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def oddcalls(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return compile_client(CLIENTS / "oddcalls.c", tmp_path_factory.mktemp("oddcalls"))
+
+
+def in_new_user_namespace(argv: list[str]) -> list[str]:
+    """`argv` run in a user namespace of its own, without a uid map (root is unmapped there:
+    the server's uid and the kernel's look like the overflow uid)."""
+    unshare = shutil.which("unshare")
+    if not unshare:
+        pytest.skip("no unshare(1) (util-linux)")
+    if subprocess.run([unshare, "--user", "true"], capture_output=True,
+                      check=False).returncode:
+        pytest.skip("user namespaces cannot be made here")
+    return [unshare, "--user", *argv]
+
+
+def overflow_ids() -> str:
+    uid = Path("/proc/sys/kernel/overflowuid").read_text().strip()
+    gid = Path("/proc/sys/kernel/overflowgid").read_text().strip()
+    return f"creds=pid0,uid{uid},gid{gid}"
+
+
+async def test_in_a_user_namespace_without_root_the_server_is_still_heard(
+        server: Any, oddcalls: Path) -> None:
+    # The server socket's owner and its datagrams' uid both show as the overflow uid; what
+    # SO_PASSCRED gives is the kernel's credentials as that namespace sees them.
+    argv = in_new_user_namespace([str(oddcalls), "recvmsg_passcred", "recvmsg_control_unused"])
+    result = await run(argv, shim_env(server.socket_path))
+    got = lines(result.stdout)
+    assert got == ["recvmsg_control_unused: 112 controllen=0 flags=0x0 after=EAGAIN",
+                   f"recvmsg_passcred: 112 {overflow_ids()} controllen=32 cmsgs=1 flags=0x0 "
+                   "after=EAGAIN"], result.stderr
+
+
+@pytest.mark.host
+def test_in_a_user_namespace_without_root_the_kernel_says_the_same(oddcalls: Path) -> None:
+    require_host_taskstats()
+    argv = in_new_user_namespace([str(oddcalls), "recvmsg_passcred"])
+    result = subprocess.run(argv, env=host_env(), capture_output=True, text=True, timeout=30,
+                            check=False)
+    assert result.stdout.splitlines() == [
+        f"recvmsg_passcred: 112 {overflow_ids()} controllen=32 cmsgs=1 flags=0x0 after=EAGAIN"]
