@@ -9,9 +9,10 @@ case per line, each in a process of its own, with what it returned and what it l
 (whether the queued answer was consumed, what was sent, errors left for the next receive).
 
 Its output on a Linux 6.18 kernel is the reference (tests/clients/oddcalls.expected). Through the
-shim every case must give the same line; the host kernel, where there is one, must still agree
-with the reference. A case that cannot match would be listed in CANNOT_MATCH with the reason;
-none is today.
+shim every case must give the same line, also where seccomp refuses process_vm_readv and
+process_vm_writev (tests/clients/novmcopy.c: the shim copies through a pipe then); the host
+kernel, where there is one, must still agree with the reference. A case that cannot match
+would be listed in CANNOT_MATCH with the reason; none is today.
 """
 
 from __future__ import annotations
@@ -86,6 +87,21 @@ async def test_every_odd_call_through_the_shim_answers_as_the_kernel(server: Any
     assert not [name for name, answer in got.items() if answer.startswith("killed by")], \
         [line for line in lines(result.stdout) if "killed by" in line]
     assert differences(got, cases(REFERENCE.read_text().splitlines())) == []
+
+
+async def test_where_seccomp_refuses_process_vm_copies_the_answers_are_the_same(
+        server: Any, oddcalls: Path, tmp_path: Path) -> None:
+    # A container's seccomp profile may refuse process_vm_readv/writev (EPERM): the shim then
+    # copies through a pipe, with the same answers.
+    novmcopy = compile_client(CLIENTS / "novmcopy.c", tmp_path)
+    probe = subprocess.run([str(novmcopy), "true"], capture_output=True, text=True, check=False)
+    if probe.returncode:
+        pytest.skip(f"cannot install a seccomp filter here: {probe.stderr.strip()}")
+    result = await run([str(novmcopy), str(oddcalls)], shim_env(server.socket_path),
+                       timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert differences(cases(lines(result.stdout)),
+                       cases(REFERENCE.read_text().splitlines())) == []
 
 
 async def test_odd_calls_from_python_leave_the_socket_working(server: Any) -> None:
