@@ -532,6 +532,14 @@ static enum attempt try_receive(struct emu_sock *es, int fd, struct nl_in *in, i
         return errno == EAGAIN || errno == EWOULDBLOCK ? GOT_NOTHING : GOT_ERROR;
     enum sender who = judge(es, &real, creds, &port);
     if (who == FROM_STRANGER) {
+        /* Not even its bytes stay behind in the caller's buffers (which the kernel has just
+         * written, so they can be written again). */
+        size_t wrote = (size_t)n < room ? (size_t)n : room;
+        for (size_t i = 0; i < in->iovlen && wrote; i++) {
+            size_t part = in->iov[i].iov_len < wrote ? in->iov[i].iov_len : wrote;
+            memset(in->iov[i].iov_base, 0, part);
+            wrote -= part;
+        }
         if (flags & MSG_PEEK)
             drop_head(fd);
         return GOT_RETRY;

@@ -69,14 +69,23 @@ for datagram in datagrams:
 print("sent", sent)
 """
 
-#: A client through the shim: binds, says its port file, waits for a line (the forgeries are
-#: sent meanwhile), then asks for TASKSTATS and reports what it receives: a peek at the head
-#: (less than a control datagram: the shim peeks itself), the datagram, and what is left.
+#: A client through the shim: binds and says its port file; after a line (the forgeries are
+#: sent meanwhile) reads without waiting into a buffer of its own (the forgeries are read and
+#: dropped, and leave nothing in it); after another line (forgeries again) asks for TASKSTATS
+#: and reports what it receives: a peek at the head (less than a control datagram: the shim
+#: peeks itself, and drops them there), the datagram, and what is left.
 CLIENT = f"""
 import errno, os, socket, struct, sys
 s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 16)
 s.bind((0, 0))
 print(os.environ["TSEMU_SOCKET"] + ".ports/" + str(s.getsockname()[0]), flush=True)
+sys.stdin.readline()
+buffer = bytearray(b"\\xaa" * 4096)
+try:
+    print("read", s.recv_into(buffer, 4096, socket.MSG_DONTWAIT))
+except BlockingIOError:
+    print("nothing to read", "clean" if {FORGED_REPLY[:16]!r} not in buffer
+          and b"tsEM" not in buffer else "forged bytes left behind", flush=True)
 sys.stdin.readline()
 s.sendto({REQUEST!r}, (0, 0))
 s.settimeout(5)
@@ -121,13 +130,17 @@ async def test_a_forged_notice_and_reply_do_not_reach_a_client_of_the_shim(
         assert os.stat(port_file).st_mode & 0o002
         assert await trio.to_thread.run_sync(forge, port_file) == "sent 2"
         await client.send(b"go\n")
-        rest = await client.rest()
+        said = await client.until(lambda line: not line.startswith("tsemu-shim: "))
+        assert said[-1] == "nothing to read clean"
+        assert await trio.to_thread.run_sync(forge, port_file) == "sent 2"
+        await client.send(b"go\n")
+        rest = said[:-1] + await client.rest()
         assert await client.wait() == 0
     said = [line for line in rest if line.startswith("tsemu-shim: ")]
     assert [line for line in rest if line not in said] == ["reply 112 16 7", "nothing more"]
     assert len(said) == 2, said
     assert said[0].startswith(f"tsemu-shim: dropped a datagram from uid {NOBODY} pid ")
-    assert said[1] == "tsemu-shim: 2 datagrams dropped: not from the tsemu server's user"
+    assert said[1] == "tsemu-shim: 4 datagrams dropped: not from the tsemu server's user"
 
 
 async def test_a_forged_notice_and_reply_do_not_reach_a_tsemu_client(reachable: Any) -> None:
