@@ -15,6 +15,10 @@
  * cannot fail for that reason, so bind records the port and succeeds; the real bind is tried
  * again on the first send, which fails with ECONNREFUSED while there still is no server, the
  * way a send to a netlink port nobody holds fails.
+ *
+ * Who the server is: the user owning the server's socket file, as lstat sees it when the
+ * socket is made (or, when there is no server yet, once there is: at bind or at the first
+ * receive). Only datagrams whose kernel-attached credentials carry that uid are taken (io.c).
  */
 #include "shim.h"
 
@@ -24,8 +28,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/capability.h>
 
 #define PORTS_SUFFIX ".ports"
 #define AUTOBIND_START (-4096)
@@ -62,6 +69,50 @@ void shim_no_server(const char *server)
     if (!atomic_exchange(&said, 1))
         shim_hint("no tsemu server at %s (start one with `tsemu serve`, or set TSEMU_SOCKET "
                   "to its socket)", server);
+}
+
+/* Datagrams dropped because they were not the server's: said once as they begin (with
+ * TSEMU_DEBUG), counted, and the count said at exit (shim_report, from state.c). */
+static atomic_ulong foreign;
+
+void shim_foreign(uid_t uid, pid_t pid, uid_t server_uid)
+{
+    if (atomic_fetch_add(&foreign, 1) == 0)
+        shim_hint("dropped a datagram from uid %d pid %d: only the server's user (uid %u) is "
+                  "heard (more are counted; the count is said at exit)", (int)uid, (int)pid,
+                  (unsigned)server_uid);
+}
+
+void shim_report(void)
+{
+    unsigned long dropped = atomic_load(&foreign);
+    if (dropped)
+        shim_hint("%lu datagram%s dropped: not from the tsemu server's user", dropped,
+                  dropped == 1 ? "" : "s");
+}
+
+int shim_capable(int cap)
+{
+    struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
+    if (syscall(SYS_capget, &header, data) != 0)
+        return 0;
+    return (int)((data[cap / 32].effective >> (cap % 32)) & 1);
+}
+
+void emu_learn_server(struct emu_sock *es)
+{
+    /* The socket file's owner. A link (TSEMU_SOCKET naming one) is followed: requests go to
+     * the socket it reaches, so that socket's owner is the server. */
+    struct stat st;
+    if (lstat(es->server, &st) != 0)
+        return;
+    if (S_ISLNK(st.st_mode) && stat(es->server, &st) != 0)
+        return;
+    if (!S_ISSOCK(st.st_mode))
+        return;
+    es->server_uid = st.st_uid;
+    es->server_known = 1;
 }
 
 int server_path_from_env(char *out, size_t size)
@@ -208,6 +259,8 @@ int emu_bind_port(struct emu_sock *es, int fd, uint32_t port)
     es->port = port;
     es->bound = rc == 0;
     es->autobound = 0;
+    if (es->bound && !es->server_known)
+        emu_learn_server(es);
     if (es->bound)
         emu_send_options(es, fd);
     else
@@ -232,6 +285,8 @@ int emu_autobind(struct emu_sock *es, int fd)
         es->port = (uint32_t)candidate;
         es->bound = rc == 0;
         es->autobound = 1;
+        if (es->bound && !es->server_known)
+            emu_learn_server(es);
         if (es->bound)
             emu_send_options(es, fd);
         else
@@ -251,6 +306,8 @@ int emu_ensure_bound(struct emu_sock *es, int fd)
         rc = bind_name(fd, es->server, es->port);
         if (rc == 0) {
             es->bound = 1;
+            if (!es->server_known)
+                emu_learn_server(es);
             emu_send_options(es, fd);
         }
     } else {

@@ -1,33 +1,47 @@
 /*
- * Sending and receiving on an emulated socket.
+ * Sending and receiving on an emulated socket: what netlink_sendmsg and netlink_recvmsg do,
+ * in their order, once the system call layer's checks are done (sockops.c).
  *
- * Send: the datagram goes, unchanged, to the server's socket (or, for a destination port
- * other than 0, to that client's port file: netlink unicast between user sockets). A socket
- * not bound yet is autobound first, as netlink does on a first send. A CGROUPSTATS_CMD_GET
- * names a descriptor of the sender's process; the server cannot open that, so the
- * descriptor travels along with SCM_RIGHTS (one per request, in request order).
+ * Send: the checks netlink makes (MSG_OOB, an empty datagram, control messages, the
+ * destination, autobind, the send buffer), then the data is copied in from the application
+ * (through the kernel: a bad buffer is EFAULT, usermem.c) and goes, as it is, to the server's
+ * socket (or, for a destination port other than 0, to that client's port file: netlink
+ * unicast between user sockets). A CGROUPSTATS_CMD_GET names a descriptor of the sender's
+ * process; the server cannot open that, so the descriptor travels along with SCM_RIGHTS (one
+ * per request, in request order).
  *
- * Receive: the server's datagrams are netlink bytes, except its control notice that the
- * receive buffer overflowed, which must surface as one receive failing with ENOBUFS. The
- * shim therefore has to see the head of the queue before it hands a datagram over, and two
- * threads must not both decide about the same head. Every receive is done as:
- *   1. under the socket's lock, a non-blocking attempt: a control datagram is consumed and
- *      reported; anything else goes into the caller's buffers as the caller asked (MSG_PEEK,
- *      MSG_TRUNC and a buffer too small included);
+ * Receive: only the server's datagrams (and other clients' unicasts) are taken. The Unix
+ * socket has SO_PASSCRED on, so the kernel attaches the sender's credentials to each datagram;
+ * one whose uid is not the server socket file's owner is dropped unseen, whatever it says
+ * (another local user cannot inject a reply or an ENOBUFS). The server's datagrams are netlink
+ * bytes, except its control notice that the receive buffer overflowed, which must surface as
+ * one receive failing with ENOBUFS. The shim therefore has to see the head of the queue before
+ * it hands a datagram over, and two threads must not both decide about the same head. Every
+ * receive is done as:
+ *   1. under the socket's lock, a non-blocking attempt: a stranger's datagram is dropped and a
+ *      control datagram consumed and reported; anything else goes into the caller's buffers as
+ *      the caller asked (MSG_PEEK, MSG_TRUNC and a buffer too small included);
  *   2. when nothing was there and the caller wants to wait, a zero-length MSG_PEEK outside
  *      the lock waits for the next datagram. That wait is the kernel's own, so O_NONBLOCK,
  *      SO_RCVTIMEO (EAGAIN) and signals (EINTR) behave as they do on any socket.
- * The sender is reported as the kernel: {AF_NETLINK, nl_pid 0, nl_groups 0}, 12 bytes.
+ * The sender is reported as the kernel: {AF_NETLINK, nl_pid 0, nl_groups 0}, 12 bytes (a
+ * client's port for another client's unicast). The credentials never reach the application:
+ * it gets netlink's control messages (NETLINK_PKTINFO, and SCM_CREDENTIALS when it asked for
+ * SO_PASSCRED: the kernel's, pid 0, uid 0, gid 0, for the server's datagrams).
  */
 #include "shim.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
+#include <unistd.h>
+#include <linux/capability.h>
 #include <linux/netlink.h>
 
 #define NLCTRL_ID 0x10
@@ -44,7 +58,8 @@ static atomic_int taskstats_family;
 
 static const unsigned char control_magic[8] = {0, 0, 0, 0, 't', 's', 'E', 'M'};
 
-/* ---- helpers on scattered buffers ---- */
+/* ---- helpers on scattered buffers (the shim's own copies of the application's iovecs, whose
+ * pieces the kernel has just written: safe to read) ---- */
 
 static size_t iov_total(const struct iovec *iov, size_t n)
 {
@@ -184,64 +199,145 @@ static int cgroupstats_fds(const unsigned char *buf, size_t len, int *fds)
 
 /* ---- send ---- */
 
-ssize_t emu_sendmsg(struct emu_sock *es, int fd, const struct msghdr *msg, int flags)
+#define CMSG_ROUND(len) (((len) + sizeof(size_t) - 1) & ~(sizeof(size_t) - 1))
+
+/* sendmsg's control messages, judged as netlink's scm_send judges them (walking them as the
+ * kernel's for_each_cmsghdr does): messages of other levels than SOL_SOCKET are skipped; at
+ * SOL_SOCKET only SCM_CREDENTIALS is taken, a descriptor (SCM_RIGHTS) or any other type is
+ * EINVAL. Whether the credentials may be claimed (one's own pid, uid and gid, or the
+ * capabilities to claim others'; a pid that exists) the kernel says: they are offered alone on
+ * the Unix socket with MSG_OOB, which fails with EOPNOTSUPP only once they passed scm_send.
+ * They go no further: the kernel's genetlink never looks at them, and the server judges a
+ * request by the credentials the kernel attaches to it. 0, or an errno. */
+static int check_control(int fd, const unsigned char *control, size_t len)
 {
-    uint32_t dst = 0;
-    pthread_mutex_lock(&es->lock);
-    dst = es->dst_pid;
-    if (msg->msg_name && msg->msg_namelen) {
-        struct sockaddr_nl nl;
-        if (msg->msg_namelen < sizeof nl) {
-            pthread_mutex_unlock(&es->lock);
-            errno = EINVAL;
-            return -1;
+    size_t off = 0;
+    while (len - off >= sizeof(struct cmsghdr)) {
+        struct cmsghdr c;
+        memcpy(&c, control + off, sizeof c);
+        if (c.cmsg_len < sizeof c || c.cmsg_len > len - off)
+            return EINVAL; /* !CMSG_OK */
+        if (c.cmsg_level == SOL_SOCKET) {
+            if (c.cmsg_type != SCM_CREDENTIALS || c.cmsg_len != CMSG_LEN(sizeof(struct ucred)))
+                return EINVAL;
+            union {
+                struct cmsghdr align;
+                unsigned char buf[CMSG_SPACE(sizeof(struct ucred))];
+            } one;
+            memset(&one, 0, sizeof one);
+            memcpy(one.buf, control + off, CMSG_LEN(sizeof(struct ucred)));
+            struct msghdr probe = {.msg_control = one.buf, .msg_controllen = sizeof one.buf};
+            if (real_sendmsg(fd, &probe, MSG_OOB | MSG_DONTWAIT) >= 0 || errno != EOPNOTSUPP)
+                return errno ? errno : EINVAL;
         }
-        memcpy(&nl, msg->msg_name, sizeof nl);
-        if (nl.nl_family != AF_NETLINK) {
-            pthread_mutex_unlock(&es->lock);
-            errno = EINVAL;
-            return -1;
-        }
-        dst = nl.nl_pid; /* nl_groups: tsemu's families have no multicast listeners */
+        size_t step = CMSG_ROUND(c.cmsg_len);
+        if (step > len - off)
+            break;
+        off += step;
     }
-    int rc = emu_ensure_bound(es, fd);
-    char server[sizeof es->server];
-    memcpy(server, es->server, sizeof server);
+    return 0;
+}
+
+ssize_t emu_send(struct emu_sock *es, int fd, const struct nl_out *o, int flags)
+{
+    pthread_mutex_lock(&es->lock);
+    size_t limit = es->sndbuf > 32 ? (size_t)es->sndbuf - 32 : 0;
     pthread_mutex_unlock(&es->lock);
-    if (rc)
+
+    /* What the kernel copies in: the address first (the system call layer), the data last
+     * (netlink_sendmsg, once everything else passed). When both are needed, one copy does
+     * both; the data is sent from the shim's copy. */
+    int want_data = !(flags & MSG_OOB) && o->len > 0 && o->len <= limit;
+    unsigned char stack[4096], *flat = stack;
+    struct sockaddr_storage name;
+    memset(&name, 0, sizeof name);
+    if (want_data && o->len > sizeof stack && !(flat = malloc(o->len))) {
+        errno = ENOBUFS; /* netlink: no skb */
         return -1;
+    }
+    int name_ok = 1, data_ok = 0, err = 0;
+    if (o->uname) { /* sendto: at most one piece of data */
+        struct iovec local[2] = {{&name, o->namelen}, {flat, 0}};
+        struct iovec remote[2] = {{(void *)o->uname, o->namelen}, {NULL, 0}};
+        if (want_data && o->iovlen) {
+            local[1].iov_len = o->len;
+            remote[1] = o->iov[0];
+        }
+        ssize_t got = um_readv(local, 2, remote, 2);
+        name_ok = o->namelen == 0 || got >= (ssize_t)o->namelen;
+        data_ok = want_data && got == (ssize_t)(o->namelen + o->len);
+    } else {
+        if (o->namelen)
+            memcpy(&name, o->name, o->namelen);
+        if (want_data) {
+            struct iovec local = {flat, o->len};
+            data_ok = um_readv(&local, 1, o->iov, o->iovlen) == (ssize_t)o->len;
+        }
+    }
+
+    uint32_t dst = 0;
+    char server[sizeof es->server];
+    if (!name_ok) {
+        err = EFAULT;
+    } else if (flags & MSG_OOB) {
+        err = EOPNOTSUPP;
+    } else if (o->len == 0) {
+        err = ENODATA; /* the kernel: "Zero length message leads to an empty skb" */
+    } else if (o->controllen && (err = check_control(fd, o->control, o->controllen))) {
+        /* err set */
+    } else if (o->namelen) {
+        struct sockaddr_nl nl;
+        memcpy(&nl, &name, sizeof nl);
+        if (o->namelen < sizeof nl || nl.nl_family != AF_NETLINK)
+            err = EINVAL;
+        else if ((nl.nl_pid || nl.nl_groups) && !shim_capable(CAP_NET_ADMIN))
+            err = EPERM; /* genetlink lets only CAP_NET_ADMIN send to other sockets */
+        dst = nl.nl_pid; /* nl_groups: tsemu's families have no multicast listeners */
+    } else {
+        pthread_mutex_lock(&es->lock);
+        dst = es->dst_pid;
+        pthread_mutex_unlock(&es->lock);
+    }
+    if (!err) {
+        pthread_mutex_lock(&es->lock);
+        if (emu_ensure_bound(es, fd))
+            err = errno;
+        memcpy(server, es->server, sizeof server);
+        pthread_mutex_unlock(&es->lock);
+    }
+    if (!err && o->len > limit)
+        err = EMSGSIZE;
+    if (!err && !data_ok)
+        err = EFAULT; /* the data could not be read: nothing was sent */
 
     struct sockaddr_un to;
     memset(&to, 0, sizeof to);
     to.sun_family = AF_UNIX;
-    if (dst == 0)
-        strcpy(to.sun_path, server);
-    else if (port_path(to.sun_path, sizeof to.sun_path, server, dst))
+    if (!err) {
+        if (dst == 0)
+            strcpy(to.sun_path, server);
+        else if (port_path(to.sun_path, sizeof to.sun_path, server, dst))
+            err = errno;
+    }
+    if (err) {
+        if (flat != stack)
+            free(flat);
+        errno = err;
         return -1;
+    }
 
-    /* Look for CGROUPSTATS requests: the datagram in one piece (most are in one already). */
-    size_t len = iov_total(msg->msg_iov, msg->msg_iovlen);
-    unsigned char stack[4096], *flat = stack;
-    if (msg->msg_iovlen == 1)
-        flat = msg->msg_iov[0].iov_base;
-    else if (len > sizeof stack && !(flat = malloc(len)))
-        return -1;
-    if (msg->msg_iovlen != 1)
-        iov_gather(msg->msg_iov, msg->msg_iovlen, len, flat, len);
     int fds[MAX_PASSED_FDS];
-    int nfds = flat ? cgroupstats_fds(flat, len, fds) : 0;
-    if (flat != stack && msg->msg_iovlen != 1)
-        free(flat);
-
+    int nfds = cgroupstats_fds(flat, o->len, fds);
     union {
         struct cmsghdr align;
         char buf[CMSG_SPACE(sizeof(int) * MAX_PASSED_FDS)];
     } control;
+    struct iovec data = {flat, o->len};
     struct msghdr out = {
         .msg_name = &to,
         .msg_namelen = sizeof to,
-        .msg_iov = msg->msg_iov,
-        .msg_iovlen = msg->msg_iovlen,
+        .msg_iov = &data,
+        .msg_iovlen = 1,
     };
     if (nfds) {
         memset(&control, 0, sizeof control);
@@ -254,7 +350,7 @@ ssize_t emu_sendmsg(struct emu_sock *es, int fd, const struct msghdr *msg, int f
         memcpy(CMSG_DATA(cm), fds, sizeof(int) * (size_t)nfds);
     }
     ssize_t n;
-    while ((n = real_sendmsg(fd, &out, flags | MSG_NOSIGNAL)) < 0 && dst == 0 &&
+    while ((n = real_sendmsg(fd, &out, (flags & MSG_DONTWAIT) | MSG_NOSIGNAL)) < 0 && dst == 0 &&
            (errno == EAGAIN || errno == EWOULDBLOCK)) {
         /* The kernel takes a message for itself at once, blocking socket or not; tsemu reads
          * its queue (net.unix.max_dgram_qlen datagrams) as fast as it can: wait for room.
@@ -262,86 +358,220 @@ ssize_t emu_sendmsg(struct emu_sock *es, int fd, const struct msghdr *msg, int f
         struct timespec pause = {0, 200 * 1000};
         nanosleep(&pause, NULL);
     }
-    if (n < 0 && (errno == ENOENT || errno == ENOTDIR || errno == ECONNREFUSED)) {
+    err = errno;
+    if (flat != stack)
+        free(flat);
+    if (n < 0 && (err == ENOENT || err == ENOTDIR || err == ECONNREFUSED)) {
         /* Nobody at that address: what netlink says when no socket has the port. */
         if (dst == 0)
             shim_no_server(server);
-        errno = ECONNREFUSED;
+        err = ECONNREFUSED;
     }
+    errno = err;
     return n;
 }
 
 /* ---- receive ---- */
 
-/* The sender as netlink reports it: the kernel (port 0), or a client's port for a datagram
- * another client sent straight to us. */
-static void report_sender(struct msghdr *msg, const struct sockaddr_un *from, socklen_t fromlen)
+/* A small file read with the system calls themselves: a /proc view in this library that
+ * answers open() must not answer for the host's /proc. Its text, NUL-terminated, or NULL. */
+static char *read_small(const char *path)
 {
-    if (!msg->msg_name)
-        return;
-    struct sockaddr_nl nl;
-    memset(&nl, 0, sizeof nl);
-    nl.nl_family = AF_NETLINK;
-    char server[sizeof from->sun_path];
-    uint32_t port;
-    if (fromlen > sizeof(sa_family_t) && from->sun_path[0] &&
-        port_from_path(from->sun_path, server, sizeof server, &port) == 0)
-        nl.nl_pid = port;
-    size_t room = msg->msg_namelen < sizeof nl ? msg->msg_namelen : sizeof nl;
-    memcpy(msg->msg_name, &nl, room);
-    msg->msg_namelen = sizeof nl;
+    enum { ROOM = 16384 }; /* a uid_map has at most 340 lines */
+    char *text = malloc(ROOM);
+    int fd = (int)syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC);
+    size_t have = 0;
+    while (text && fd >= 0 && have < ROOM - 1) {
+        ssize_t n = syscall(SYS_read, fd, text + have, ROOM - 1 - have);
+        if (n <= 0)
+            break;
+        have += (size_t)n;
+    }
+    if (fd >= 0)
+        syscall(SYS_close, fd);
+    if (text && (fd < 0 || have == 0)) {
+        free(text);
+        return NULL;
+    }
+    if (text)
+        text[have] = '\0';
+    return text;
+}
+
+/* The kernel's own uid or gid (0) as this process's user namespace sees it: where 0 is mapped,
+ * what it maps to, else the overflow id (what from_kuid_munged gives). */
+static uint32_t map_root(const char *map, const char *overflow)
+{
+    uint32_t id = 65534;
+    char *text = read_small(map);
+    for (char *line = text; line && *line;) {
+        char *end;
+        unsigned long inside = strtoul(line, &end, 10);
+        unsigned long outside = strtoul(end, &end, 10);
+        unsigned long count = strtoul(end, &end, 10);
+        if (outside == 0 && count > 0) {
+            free(text);
+            return (uint32_t)inside;
+        }
+        line = strchr(end, '\n');
+        line = line ? line + 1 : NULL;
+    }
+    free(text);
+    if ((text = read_small(overflow))) {
+        id = (uint32_t)strtoul(text, NULL, 10);
+        free(text);
+    }
+    return id;
+}
+
+static void kernel_credentials(struct ucred *creds)
+{
+    static atomic_int known;
+    static uid_t uid;
+    static gid_t gid;
+    if (!atomic_load_explicit(&known, memory_order_acquire)) {
+        uid = map_root("/proc/self/uid_map", "/proc/sys/kernel/overflowuid");
+        gid = map_root("/proc/self/gid_map", "/proc/sys/kernel/overflowgid");
+        atomic_store_explicit(&known, 1, memory_order_release);
+    }
+    creds->pid = 0;
+    creds->uid = uid;
+    creds->gid = gid;
+}
+
+enum sender { FROM_SERVER, FROM_PEER, FROM_STRANGER };
+
+/* Who sent a datagram the Unix socket gave us (es->lock held): someone of the server's user
+ * (the uid in the credentials the kernel attached), or a stranger, whose datagram no one must
+ * see. Of the server's user, a port file is another client (a unicast, reported from that
+ * port); anything else is the server: tsemu's sockets are unnamed, and a server of another
+ * make (the benchmark's echo server) may answer from its own bound socket. */
+static enum sender judge(struct emu_sock *es, struct msghdr *real, struct ucred *creds,
+                         uint32_t *port)
+{
+    const struct sockaddr_un *from = real->msg_name;
+    int found = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(real); c; c = CMSG_NXTHDR(real, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS &&
+            c->cmsg_len >= CMSG_LEN(sizeof *creds)) {
+            memcpy(creds, CMSG_DATA(c), sizeof *creds);
+            found = 1;
+        }
+    if (!es->server_known)
+        emu_learn_server(es);
+    if (!found || !es->server_known || creds->uid != es->server_uid) {
+        shim_foreign(found ? creds->uid : (uid_t)-1, found ? creds->pid : 0, es->server_uid);
+        return FROM_STRANGER;
+    }
+    *port = 0;
+    if (real->msg_namelen <= sizeof(sa_family_t) || from->sun_path[0] == '\0')
+        return FROM_SERVER; /* unnamed (or, with SO_PASSCRED set there, autobound) */
+    char server[sizeof from->sun_path + 1];
+    char path[sizeof from->sun_path + 1];
+    size_t len = real->msg_namelen - offsetof(struct sockaddr_un, sun_path);
+    if (len > sizeof from->sun_path)
+        len = sizeof from->sun_path;
+    memcpy(path, from->sun_path, len);
+    path[len] = '\0';
+    if (port_from_path(path, server, sizeof server, port) == 0)
+        return FROM_PEER;
+    *port = 0;
+    return FROM_SERVER;
 }
 
 enum attempt { GOT_DATA, GOT_NOTHING, GOT_RETRY, GOT_ENOBUFS, GOT_ERROR };
 
+/* Space for the credentials and whatever else strangers may attach (SCM_RIGHTS that do not fit
+ * are closed by the kernel, never installed). */
+#define OUR_CONTROL (CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(sizeof(int)))
+
+/* Drop the datagram at the head of the queue. */
+static void drop_head(int fd)
+{
+    char byte;
+    real_recv(fd, &byte, 0, MSG_DONTWAIT);
+}
+
 /* One non-blocking attempt (es->lock held). */
-static enum attempt try_receive(int fd, struct msghdr *msg, int flags, ssize_t *result)
+static enum attempt try_receive(struct emu_sock *es, int fd, struct nl_in *in, int flags,
+                                ssize_t *result, struct ucred *creds)
 {
     struct sockaddr_un from;
-    struct msghdr real = *msg;
-    real.msg_name = &from;
-    real.msg_namelen = sizeof from;
-    size_t room = iov_total(msg->msg_iov, msg->msg_iovlen);
+    union {
+        struct cmsghdr align;
+        char buf[OUR_CONTROL];
+    } ours;
+    size_t room = iov_total(in->iov, in->iovlen);
     unsigned char head[CTL_SIZE];
+    uint32_t port = 0;
 
     if ((flags & MSG_PEEK) || room < CTL_SIZE) {
         /* The caller's buffer cannot show us the head, or must not consume it: peek first. */
-        ssize_t n = real_recv(fd, head, sizeof head, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
+        struct iovec h = {head, sizeof head};
+        struct msghdr peek = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = &h,
+                              .msg_iovlen = 1, .msg_control = ours.buf,
+                              .msg_controllen = sizeof ours.buf};
+        ssize_t n = real_recvmsg(fd, &peek, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
         if (n < 0)
             return errno == EAGAIN || errno == EWOULDBLOCK ? GOT_NOTHING : GOT_ERROR;
-        if (is_control(head, (size_t)n)) {
-            real_recv(fd, head, sizeof head, MSG_DONTWAIT);
+        enum sender who = judge(es, &peek, creds, &port);
+        if (who == FROM_STRANGER) {
+            drop_head(fd);
+            return GOT_RETRY;
+        }
+        if (who == FROM_SERVER && is_control(head, (size_t)n)) {
+            drop_head(fd);
             return control_op(head) == CTL_OP_ENOBUFS ? GOT_ENOBUFS : GOT_RETRY;
         }
     }
-    ssize_t n = real_recvmsg(fd, &real, flags | MSG_DONTWAIT);
+    struct msghdr real = {.msg_name = &from, .msg_namelen = sizeof from,
+                          .msg_iov = (struct iovec *)in->iov, .msg_iovlen = in->iovlen,
+                          .msg_control = ours.buf, .msg_controllen = sizeof ours.buf};
+    ssize_t n = real_recvmsg(fd, &real, (flags & ~MSG_CMSG_COMPAT) | MSG_DONTWAIT);
     if (n < 0)
         return errno == EAGAIN || errno == EWOULDBLOCK ? GOT_NOTHING : GOT_ERROR;
-    if (!(flags & MSG_PEEK) && room >= CTL_SIZE && (size_t)n == CTL_SIZE) {
-        iov_gather(msg->msg_iov, msg->msg_iovlen, CTL_SIZE, head, sizeof head);
+    enum sender who = judge(es, &real, creds, &port);
+    if (who == FROM_STRANGER) {
+        /* Not even its bytes stay behind in the caller's buffers (which the kernel has just
+         * written, so they can be written again). */
+        size_t wrote = (size_t)n < room ? (size_t)n : room;
+        for (size_t i = 0; i < in->iovlen && wrote; i++) {
+            size_t part = in->iov[i].iov_len < wrote ? in->iov[i].iov_len : wrote;
+            memset(in->iov[i].iov_base, 0, part);
+            wrote -= part;
+        }
+        if (flags & MSG_PEEK)
+            drop_head(fd);
+        return GOT_RETRY;
+    }
+    if (who == FROM_SERVER && !(flags & MSG_PEEK) && room >= CTL_SIZE && (size_t)n == CTL_SIZE) {
+        iov_gather(in->iov, in->iovlen, CTL_SIZE, head, sizeof head);
         if (is_control(head, CTL_SIZE))
             return control_op(head) == CTL_OP_ENOBUFS ? GOT_ENOBUFS : GOT_RETRY;
     }
-    msg->msg_flags = real.msg_flags;
-    msg->msg_controllen = real.msg_controllen;
-    report_sender(msg, &from, real.msg_namelen);
+    in->msg_flags = real.msg_flags & ~MSG_CTRUNC; /* our control buffer's, not the caller's */
+    memset(&in->name, 0, sizeof in->name);
+    in->name.nl_family = AF_NETLINK;
+    in->name.nl_pid = port;
+    if (who == FROM_SERVER)
+        kernel_credentials(creds);
 
     /* nlctrl replies teach us TASKSTATS' family id (for CGROUPSTATS sends). */
     size_t have = (size_t)n < room ? (size_t)n : room;
     if (have >= NLMSG_HDRLEN + 4) {
         unsigned char first[NLMSG_HDRLEN] = {0};
-        iov_gather(msg->msg_iov, msg->msg_iovlen, have, first, sizeof first);
+        iov_gather(in->iov, in->iovlen, have, first, sizeof first);
         uint16_t type;
         memcpy(&type, first + 4, 2);
         if (type == NLCTRL_ID) {
-            if (msg->msg_iovlen == 1) {
-                learn_family(msg->msg_iov[0].iov_base, have);
+            if (in->iovlen == 1) {
+                learn_family(in->iov[0].iov_base, have);
             } else {
-                unsigned char *flat = malloc(have);
-                if (flat) {
-                    iov_gather(msg->msg_iov, msg->msg_iovlen, have, flat, have);
-                    learn_family(flat, have);
-                    free(flat);
+                unsigned char *whole = malloc(have);
+                if (whole) {
+                    iov_gather(in->iov, in->iovlen, have, whole, have);
+                    learn_family(whole, have);
+                    free(whole);
                 }
             }
         }
@@ -350,22 +580,70 @@ static enum attempt try_receive(int fd, struct msghdr *msg, int flags, ssize_t *
     return GOT_DATA;
 }
 
-ssize_t emu_recvmsg(struct emu_sock *es, int fd, struct msghdr *msg, int flags)
+/* put_cmsg(): one control message into the caller's buffer, as much of it as fits (MSG_CTRUNC
+ * when it does not all fit, or when there is no buffer); a buffer the kernel cannot write to
+ * takes nothing, silently. */
+static void put_cmsg(struct nl_in *in, int level, int type, const void *data, size_t len)
 {
+    size_t cmlen = CMSG_LEN(len);
+    if (!in->ucontrol || in->ucontrollen < sizeof(struct cmsghdr)) {
+        in->msg_flags |= MSG_CTRUNC;
+        return;
+    }
+    if (in->ucontrollen < cmlen) {
+        in->msg_flags |= MSG_CTRUNC;
+        cmlen = in->ucontrollen;
+    }
+    union {
+        struct cmsghdr h;
+        unsigned char buf[CMSG_SPACE(16)];
+    } c;
+    memset(&c, 0, sizeof c);
+    c.h.cmsg_len = cmlen;
+    c.h.cmsg_level = level;
+    c.h.cmsg_type = type;
+    memcpy(CMSG_DATA(&c.h), data, len);
+    if (um_write(in->ucontrol, c.buf, cmlen))
+        return;
+    size_t step = CMSG_SPACE(len) < in->ucontrollen ? CMSG_SPACE(len) : in->ucontrollen;
+    in->ucontrol = (char *)in->ucontrol + step;
+    in->ucontrollen -= step;
+    in->controlled += step;
+}
+
+ssize_t emu_recv(struct emu_sock *es, int fd, struct nl_in *in, int flags)
+{
+    in->controlled = 0;
+    in->msg_flags = 0;
+    if (flags & MSG_OOB) {
+        errno = EOPNOTSUPP;
+        return -1;
+    }
     for (;;) {
         ssize_t n = -1;
+        struct ucred creds = {0, 0, 0};
         pthread_mutex_lock(&es->lock);
         enum attempt got;
-        if (es->enobufs) {
-            es->enobufs = 0;
-            got = GOT_ENOBUFS;
+        int err = 0;
+        if (es->sk_err) { /* sock_error(): an error left for this receive, reported once */
+            err = es->sk_err;
+            es->sk_err = 0;
+            got = GOT_ERROR;
         } else {
-            got = try_receive(fd, msg, flags, &n);
+            got = try_receive(es, fd, in, flags, &n, &creds);
+            err = errno;
         }
-        int err = errno;
+        int pktinfo = es->pktinfo, passcred = es->passcred;
         pthread_mutex_unlock(&es->lock);
         switch (got) {
         case GOT_DATA:
+            /* netlink_recvmsg's control messages, in its order */
+            if (pktinfo) {
+                uint32_t group = 0; /* struct nl_pktinfo: unicast */
+                put_cmsg(in, SOL_NETLINK, NLO_PKTINFO, &group, sizeof group);
+            }
+            if (passcred)
+                put_cmsg(in, SOL_SOCKET, SCM_CREDENTIALS, &creds, sizeof creds);
             return n;
         case GOT_ENOBUFS:
             errno = ENOBUFS;
@@ -373,7 +651,7 @@ ssize_t emu_recvmsg(struct emu_sock *es, int fd, struct msghdr *msg, int flags)
         case GOT_ERROR:
             errno = err;
             return -1;
-        case GOT_RETRY: /* a control datagram meant for no one: look again */
+        case GOT_RETRY: /* a datagram meant for no one: look again */
             continue;
         case GOT_NOTHING:
             break;

@@ -16,8 +16,10 @@
  *   - CGROUPSTATS: the descriptor a request names travels to the server with SCM_RIGHTS.
  *
  * Files: real.c (the libc functions we wrap), state.c (the descriptor table, fork and exec),
- * addr.c (paths, binding, control datagrams), io.c (send and receive), sockops.c (the other
- * socket calls and descriptor bookkeeping). emulator/addressing.py is the reference for the
+ * addr.c (paths, binding, control datagrams, who the server is), io.c (send and receive),
+ * sockops.c (the wrapped calls: the system call layer's checks, the other socket calls,
+ * descriptor bookkeeping), usermem.c (the application's memory, touched only through the
+ * kernel). emulator/addressing.py is the reference for the
  * addressing rules; tsemu/client.py for the conversation with the server.
  */
 #ifndef TSEMU_SHIM_H
@@ -29,11 +31,15 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/un.h>
+#include <linux/netlink.h>
 
 #ifndef SOL_NETLINK
 #define SOL_NETLINK 270
 #endif
 #define TSEMU_NETLINK_GENERIC 16
+#ifndef MSG_CMSG_COMPAT
+#define MSG_CMSG_COMPAT 0x80000000 /* the kernel's, for 32-bit callers: refused by (rec|se)nd(m)msg */
+#endif
 
 /* SOL_NETLINK options (uapi <linux/netlink.h>). */
 #define NLO_ADD_MEMBERSHIP 1
@@ -83,7 +89,11 @@ struct emu_sock {
     int rcvbuf, sndbuf;   /* what getsockopt reports */
     int rcvbuf_set;       /* the client changed SO_RCVBUF: the server must be told */
     int cap_ack, ext_ack, no_enobufs, pktinfo, broadcast_error, listen_all_nsid, strict_chk;
-    int enobufs;          /* an ENOBUFS still to report on the next receive */
+    int passcred;         /* SO_PASSCRED as the application set it (the Unix socket's is on) */
+    int groups_allocated; /* a membership was asked once: LIST_MEMBERSHIPS reports 32 groups */
+    int sk_err;           /* an error for the next receive (ENOBUFS, recvmmsg's left-over) */
+    uid_t server_uid;     /* the server socket file's owner: only its datagrams are taken */
+    int server_known;     /* server_uid is set */
     int in_use;           /* 0: on the free list (structures are recycled, never freed) */
     struct emu_sock *next_all; /* every structure ever made, for fork and port look-ups */
 };
@@ -142,14 +152,59 @@ int port_from_path(const char *path, char *server, size_t size, uint32_t *port);
 int emu_bind_port(struct emu_sock *es, int fd, uint32_t port); /* caller holds es->lock */
 int emu_autobind(struct emu_sock *es, int fd);                 /* caller holds es->lock */
 int emu_ensure_bound(struct emu_sock *es, int fd);             /* caller holds es->lock */
+void emu_learn_server(struct emu_sock *es);                    /* caller holds es->lock */
 void emu_send_control(struct emu_sock *es, int fd, int option, int64_t value);
 void emu_send_options(struct emu_sock *es, int fd);
 void emu_release_port(const char *server, uint32_t port);
 void shim_hint(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* TSEMU_DEBUG */
 void shim_no_server(const char *server);
+void shim_foreign(uid_t uid, pid_t pid, uid_t server_uid); /* a datagram dropped: not the server's */
+void shim_report(void);                                     /* at exit: what was dropped */
+int shim_capable(int cap);                                  /* cap is in our effective set */
 
-/* ---- io.c: send and receive ---- */
-ssize_t emu_sendmsg(struct emu_sock *es, int fd, const struct msghdr *msg, int flags);
-ssize_t emu_recvmsg(struct emu_sock *es, int fd, struct msghdr *msg, int flags);
+/* ---- usermem.c: the application's memory, through the kernel (never dereferenced) ---- */
+int um_read(void *to, const void *from, size_t len);  /* 0, or -1 with errno EFAULT */
+int um_write(void *to, const void *from, size_t len); /* 0, or -1 with errno EFAULT */
+/* Scattered copies: the bytes copied, short where a remote (application) piece faults. */
+ssize_t um_readv(const struct iovec *local, size_t nlocal, const struct iovec *remote,
+                 size_t nremote);
+ssize_t um_writev(const struct iovec *local, size_t nlocal, const struct iovec *remote,
+                  size_t nremote);
+int um_access_ok(const void *addr, size_t len); /* the kernel's access_ok(): 1 or 0 */
+
+/* The kernel's limits on what one call moves (MAX_RW_COUNT) and on its pieces (UIO_MAXIOV),
+ * and the largest address a sockaddr may have (sizeof(struct sockaddr_storage)). */
+#define MAX_RW_COUNT ((size_t)(INT32_MAX & ~4095))
+#define UIO_MAXIOV 1024
+#define MAX_ADDRLEN 128
+
+/* ---- io.c: send and receive, as netlink_sendmsg and netlink_recvmsg do them ---- */
+
+/* A datagram to send, past the system call layer's checks (sockops.c): its pieces are the
+ * application's memory, within access_ok() but not read yet. */
+struct nl_out {
+    const struct iovec *iov;
+    size_t iovlen;
+    size_t len;            /* their total, at most MAX_RW_COUNT */
+    const void *uname;     /* an address still in the application's memory (sendto), or NULL */
+    const void *name;      /* ... or one already copied (sendmsg) */
+    size_t namelen;        /* 0: none (the connected destination); at most MAX_ADDRLEN */
+    const void *control;   /* sendmsg's control messages, readable (checked by the kernel) */
+    size_t controllen;
+};
+ssize_t emu_send(struct emu_sock *es, int fd, const struct nl_out *out, int flags);
+
+/* A receive, past the system call layer's checks: the pieces are within access_ok(); what the
+ * kernel would write besides the data comes back in the structure. */
+struct nl_in {
+    const struct iovec *iov;
+    size_t iovlen;
+    void *ucontrol;           /* the application's control buffer (recvmsg), or NULL */
+    size_t ucontrollen;
+    struct sockaddr_nl name;  /* out: the sender */
+    size_t controlled;        /* out: bytes of control messages written at ucontrol */
+    int msg_flags;            /* out */
+};
+ssize_t emu_recv(struct emu_sock *es, int fd, struct nl_in *in, int flags);
 
 #endif

@@ -2,8 +2,20 @@
  * The wrapped libc entry points. Each one first asks whether its descriptor is an emulated
  * netlink socket (state.c); if not, it calls libc's own function and nothing else happens.
  *
- * What a netlink socket answers here follows net/netlink/af_netlink.c: the checks bind,
- * connect and the socket options make, in the same order, with the same errno values.
+ * For an emulated socket each call does what the kernel does, in the kernel's order, with
+ * its errno values: first the system call layer (net/socket.c, fs/read_write.c: copying the
+ * msghdr, the address, the iovecs and their access_ok() checks, the limits on counts and
+ * lengths), then netlink's own checks (net/netlink/af_netlink.c; io.c for send and receive).
+ * No pointer the application passes is dereferenced unchecked (usermem.c): where the kernel
+ * would fault, the call fails with EFAULT and the program goes on, as it would on the kernel.
+ *
+ * The msghdr-based calls let the kernel do the system call layer's checks: a "dry run" of the
+ * same call on the Unix socket with MSG_OOB, which a Unix datagram socket refuses
+ * (EOPNOTSUPP) only once the kernel has copied and checked everything the application
+ * passed, and which neither sends nor receives anything. After it, the msghdr and its iovec
+ * array are known readable; the data is then read (usermem.c) or written (by the real receive)
+ * with the kernel's checks, and what the kernel writes back into the msghdr goes through
+ * usermem.c too.
  */
 #include "shim.h"
 
@@ -11,9 +23,12 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
+#include <linux/capability.h>
 #include <linux/netlink.h>
 
 #ifndef CLOSE_RANGE_CLOEXEC
@@ -21,6 +36,85 @@
 #endif
 
 extern void __chk_fail(void) __attribute__((noreturn));
+
+static int fail(int err)
+{
+    errno = err;
+    return -1;
+}
+
+/* ---- the system call layer ---- */
+
+/* The dry runs: 0 when the kernel found nothing wrong before the protocol, else its errno. */
+static int dry_sendmsg(int fd, const struct msghdr *msg, int flags)
+{
+    if (real_sendmsg(fd, msg, flags | MSG_OOB | MSG_DONTWAIT) >= 0)
+        return 0; /* cannot happen: a Unix datagram socket has no out-of-band data */
+    return errno == EOPNOTSUPP ? 0 : errno;
+}
+
+static int dry_recvmsg(int fd, struct msghdr *msg, int flags)
+{
+    if (real_recvmsg(fd, msg, flags | MSG_OOB | MSG_DONTWAIT) >= 0)
+        return 0;
+    return errno == EOPNOTSUPP ? 0 : errno;
+}
+
+/* The application's iovecs as import_iovec leaves them: copied (they are readable: a dry run
+ * just read them), the total cut at MAX_RW_COUNT. */
+struct iovs {
+    struct iovec *v;
+    size_t n, total;
+    struct iovec few[8];
+};
+
+static int take_iovs(struct iovs *out, const struct iovec *from, size_t n)
+{
+    out->v = n <= sizeof out->few / sizeof out->few[0] ? out->few : malloc(n * sizeof *out->v);
+    if (!out->v)
+        return ENOMEM;
+    out->n = n;
+    out->total = 0;
+    for (size_t i = 0; i < n; i++) {
+        out->v[i] = from[i];
+        if (out->v[i].iov_len > MAX_RW_COUNT - out->total)
+            out->v[i].iov_len = MAX_RW_COUNT - out->total;
+        out->total += out->v[i].iov_len;
+    }
+    return 0;
+}
+
+static void drop_iovs(struct iovs *iovs)
+{
+    if (iovs->v != iovs->few)
+        free(iovs->v);
+}
+
+/* move_addr_to_kernel(): the caller's address (len as an int: negative or longer than a
+ * sockaddr_storage is EINVAL; 0 copies nothing). 0 or an errno. */
+static int take_address(const void *uaddr, socklen_t len, struct sockaddr_storage *out)
+{
+    memset(out, 0, sizeof *out);
+    if ((int)len < 0 || len > MAX_ADDRLEN)
+        return EINVAL;
+    return len && um_read(out, uaddr, len) ? EFAULT : 0;
+}
+
+/* move_addr_to_user(): `klen` bytes of address for the caller, cut to the room *ulen says
+ * (read after the fact, as the kernel reads it), then the full length into *ulen. */
+static int give_address(const void *kaddr, int klen, void *uaddr, socklen_t *ulen)
+{
+    int len;
+    if (um_read(&len, ulen, sizeof len))
+        return EFAULT;
+    if (len > klen)
+        len = klen;
+    if (len < 0)
+        return EINVAL;
+    struct iovec local[2] = {{(void *)kaddr, (size_t)len}, {&klen, sizeof klen}};
+    struct iovec remote[2] = {{uaddr, (size_t)len}, {ulen, sizeof klen}};
+    return um_writev(local, 2, remote, 2) == (ssize_t)(len + sizeof klen) ? 0 : EFAULT;
+}
 
 /* ---- creating, naming, connecting ---- */
 
@@ -40,28 +134,21 @@ int socket(int domain, int type, int protocol)
     int fd = real_socket(AF_UNIX, SOCK_DGRAM | (type & (SOCK_NONBLOCK | SOCK_CLOEXEC)), 0);
     if (fd < 0)
         return -1;
-    if (!emu_new(fd, kind, server)) {
+    /* The kernel attaches the sender's credentials to every datagram from now on: only the
+     * server's are taken (io.c). */
+    int one = 1;
+    struct emu_sock *es = NULL;
+    if (real_setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0 ||
+        !(es = emu_new(fd, kind, server))) {
         int err = errno;
         real_close(fd);
         errno = err;
         return -1;
     }
+    pthread_mutex_lock(&es->lock);
+    emu_learn_server(es);
+    pthread_mutex_unlock(&es->lock);
     return fd;
-}
-
-/* A sockaddr_nl from the caller, checked as netlink_bind and netlink_connect check it. */
-static int netlink_address(const struct sockaddr *addr, socklen_t len, struct sockaddr_nl *nl)
-{
-    if (!addr || len < sizeof *nl) {
-        errno = EINVAL;
-        return -1;
-    }
-    memcpy(nl, addr, sizeof *nl);
-    if (nl->nl_family != AF_NETLINK) {
-        errno = EINVAL;
-        return -1;
-    }
-    return 0;
 }
 
 int bind(int fd, const struct sockaddr *addr, socklen_t len)
@@ -70,9 +157,14 @@ int bind(int fd, const struct sockaddr *addr, socklen_t len)
     struct emu_sock *es = emu_get(fd);
     if (!es)
         return real_bind(fd, addr, len);
+    struct sockaddr_storage ss;
     struct sockaddr_nl nl;
-    if (netlink_address(addr, len, &nl))
-        return -1;
+    int err = take_address(addr, len, &ss);
+    if (err)
+        return fail(err);
+    memcpy(&nl, &ss, sizeof nl);
+    if (len < sizeof nl || nl.nl_family != AF_NETLINK)
+        return fail(EINVAL);
     pthread_mutex_lock(&es->lock);
     int rc = 0;
     if (es->port) {
@@ -87,8 +179,11 @@ int bind(int fd, const struct sockaddr *addr, socklen_t len)
     } else {
         rc = emu_autobind(es, fd);
     }
-    if (rc == 0)
+    if (rc == 0) {
         es->groups = nl.nl_groups;
+        if (nl.nl_groups)
+            es->groups_allocated = 1;
+    }
     pthread_mutex_unlock(&es->lock);
     return rc;
 }
@@ -99,19 +194,24 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len)
     struct emu_sock *es = emu_get(fd);
     if (!es)
         return real_connect(fd, addr, len);
-    if (!addr || len < sizeof(sa_family_t)) {
-        errno = EINVAL;
-        return -1;
-    }
-    if (addr->sa_family == AF_UNSPEC) { /* disconnect: sends go to the kernel again */
+    struct sockaddr_storage ss;
+    struct sockaddr_nl nl;
+    int err = take_address(addr, len, &ss);
+    if (err)
+        return fail(err);
+    memcpy(&nl, &ss, sizeof nl);
+    if (len < sizeof(sa_family_t))
+        return fail(EINVAL);
+    if (nl.nl_family == AF_UNSPEC) { /* disconnect: sends go to the kernel again */
         pthread_mutex_lock(&es->lock);
         es->dst_pid = es->dst_groups = 0;
         pthread_mutex_unlock(&es->lock);
         return 0;
     }
-    struct sockaddr_nl nl;
-    if (netlink_address(addr, len, &nl))
-        return -1;
+    if (nl.nl_family != AF_NETLINK || len < sizeof nl)
+        return fail(EINVAL);
+    if ((nl.nl_pid || nl.nl_groups) && !shim_capable(CAP_NET_ADMIN))
+        return fail(EPERM); /* genetlink lets only CAP_NET_ADMIN talk to other sockets */
     pthread_mutex_lock(&es->lock);
     int rc = es->port ? 0 : emu_autobind(es, fd);
     if (rc == 0) {
@@ -122,20 +222,15 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len)
     return rc;
 }
 
-static int give_address(struct sockaddr *addr, socklen_t *len, uint32_t pid, uint32_t groups)
+static int give_name(uint32_t pid, uint32_t groups, struct sockaddr *addr, socklen_t *len)
 {
-    if (!addr || !len) {
-        errno = EFAULT;
-        return -1;
-    }
     struct sockaddr_nl nl;
     memset(&nl, 0, sizeof nl);
     nl.nl_family = AF_NETLINK;
     nl.nl_pid = pid;
     nl.nl_groups = groups;
-    memcpy(addr, &nl, *len < sizeof nl ? *len : sizeof nl);
-    *len = sizeof nl;
-    return 0;
+    int err = give_address(&nl, sizeof nl, addr, len);
+    return err ? fail(err) : 0;
 }
 
 int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
@@ -147,7 +242,7 @@ int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
     pthread_mutex_lock(&es->lock);
     uint32_t port = es->port, groups = es->groups;
     pthread_mutex_unlock(&es->lock);
-    return give_address(addr, len, port, groups);
+    return give_name(port, groups, addr, len);
 }
 
 int getpeername(int fd, struct sockaddr *addr, socklen_t *len)
@@ -159,16 +254,76 @@ int getpeername(int fd, struct sockaddr *addr, socklen_t *len)
     pthread_mutex_lock(&es->lock);
     uint32_t pid = es->dst_pid, group = es->dst_groups;
     pthread_mutex_unlock(&es->lock);
-    return give_address(addr, len, pid, group ? 1u << (group - 1) : 0);
+    return give_name(pid, group ? 1u << (group - 1) : 0, addr, len);
 }
 
 /* ---- sending ---- */
+
+/* sendmsg(2): ___sys_sendmsg's copies and checks (by a dry run), then netlink's (emu_send). */
+static ssize_t user_sendmsg(struct emu_sock *es, int fd, const struct msghdr *umsg, int flags)
+{
+    int err = dry_sendmsg(fd, umsg, flags);
+    if (err) {
+        /* The Unix socket judges control messages its own way (it takes descriptors, and
+         * refuses bad ones with EBADF): judge the rest without them. What the control
+         * messages are worth to netlink emu_send says, at the point netlink would. */
+        struct msghdr m;
+        if (err == EFAULT || err == ENOBUFS || um_read(&m, umsg, sizeof m) || !m.msg_controllen)
+            return fail(err);
+        m.msg_control = NULL;
+        m.msg_controllen = 0;
+        if ((err = dry_sendmsg(fd, &m, flags)))
+            return fail(err);
+    }
+    struct msghdr m;
+    memcpy(&m, umsg, sizeof m);
+    struct iovs iovs;
+    if ((err = take_iovs(&iovs, m.msg_iov, m.msg_iovlen)))
+        return fail(err);
+    size_t namelen = m.msg_name ? m.msg_namelen : 0;
+    struct nl_out out = {
+        .iov = iovs.v,
+        .iovlen = iovs.n,
+        .len = iovs.total,
+        .name = m.msg_name,
+        .namelen = namelen < MAX_ADDRLEN ? namelen : MAX_ADDRLEN,
+        .control = m.msg_control,
+        .controllen = m.msg_controllen,
+    };
+    ssize_t n = emu_send(es, fd, &out, flags);
+    err = errno;
+    drop_iovs(&iovs);
+    errno = err;
+    return n;
+}
 
 ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 {
     shim_resolve();
     struct emu_sock *es = emu_get(fd);
-    return es ? emu_sendmsg(es, fd, msg, flags) : real_sendmsg(fd, msg, flags);
+    return es ? user_sendmsg(es, fd, msg, flags) : real_sendmsg(fd, msg, flags);
+}
+
+/* send, sendto (__sys_sendto) and write (vfs_write: access_ok before the length is cut). */
+static ssize_t send_buffer(struct emu_sock *es, int fd, const void *buf, size_t len, int flags,
+                           const struct sockaddr *addr, socklen_t alen, int is_write)
+{
+    if (is_write && !um_access_ok(buf, len))
+        return fail(EFAULT);
+    if (len > MAX_RW_COUNT)
+        len = MAX_RW_COUNT;
+    if (!is_write && !um_access_ok(buf, len))
+        return fail(EFAULT);
+    size_t namelen = 0;
+    if (addr) {
+        if ((int)alen < 0 || alen > MAX_ADDRLEN)
+            return fail(EINVAL);
+        namelen = alen;
+    }
+    struct iovec iov = {(void *)buf, len};
+    struct nl_out out = {.iov = &iov, .iovlen = 1, .len = len,
+                         .uname = namelen ? addr : NULL, .namelen = namelen};
+    return emu_send(es, fd, &out, flags);
 }
 
 ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *addr,
@@ -178,10 +333,7 @@ ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sock
     struct emu_sock *es = emu_get(fd);
     if (!es)
         return real_sendto(fd, buf, len, flags, addr, alen);
-    struct iovec iov = {(void *)buf, len};
-    struct msghdr msg = {.msg_name = (void *)addr, .msg_namelen = addr ? alen : 0,
-                         .msg_iov = &iov, .msg_iovlen = 1};
-    return emu_sendmsg(es, fd, &msg, flags);
+    return send_buffer(es, fd, buf, len, flags, addr, alen, 0);
 }
 
 ssize_t send(int fd, const void *buf, size_t len, int flags)
@@ -190,9 +342,7 @@ ssize_t send(int fd, const void *buf, size_t len, int flags)
     struct emu_sock *es = emu_get(fd);
     if (!es)
         return real_send(fd, buf, len, flags);
-    struct iovec iov = {(void *)buf, len};
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-    return emu_sendmsg(es, fd, &msg, flags);
+    return send_buffer(es, fd, buf, len, flags, NULL, 0, 0);
 }
 
 ssize_t write(int fd, const void *buf, size_t len)
@@ -201,9 +351,7 @@ ssize_t write(int fd, const void *buf, size_t len)
     struct emu_sock *es = emu_get(fd);
     if (!es)
         return real_write(fd, buf, len);
-    struct iovec iov = {(void *)buf, len};
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-    return emu_sendmsg(es, fd, &msg, 0);
+    return send_buffer(es, fd, buf, len, 0, NULL, 0, 1);
 }
 
 ssize_t writev(int fd, const struct iovec *iov, int count)
@@ -212,8 +360,24 @@ ssize_t writev(int fd, const struct iovec *iov, int count)
     struct emu_sock *es = emu_get(fd);
     if (!es)
         return real_writev(fd, iov, count);
-    struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)count};
-    return emu_sendmsg(es, fd, &msg, 0);
+    /* vfs_writev: import_iovec (a count beyond UIO_MAXIOV is EINVAL here), nothing to write
+     * is 0 without the socket hearing of it. */
+    if (count < 0 || count > UIO_MAXIOV)
+        return fail(EINVAL);
+    struct msghdr m = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)count};
+    int err = dry_sendmsg(fd, &m, 0);
+    struct iovs iovs;
+    if (err || (err = take_iovs(&iovs, iov, (size_t)count)))
+        return fail(err);
+    ssize_t n = 0;
+    if (iovs.total) {
+        struct nl_out out = {.iov = iovs.v, .iovlen = iovs.n, .len = iovs.total};
+        n = emu_send(es, fd, &out, 0);
+        err = errno;
+    }
+    drop_iovs(&iovs);
+    errno = err;
+    return n;
 }
 
 int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
@@ -222,35 +386,104 @@ int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
     struct emu_sock *es = emu_get(fd);
     if (!es)
         return real_sendmmsg(fd, vec, vlen, flags);
+    /* __sys_sendmmsg: each entry as sendmsg, its length written back; the count of those
+     * sent, or the first entry's error. */
+    if (flags & MSG_CMSG_COMPAT)
+        return fail(EINVAL);
+    if (vlen > UIO_MAXIOV)
+        vlen = UIO_MAXIOV;
     unsigned int sent = 0;
+    int err = 0;
     for (; sent < vlen; sent++) {
-        ssize_t n = emu_sendmsg(es, fd, &vec[sent].msg_hdr, flags);
-        if (n < 0)
-            return sent ? (int)sent : -1;
-        vec[sent].msg_len = (unsigned int)n;
+        ssize_t n = user_sendmsg(es, fd, &vec[sent].msg_hdr, flags);
+        if (n < 0) {
+            err = errno;
+            break;
+        }
+        unsigned int len = (unsigned int)n;
+        if (um_write(&vec[sent].msg_len, &len, sizeof len)) {
+            err = EFAULT;
+            break;
+        }
     }
-    return (int)sent;
+    if (sent)
+        return (int)sent;
+    return err ? fail(err) : 0;
 }
 
 /* ---- receiving ---- */
+
+/* recvmsg(2): ___sys_recvmsg's copies and checks (by a dry run), netlink's receive
+ * (emu_recv), then what ____sys_recvmsg writes back: the sender's address (cut to
+ * msg_namelen, which becomes its full length), msg_flags, msg_controllen. */
+static ssize_t user_recvmsg(struct emu_sock *es, int fd, struct msghdr *umsg, int flags)
+{
+    int err = dry_recvmsg(fd, umsg, flags);
+    if (err)
+        return fail(err);
+    struct msghdr m;
+    memcpy(&m, umsg, sizeof m);
+    struct iovs iovs;
+    if ((err = take_iovs(&iovs, m.msg_iov, m.msg_iovlen)))
+        return fail(err);
+    struct nl_in in = {.iov = iovs.v, .iovlen = iovs.n, .ucontrol = m.msg_control,
+                       .ucontrollen = m.msg_controllen};
+    ssize_t n = emu_recv(es, fd, &in, flags);
+    err = errno;
+    drop_iovs(&iovs);
+    if (n < 0)
+        return fail(err);
+
+    int klen = sizeof in.name, msg_flags = in.msg_flags;
+    size_t controllen = in.controlled, k = 0;
+    struct iovec local[4], remote[4];
+    if (m.msg_name) {
+        int room = (int)m.msg_namelen < klen ? (int)m.msg_namelen : klen;
+        local[k] = (struct iovec){&in.name, (size_t)room};
+        remote[k++] = (struct iovec){m.msg_name, (size_t)room};
+        local[k] = (struct iovec){&klen, sizeof klen};
+        remote[k++] = (struct iovec){&umsg->msg_namelen, sizeof klen};
+    }
+    local[k] = (struct iovec){&msg_flags, sizeof msg_flags};
+    remote[k++] = (struct iovec){&umsg->msg_flags, sizeof msg_flags};
+    local[k] = (struct iovec){&controllen, sizeof controllen};
+    remote[k++] = (struct iovec){&umsg->msg_controllen, sizeof controllen};
+    size_t want = 0;
+    for (size_t i = 0; i < k; i++)
+        want += local[i].iov_len;
+    if (um_writev(local, k, remote, k) != (ssize_t)want)
+        return fail(EFAULT); /* the datagram is gone, as on the kernel */
+    return n;
+}
 
 ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 {
     shim_resolve();
     struct emu_sock *es = emu_get(fd);
-    return es ? emu_recvmsg(es, fd, msg, flags) : real_recvmsg(fd, msg, flags);
+    return es ? user_recvmsg(es, fd, msg, flags) : real_recvmsg(fd, msg, flags);
 }
 
-static ssize_t emu_recvfrom(struct emu_sock *es, int fd, void *buf, size_t len, int flags,
-                            struct sockaddr *addr, socklen_t *alen)
+/* recv, recvfrom (__sys_recvfrom) and read (vfs_read: access_ok before the length is cut, and
+ * nothing to read is 0 without the socket hearing of it). */
+static ssize_t recv_buffer(struct emu_sock *es, int fd, void *buf, size_t len, int flags,
+                           struct sockaddr *addr, socklen_t *alen, int is_read)
 {
+    if (is_read && !um_access_ok(buf, len))
+        return fail(EFAULT);
+    if (len > MAX_RW_COUNT)
+        len = MAX_RW_COUNT;
+    if (!is_read && !um_access_ok(buf, len))
+        return fail(EFAULT);
+    if (is_read && len == 0)
+        return 0;
     struct iovec iov = {buf, len};
-    struct msghdr msg = {.msg_name = addr && alen ? addr : NULL,
-                         .msg_namelen = addr && alen ? *alen : 0,
-                         .msg_iov = &iov, .msg_iovlen = 1};
-    ssize_t n = emu_recvmsg(es, fd, &msg, flags);
-    if (n >= 0 && addr && alen)
-        *alen = msg.msg_namelen;
+    struct nl_in in = {.iov = &iov, .iovlen = 1};
+    ssize_t n = emu_recv(es, fd, &in, flags);
+    if (n >= 0 && addr) {
+        int err = give_address(&in.name, sizeof in.name, addr, alen);
+        if (err)
+            return fail(err);
+    }
     return n;
 }
 
@@ -261,7 +494,7 @@ ssize_t recvfrom(int fd, void *buf, size_t len, int flags, struct sockaddr *addr
     struct emu_sock *es = emu_get(fd);
     if (!es)
         return real_recvfrom(fd, buf, len, flags, addr, alen);
-    return emu_recvfrom(es, fd, buf, len, flags, addr, alen);
+    return recv_buffer(es, fd, buf, len, flags, addr, alen, 0);
 }
 
 ssize_t recv(int fd, void *buf, size_t len, int flags)
@@ -270,7 +503,7 @@ ssize_t recv(int fd, void *buf, size_t len, int flags)
     struct emu_sock *es = emu_get(fd);
     if (!es)
         return real_recv(fd, buf, len, flags);
-    return emu_recvfrom(es, fd, buf, len, flags, NULL, NULL);
+    return recv_buffer(es, fd, buf, len, flags, NULL, NULL, 0);
 }
 
 ssize_t read(int fd, void *buf, size_t len)
@@ -279,7 +512,7 @@ ssize_t read(int fd, void *buf, size_t len)
     struct emu_sock *es = emu_get(fd);
     if (!es)
         return real_read(fd, buf, len);
-    return emu_recvfrom(es, fd, buf, len, 0, NULL, NULL);
+    return recv_buffer(es, fd, buf, len, 0, NULL, NULL, 1);
 }
 
 ssize_t readv(int fd, const struct iovec *iov, int count)
@@ -288,8 +521,28 @@ ssize_t readv(int fd, const struct iovec *iov, int count)
     struct emu_sock *es = emu_get(fd);
     if (!es)
         return real_readv(fd, iov, count);
-    struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)count};
-    return emu_recvmsg(es, fd, &msg, 0);
+    /* vfs_readv: as writev */
+    if (count < 0 || count > UIO_MAXIOV)
+        return fail(EINVAL);
+    struct msghdr m = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)count};
+    int err = dry_recvmsg(fd, &m, 0);
+    struct iovs iovs;
+    if (err || (err = take_iovs(&iovs, iov, (size_t)count)))
+        return fail(err);
+    ssize_t n = 0;
+    if (iovs.total) {
+        struct nl_in in = {.iov = iovs.v, .iovlen = iovs.n};
+        n = emu_recv(es, fd, &in, 0);
+        err = errno;
+    }
+    drop_iovs(&iovs);
+    errno = err;
+    return n;
+}
+
+static int64_t ns_of(const struct timespec *t)
+{
+    return (int64_t)t->tv_sec * 1000000000 + t->tv_nsec;
 }
 
 int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags, struct timespec *timeout)
@@ -298,25 +551,66 @@ int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags, struct t
     struct emu_sock *es = emu_get(fd);
     if (!es)
         return real_recvmmsg(fd, vec, vlen, flags, timeout);
-    /* One datagram at a time; after the first, MSG_WAITFORONE stops waiting. (`timeout` is
-     * checked by the kernel only between datagrams, and tsemu's clients do not use it.) */
+    /* __sys_recvmmsg and do_recvmmsg: the timeout read and checked, an error left by an
+     * earlier call reported first; each entry as recvmsg, its length written back; after
+     * each datagram the time left is computed (and written back at the end), and when none
+     * is left no more datagrams are taken. An error after some datagrams is left for the
+     * next receive, as the kernel leaves it in sk_err (except EAGAIN). */
+    if (flags & MSG_CMSG_COMPAT)
+        return fail(EINVAL);
+    struct timespec limit, now;
+    int64_t end = 0, left = 0;
+    if (timeout) {
+        if (um_read(&limit, timeout, sizeof limit))
+            return fail(EFAULT);
+        if (limit.tv_sec < 0 || (unsigned long)limit.tv_nsec >= 1000000000UL)
+            return fail(EINVAL);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        end = ns_of(&now) + ns_of(&limit);
+    }
+    pthread_mutex_lock(&es->lock);
+    int err = es->sk_err;
+    es->sk_err = 0;
+    pthread_mutex_unlock(&es->lock);
+    if (err)
+        return fail(err);
     int each = flags & ~MSG_WAITFORONE;
     unsigned int got = 0;
-    for (; got < vlen; got++) {
-        ssize_t n = emu_recvmsg(es, fd, &vec[got].msg_hdr, each);
+    while (got < vlen) {
+        ssize_t n = user_recvmsg(es, fd, &vec[got].msg_hdr, each);
         if (n < 0) {
-            if (!got)
-                return -1;
-            if (errno == ENOBUFS) { /* keep it for the next call, as the kernel's sk_err */
-                pthread_mutex_lock(&es->lock);
-                es->enobufs = 1;
-                pthread_mutex_unlock(&es->lock);
-            }
+            err = errno;
             break;
         }
-        vec[got].msg_len = (unsigned int)n;
+        unsigned int len = (unsigned int)n;
+        if (um_write(&vec[got].msg_len, &len, sizeof len)) {
+            err = EFAULT;
+            break;
+        }
+        got++;
         if (flags & MSG_WAITFORONE)
             each |= MSG_DONTWAIT;
+        if (timeout) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            left = end - ns_of(&now);
+            if (left <= 0) {
+                left = 0;
+                break;
+            }
+        }
+    }
+    if (err && !got)
+        return fail(err);
+    if (err && err != EAGAIN) {
+        pthread_mutex_lock(&es->lock);
+        es->sk_err = err;
+        pthread_mutex_unlock(&es->lock);
+    }
+    if (timeout && got) {
+        limit.tv_sec = (time_t)(left / 1000000000);
+        limit.tv_nsec = (long)(left % 1000000000);
+        if (um_write(timeout, &limit, sizeof limit))
+            return fail(EFAULT);
     }
     return (int)got;
 }
@@ -331,7 +625,7 @@ ssize_t __recv_chk(int fd, void *buf, size_t len, size_t buflen, int flags)
         return real___recv_chk(fd, buf, len, buflen, flags);
     if (len > buflen)
         __chk_fail();
-    return emu_recvfrom(es, fd, buf, len, flags, NULL, NULL);
+    return recv_buffer(es, fd, buf, len, flags, NULL, NULL, 0);
 }
 
 ssize_t __recvfrom_chk(int fd, void *buf, size_t len, size_t buflen, int flags,
@@ -343,7 +637,7 @@ ssize_t __recvfrom_chk(int fd, void *buf, size_t len, size_t buflen, int flags,
         return real___recvfrom_chk(fd, buf, len, buflen, flags, addr, alen);
     if (len > buflen)
         __chk_fail();
-    return emu_recvfrom(es, fd, buf, len, flags, addr, alen);
+    return recv_buffer(es, fd, buf, len, flags, addr, alen, 0);
 }
 
 ssize_t __read_chk(int fd, void *buf, size_t len, size_t buflen)
@@ -354,19 +648,17 @@ ssize_t __read_chk(int fd, void *buf, size_t len, size_t buflen)
         return real___read_chk(fd, buf, len, buflen);
     if (len > buflen)
         __chk_fail();
-    return emu_recvfrom(es, fd, buf, len, 0, NULL, NULL);
+    return recv_buffer(es, fd, buf, len, 0, NULL, NULL, 1);
 }
 
 /* ---- socket options ---- */
 
+/* sk_setsockopt's reading of an int: fewer bytes than an int is EINVAL. */
 static int int_option(const void *value, socklen_t len, int *out)
 {
-    if (!value || len < sizeof(int)) {
-        errno = EINVAL;
-        return -1;
-    }
-    memcpy(out, value, sizeof(int));
-    return 0;
+    if (len < sizeof(int))
+        return EINVAL;
+    return um_read(out, value, sizeof *out) ? EFAULT : 0;
 }
 
 /* sock_setsockopt's buffer arithmetic: the value is doubled (room for sk_buff overhead),
@@ -387,14 +679,27 @@ static int buffer_size(int requested, int force, int sysctl_max, int floor)
 static int set_socket_level(struct emu_sock *es, int fd, int opt, const void *value,
                             socklen_t len)
 {
-    int val;
+    int val, err;
     switch (opt) {
     case SO_RCVBUF:
     case SO_RCVBUFFORCE:
-        if (int_option(value, len, &val))
-            return -1;
+    case SO_SNDBUF:
+    case SO_SNDBUFFORCE:
+    case SO_DOMAIN:
+    case SO_TYPE:
+    case SO_PROTOCOL:
+    case SO_PASSCRED:
+        if ((err = int_option(value, len, &val)))
+            return fail(err);
+        break;
+    default: /* timeouts, filters...: the Unix socket does them, with the kernel's checks */
+        return real_setsockopt(fd, SOL_SOCKET, opt, value, len);
+    }
+    switch (opt) {
+    case SO_RCVBUF:
+    case SO_RCVBUFFORCE:
         /* FORCE needs CAP_NET_ADMIN: let the kernel judge, on the Unix socket. */
-        if (opt == SO_RCVBUFFORCE && real_setsockopt(fd, SOL_SOCKET, opt, value, len))
+        if (opt == SO_RCVBUFFORCE && real_setsockopt(fd, SOL_SOCKET, opt, &val, sizeof val))
             return -1;
         pthread_mutex_lock(&es->lock);
         es->rcvbuf = buffer_size(val, opt == SO_RCVBUFFORCE, EMU_RMEM_MAX, EMU_MIN_RCVBUF);
@@ -404,21 +709,21 @@ static int set_socket_level(struct emu_sock *es, int fd, int opt, const void *va
         return 0;
     case SO_SNDBUF:
     case SO_SNDBUFFORCE:
-        if (int_option(value, len, &val))
-            return -1;
-        if (opt == SO_SNDBUFFORCE && real_setsockopt(fd, SOL_SOCKET, opt, value, len))
+        if (opt == SO_SNDBUFFORCE && real_setsockopt(fd, SOL_SOCKET, opt, &val, sizeof val))
             return -1;
         pthread_mutex_lock(&es->lock);
         es->sndbuf = buffer_size(val, opt == SO_SNDBUFFORCE, EMU_WMEM_MAX, EMU_MIN_SNDBUF);
         pthread_mutex_unlock(&es->lock);
         return 0;
-    case SO_DOMAIN:
-    case SO_TYPE:
-    case SO_PROTOCOL:
-        errno = ENOPROTOOPT; /* read-only */
-        return -1;
-    default: /* timeouts, SO_PASSCRED, filters...: the Unix socket does them */
-        return real_setsockopt(fd, SOL_SOCKET, opt, value, len);
+    case SO_PASSCRED:
+        /* Netlink's credentials are what the application asked for; the Unix socket's stay
+         * on, for the shim (io.c). */
+        pthread_mutex_lock(&es->lock);
+        es->passcred = !!val;
+        pthread_mutex_unlock(&es->lock);
+        return 0;
+    default: /* SO_DOMAIN, SO_TYPE, SO_PROTOCOL: read-only */
+        return fail(ENOPROTOOPT);
     }
 }
 
@@ -427,13 +732,14 @@ static int set_netlink_level(struct emu_sock *es, int fd, int opt, const void *v
 {
     /* netlink_setsockopt reads an int when there is room for one, else uses 0. */
     int val = 0;
-    if (value && len >= sizeof(int))
-        memcpy(&val, value, sizeof val);
+    if (len >= sizeof(int) && um_read(&val, value, sizeof val))
+        return fail(EFAULT);
     int rc = 0;
     pthread_mutex_lock(&es->lock);
     switch (opt) {
     case NLO_ADD_MEMBERSHIP:
     case NLO_DROP_MEMBERSHIP:
+        es->groups_allocated = 1;
         if (val <= 0) {
             errno = EINVAL;
             rc = -1;
@@ -480,27 +786,81 @@ int setsockopt(int fd, int level, int opt, const void *value, socklen_t len)
     struct emu_sock *es = emu_get(fd);
     if (!es)
         return real_setsockopt(fd, level, opt, value, len);
+    if ((int)len < 0)
+        return fail(EINVAL);
     if (level == SOL_SOCKET)
         return set_socket_level(es, fd, opt, value, len);
     if (level == SOL_NETLINK)
         return set_netlink_level(es, fd, opt, value, len);
-    errno = ENOPROTOOPT;
-    return -1;
+    return fail(ENOPROTOOPT);
 }
 
-static int give_int(void *value, socklen_t *len, int val, int exact)
+/* sk_getsockopt's answer with an int: *len read (negative is EINVAL), the value cut to it,
+ * then the length written back. */
+static int socket_int(void *value, socklen_t *len, int val)
 {
-    if (!value || !len) {
-        errno = EFAULT;
-        return -1;
+    int room;
+    if (um_read(&room, len, sizeof room))
+        return fail(EFAULT);
+    if (room < 0)
+        return fail(EINVAL);
+    if (room > (int)sizeof val)
+        room = sizeof val;
+    struct iovec local[2] = {{&val, (size_t)room}, {&room, sizeof room}};
+    struct iovec remote[2] = {{value, (size_t)room}, {len, sizeof room}};
+    if (um_writev(local, 2, remote, 2) != (ssize_t)(room + sizeof room))
+        return fail(EFAULT);
+    return 0;
+}
+
+/* netlink_getsockopt: *len read, the option known, room for a whole int, then the length and
+ * the value written. */
+static int netlink_options(struct emu_sock *now, int opt, void *value, socklen_t *len)
+{
+    int room, val;
+    if (um_read(&room, len, sizeof room))
+        return fail(EFAULT);
+    if (room < 0)
+        return fail(EINVAL);
+    switch (opt) {
+    case NLO_PKTINFO:
+        val = now->pktinfo;
+        break;
+    case NLO_BROADCAST_ERROR:
+        val = now->broadcast_error;
+        break;
+    case NLO_NO_ENOBUFS:
+        val = now->no_enobufs;
+        break;
+    case NLO_CAP_ACK:
+        val = now->cap_ack;
+        break;
+    case NLO_EXT_ACK:
+        val = now->ext_ack;
+        break;
+    case NLO_GET_STRICT_CHK:
+        val = now->strict_chk;
+        break;
+    case NLO_LIST_MEMBERSHIPS: {
+        /* The groups' bitmap, 32 bits a word, as far as there is room for whole words; then
+         * the bitmap's size, which is nothing until a membership was first asked for. */
+        int err = 0, size = now->groups_allocated ? (int)sizeof(uint32_t) : 0;
+        if (size && room >= size && um_write(value, &now->groups, sizeof now->groups))
+            err = EFAULT;
+        if (um_write(len, &size, sizeof size))
+            err = EFAULT;
+        return err ? fail(err) : 0;
     }
-    if ((int)*len < 0 || (exact && *len < sizeof(int))) {
-        errno = EINVAL;
-        return -1;
+    default:
+        return fail(ENOPROTOOPT);
     }
-    socklen_t n = *len < sizeof val ? *len : sizeof val; /* sock_getsockopt truncates */
-    memcpy(value, &val, n);
-    *len = n;
+    if (room < (int)sizeof(int))
+        return fail(EINVAL);
+    room = sizeof(int);
+    struct iovec local[2] = {{&room, sizeof room}, {&val, sizeof val}};
+    struct iovec remote[2] = {{len, sizeof room}, {value, sizeof val}};
+    if (um_writev(local, 2, remote, 2) != (ssize_t)(sizeof room + sizeof val))
+        return fail(EFAULT);
     return 0;
 }
 
@@ -516,42 +876,36 @@ int getsockopt(int fd, int level, int opt, void *value, socklen_t *len)
     if (level == SOL_SOCKET) {
         switch (opt) {
         case SO_DOMAIN:
-            return give_int(value, len, AF_NETLINK, 0);
+            return socket_int(value, len, AF_NETLINK);
         case SO_TYPE:
-            return give_int(value, len, now.type, 0);
+            return socket_int(value, len, now.type);
         case SO_PROTOCOL:
-            return give_int(value, len, TSEMU_NETLINK_GENERIC, 0);
+            return socket_int(value, len, TSEMU_NETLINK_GENERIC);
         case SO_RCVBUF:
-            return give_int(value, len, now.rcvbuf, 0);
+            return socket_int(value, len, now.rcvbuf);
         case SO_SNDBUF:
-            return give_int(value, len, now.sndbuf, 0);
+            return socket_int(value, len, now.sndbuf);
+        case SO_PASSCRED:
+            return socket_int(value, len, now.passcred);
+        case SO_ERROR:
+            if (now.sk_err) { /* the error an earlier recvmmsg left, reported (and gone) */
+                int room;
+                if (um_read(&room, len, sizeof room))
+                    return fail(EFAULT);
+                pthread_mutex_lock(&es->lock);
+                int err = es->sk_err;
+                es->sk_err = 0;
+                pthread_mutex_unlock(&es->lock);
+                return socket_int(value, len, err);
+            }
+            return real_getsockopt(fd, level, opt, value, len);
         default:
             return real_getsockopt(fd, level, opt, value, len);
         }
     }
-    if (level != SOL_NETLINK) {
-        errno = ENOPROTOOPT;
-        return -1;
-    }
-    switch (opt) {
-    case NLO_PKTINFO:
-        return give_int(value, len, now.pktinfo, 1);
-    case NLO_BROADCAST_ERROR:
-        return give_int(value, len, now.broadcast_error, 1);
-    case NLO_NO_ENOBUFS:
-        return give_int(value, len, now.no_enobufs, 1);
-    case NLO_LIST_MEMBERSHIPS:
-        return give_int(value, len, (int)now.groups, 1);
-    case NLO_CAP_ACK:
-        return give_int(value, len, now.cap_ack, 1);
-    case NLO_EXT_ACK:
-        return give_int(value, len, now.ext_ack, 1);
-    case NLO_GET_STRICT_CHK:
-        return give_int(value, len, now.strict_chk, 1);
-    default:
-        errno = ENOPROTOOPT;
-        return -1;
-    }
+    if (level != SOL_NETLINK)
+        return fail(ENOPROTOOPT);
+    return netlink_options(&now, opt, value, len);
 }
 
 /* ---- descriptors: close and duplicate ---- */

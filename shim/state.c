@@ -290,10 +290,14 @@ static void adopt_inherited(void)
         uint32_t port;
         if (port_from_path(name.sun_path, server, sizeof server, &port))
             continue;
+        int one = 1; /* on already, unless something turned it off: only the server is heard */
+        if (real_setsockopt((int)fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0)
+            continue;
         struct emu_sock *es = emu_new((int)fd, SOCK_RAW, server);
         if (es) {
             es->port = port;
             es->bound = 1;
+            emu_learn_server(es);
         }
     }
     closedir(dir);
@@ -317,6 +321,7 @@ __attribute__((destructor)) static void shim_fini(void)
 {
     if (!table_is_ours())
         return; /* exit() in a vfork child: the sockets are the parent's */
+    shim_report();
     for (unsigned int c = 0; c < NCHUNKS; c++) {
         slot_t *chunk = atomic_load_explicit(&chunks[c], memory_order_acquire);
         for (unsigned int i = 0; chunk && i < CHUNK_SLOTS; i++) {

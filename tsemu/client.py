@@ -6,6 +6,13 @@ replies come back decoded, exit events are queued apart from replies, and an ove
 receive buffer raises `OSError(ENOBUFS)` on the next receive in both cases (the kernel's
 socket error; tsemu's control notice).
 
+To tsemu, only the server is heard: the socket has SO_PASSCRED on, so the kernel attaches the
+sender's credentials to every datagram, and one whose uid is not the server socket file's
+owner (as lstat saw it at `connect`) is dropped and counted in `dropped`, whatever it says
+(another local user cannot inject a reply, an event or an ENOBUFS notice by sending to this
+client's port file). An overrun notice counts only from the server (not from another client's
+port file: that is data, as a netlink unicast is).
+
 ```python
 async with await Client.connect(socket_path) as c:      # or: await Client.host()
     family = await c.family_id()
@@ -23,6 +30,8 @@ import errno
 import itertools
 import os
 import socket
+import stat
+import struct
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,7 +39,7 @@ from types import TracebackType
 
 import trio
 
-from tsemu.emulator.shell.addressing import bind_port, default_socket_path, port_path
+from tsemu.emulator.shell.addressing import bind_port, default_socket_path, port_path, ports_dir
 from tsemu.wire import (
     CgroupstatsReply,
     Decoded,
@@ -51,6 +60,17 @@ from tsemu.wire.constants import SOL_NETLINK, SockOpt
 from tsemu.wire.control import ControlOp, ControlOption, decode_control, encode_control, is_control
 
 NETLINK_GENERIC = 16
+_CREDS = struct.Struct("=iII")  # struct ucred: pid, uid, gid
+_ANCILLARY = socket.CMSG_SPACE(_CREDS.size)
+
+
+def server_owner(server: Path) -> int:
+    """The uid owning the server's socket file (a link is followed: requests reach the socket
+    it names, so that socket's owner is the server)."""
+    st = os.lstat(server)
+    if stat.S_ISLNK(st.st_mode):
+        st = os.stat(server)
+    return st.st_uid
 
 
 class NetlinkError(OSError):
@@ -65,11 +85,15 @@ class Client:
     """One netlink socket, to tsemu or to the host kernel. Use `connect` or `host`."""
 
     def __init__(self, sock: trio.socket.SocketType, port: int, *, server: Path | None,
-                 path: Path | None) -> None:
+                 path: Path | None, server_uid: int | None = None) -> None:
         self.sock = sock
         self.port = port
         self.server = server
         self.path = path
+        #: whose datagrams are taken (tsemu: the server socket file's owner)
+        self.server_uid = server_uid
+        #: datagrams dropped because another user sent them
+        self.dropped = 0
         self._seq = itertools.count(1)
         self._events: deque[TaskstatsReply] = deque()
         self._family: int | None = None
@@ -82,13 +106,15 @@ class Client:
             raise FileNotFoundError(errno.ENOENT, f"no tsemu server socket at {server}")
         raw = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
+            owner = server_owner(server)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             bound = bind_port(raw, server, port)
         except BaseException:
             raw.close()
             raise
         sock = trio.socket.from_stdlib_socket(raw)
         signed = bound - 2**32 if bound >= 2**31 else bound
-        return cls(sock, bound, server=server, path=port_path(server, signed))
+        return cls(sock, bound, server=server, path=port_path(server, signed), server_uid=owner)
 
     @classmethod
     async def host(cls) -> Client:
@@ -125,10 +151,25 @@ class Client:
 
     async def recv(self) -> bytes:
         """The next datagram. Raises OSError(ENOBUFS) when messages were dropped."""
-        data = await self.sock.recv(1 << 20)
-        if is_control(data) and decode_control(data).op == ControlOp.ENOBUFS:
-            raise OSError(errno.ENOBUFS, os.strerror(errno.ENOBUFS))
-        return data
+        if self.server is None:
+            data: bytes = await self.sock.recv(1 << 20)
+            return data
+        while True:
+            data, ancillary, _flags, sender = await self.sock.recvmsg(1 << 20, _ANCILLARY)
+            uid = next((_CREDS.unpack_from(payload)[1] for level, kind, payload in ancillary
+                        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
+                        and len(payload) >= _CREDS.size), None)
+            if uid is None or uid != self.server_uid:
+                self.dropped += 1  # not the server's user: as if it never came
+                continue
+            # Another client's socket is its port file; anything else of the server's user
+            # is the server (tsemu's sockets have no name: None, or bytes when abstract).
+            peer = isinstance(sender, str) and Path(sender).parent == ports_dir(self.server)
+            if not peer and is_control(data):
+                if decode_control(data).op == ControlOp.ENOBUFS:
+                    raise OSError(errno.ENOBUFS, os.strerror(errno.ENOBUFS))
+                continue
+            return data
 
     # -- socket options --------------------------------------------------------------------
 
