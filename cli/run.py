@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
@@ -74,14 +75,31 @@ def run_environment(socket_path: Path | None = None,
                             proc=ProcMode(proc).value)
 
 
-def missing_view(server: Path) -> str | None:
-    """Why the server at `server` has no /proc view to show, if it is up and has none."""
+#: How long `tsemu run` waits for a /proc view the server is still writing (seconds).
+VIEW_WAIT = 120.0
+
+
+def missing_view(server: Path, wait: float = VIEW_WAIT) -> str | None:
+    """Why the server at `server` has no /proc view to show, if it is up and has none. A view
+    still being written (a big machine's is written after the server listens) is waited for,
+    up to `wait` seconds."""
     view = proc_view_dir(server)
-    if server.exists() and not (view / PROC_VIEW_MARKER).is_file():
-        return (f"the server at {server} publishes no /proc view ({view}: it runs with "
-                "--no-proc-view, or is an older tsemu); pass --proc host to run with the "
-                "host's /proc")
-    return None
+    marker = view / PROC_VIEW_MARKER
+    if not server.exists() or marker.is_file():
+        return None
+    if view.is_dir():
+        print(f"tsemu run: waiting for the server's /proc view ({view}) to be complete",
+              file=sys.stderr, flush=True)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if marker.is_file():
+                return None
+            time.sleep(0.1)
+        return (f"the server's /proc view ({view}) is still incomplete after {wait:.0f} s; "
+                "pass --proc host to run with the host's /proc meanwhile")
+    return (f"the server at {server} publishes no /proc view ({view}: it runs with "
+            "--no-proc-view, or is an older tsemu); pass --proc host to run with the "
+            "host's /proc")
 
 
 def exit_status(returncode: int) -> int:

@@ -312,3 +312,23 @@ async def test_a_stale_view_is_taken_over_and_anything_else_refused(short_tmp: P
 
 def test_the_refusal_is_one_line() -> None:
     assert "\n" not in str(DirectoryRefused("x is not a directory"))
+
+
+async def test_a_big_machines_view_is_finished_after_the_server_listens(
+        short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond PUBLISH_AT_ONCE processes, the rest is published in the background and the
+    marker comes last: a shim takes the view only once it is whole."""
+    from tsemu.emulator.shell import procview
+
+    monkeypatch.setattr(procview, "PUBLISH_AT_ONCE", 3)
+    monkeypatch.setattr(procview, "PUBLISH_CHUNK", 2)
+    text = SCENARIO + "\n[[process]]\ncount = 20\npid = 7000\ncomm = \"w{i}\"\n"
+    async with running(short_tmp, text) as emu:
+        view = proc_view_dir(emu.socket_path)
+        assert emu.view is not None
+        with trio.fail_after(10):
+            while not emu.view.complete:
+                assert not (view / ".tsemu-view").exists()
+                await trio.sleep(0.01)
+        assert (view / ".tsemu-view").exists()
+        assert {str(7000 + i) for i in range(20)} <= set(os.listdir(view))

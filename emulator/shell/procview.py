@@ -36,8 +36,9 @@ import errno
 import os
 import shutil
 import stat
+import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,10 @@ MARKER, MARKER_TEXT = PROC_VIEW_MARKER, PROC_VIEW_MARKER_TEXT
 DEFAULT_REFRESH = 0.1
 #: How often the machine-wide files are rewritten with a real clock (seconds).
 MACHINE_REFRESH = 1.0
+#: Processes published before the server listens; the rest in the background, this many at
+#: a time between the server's other work.
+PUBLISH_AT_ONCE = 500
+PUBLISH_CHUNK = 100
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -85,8 +90,13 @@ class ProcView:
         self.exited = Exited()
         self._fd = -1
         self._root = os.geteuid() == 0
+        self._ids = (os.geteuid(), os.getegid())
+        self._umask = os.umask(0o022)
+        os.umask(self._umask)
         self._scratch = 0
         self._last_machine = 0.0
+        #: processes `open` left for `publish_rest`
+        self._pending: list[int] = []
         #: how long the last refresh of moving counters took (seconds)
         self.refresh_cost = 0.0
 
@@ -94,7 +104,11 @@ class ProcView:
 
     def open(self) -> None:
         """Make the view's directory (taking over a stale view of an earlier run) and publish
-        every task."""
+        every task: at once for a table of up to `PUBLISH_AT_ONCE` processes (the marker, and
+        so the view, is there when the server says it listens); for a bigger one, the rest is
+        left to `publish_rest`, which `run` carries out in the background (publishing costs
+        about 0.3 ms a process on tmpfs: 30 s for 100,000, which must not hold the socket
+        back), and the marker is written when it is done."""
         self._take_over_stale()
         try:
             os.mkdir(self.path, 0o755)
@@ -106,10 +120,35 @@ class ProcView:
         for sub in ("pressure", "sys", "sys/kernel", ".tid"):
             os.mkdir(sub, 0o755, dir_fd=self._fd)
         self.table.touched = set()
-        for group in self.table.groups():
-            self._publish_group(group.tgid)
+        groups = [group.tgid for group in self.table.groups()]
+        for tgid in groups[:PUBLISH_AT_ONCE]:
+            self._publish_group(tgid)
         self.write_machine()
-        self._write(self._fd, MARKER, MARKER_TEXT)  # last: the view is complete
+        self._pending = groups[PUBLISH_AT_ONCE:]
+        if not self._pending:
+            self._write(self._fd, MARKER, MARKER_TEXT)  # last: the view is complete
+
+    @property
+    def complete(self) -> bool:
+        return self._fd >= 0 and not self._pending
+
+    async def publish_rest(self) -> None:
+        """Publish what `open` left, a chunk at a time between the server's other work; then
+        write the marker (the shim uses a view only once it is there) and say so."""
+        if not self._pending:
+            return
+        started = time.perf_counter()
+        count = len(self._pending)
+        while self._pending:
+            chunk, self._pending = self._pending[:PUBLISH_CHUNK], self._pending[PUBLISH_CHUNK:]
+            for tgid in chunk:
+                if tgid not in self.published:  # (sync may have done it meanwhile)
+                    self._publish_group(tgid)
+            await trio.sleep(0)
+        self._write(self._fd, MARKER, MARKER_TEXT)
+        print(f"tsemu: /proc view of {count + PUBLISH_AT_ONCE} processes ready in "
+              f"{time.perf_counter() - started:.1f} s ({self.path})", file=sys.stderr,
+              flush=True)
 
     def _take_over_stale(self) -> None:
         try:
@@ -188,6 +227,7 @@ class ProcView:
         """With a real clock: rewrite moving counters and the machine's files as time goes.
         (With a virtual clock the emulator calls `sync`, `refresh` and `write_machine` when
         it moves the clock.)"""
+        await self.publish_rest()
         if virtual:
             await trio.sleep_forever()
         while True:
@@ -248,18 +288,26 @@ class ProcView:
         self._update_group(tgid, leader, threads, nr_threads, had)
 
     def _task_files(self, task: Task, nr_threads: int,
-                    whole: Iterable[Task] | None) -> Iterator[tuple[str, bytes, int]]:
+                    whole: Iterable[Task] | None) -> list[tuple[str, bytes, int]]:
+        """A task's files: (name, contents, mode). A single-threaded process's own directory
+        and its task/<pid>/ hold the same files: they are made once."""
         view = procfs.task_view(task, threads=nr_threads, whole=whole,
                                 nr_cpus=self.facts.nr_cpus, profile=self.profile)
+        files = []
         for name, render in procfs.TASK_FILES.items():
             data = render(view, self.profile)
-            yield name, data if isinstance(data, bytes) else data.encode(), \
-                0o400 if name == "io" else 0o444
-        yield ".tsemu", identity_file(task), 0o444
+            files.append((name, data if isinstance(data, bytes) else data.encode(),
+                          0o400 if name == "io" else 0o444))
+        files.append((".tsemu", identity_file(task), 0o444))
+        return files
 
-    def _fill(self, fd: int, task: Task, nr_threads: int, whole: Iterable[Task] | None) -> None:
-        for name, data, mode in self._task_files(task, nr_threads, whole):
-            self._write(fd, name, data, mode, task)
+    def _fill(self, fd: int, task: Task, files: list[tuple[str, bytes, int]],
+              fresh: bool = False) -> None:
+        """Write a task's files into directory `fd`; `fresh`: a directory no reader sees yet
+        (made under a hidden name), where files are written in place, not renamed over."""
+        write = self._write_new if fresh else self._write
+        for name, data, mode in files:
+            write(fd, name, data, mode, task)
 
     def _make_group(self, tgid: int, leader: Task, threads: list[Task], nr: int) -> None:
         hidden = self._hidden_name()
@@ -267,13 +315,15 @@ class ProcView:
         fd = os.open(hidden, _DIR_FLAGS, dir_fd=self._fd)
         try:
             self._own(fd, leader, 0o555)
-            self._fill(fd, leader, nr, threads)
+            files = self._task_files(leader, nr, threads)
+            self._fill(fd, leader, files, fresh=True)
             os.mkdir("task", 0o555, dir_fd=fd)
             task_fd = os.open("task", _DIR_FLAGS, dir_fd=fd)
             try:
                 self._own(task_fd, leader, 0o555)
                 for task in threads:
-                    self._make_thread(task_fd, task, nr)
+                    self._make_thread(task_fd, task, nr,
+                                      files if threads == [leader] else None)
             finally:
                 os.close(task_fd)
         finally:
@@ -281,15 +331,16 @@ class ProcView:
         os.rename(hidden, str(tgid), src_dir_fd=self._fd, dst_dir_fd=self._fd)
         self.published[tgid] = {task.tid for task in threads}
         for task in threads:
-            self._link(tgid, task.tid)
+            self._link(tgid, task.tid, fresh=True)
 
-    def _make_thread(self, task_fd: int, task: Task, nr: int) -> None:
+    def _make_thread(self, task_fd: int, task: Task, nr: int,
+                     files: list[tuple[str, bytes, int]] | None = None) -> None:
         hidden = self._hidden_name()
         os.mkdir(hidden, 0o555, dir_fd=task_fd)
         fd = os.open(hidden, _DIR_FLAGS, dir_fd=task_fd)
         try:
             self._own(fd, task, 0o555)
-            self._fill(fd, task, nr, None)
+            self._fill(fd, task, files or self._task_files(task, nr, None), fresh=True)
         finally:
             os.close(fd)
         os.rename(hidden, str(task.tid), src_dir_fd=task_fd, dst_dir_fd=task_fd)
@@ -299,7 +350,9 @@ class ProcView:
         fd = os.open(str(tgid), _DIR_FLAGS, dir_fd=self._fd)
         try:
             self._own(fd, leader, 0o555)
-            self._fill(fd, leader, nr, threads)
+            files = self._task_files(leader, nr, threads)
+            self._fill(fd, leader, files)
+            alone = threads == [leader]
             task_fd = os.open("task", _DIR_FLAGS, dir_fd=fd)
             try:
                 now = {task.tid for task in threads}
@@ -310,7 +363,8 @@ class ProcView:
                     if task.tid in had:
                         thread_fd = os.open(str(task.tid), _DIR_FLAGS, dir_fd=task_fd)
                         try:
-                            self._fill(thread_fd, task, nr, None)
+                            self._fill(thread_fd, task,
+                                       files if alone else self._task_files(task, nr, None))
                         finally:
                             os.close(thread_fd)
                     else:
@@ -338,9 +392,23 @@ class ProcView:
         return f".new-{self._scratch}"
 
     def _own(self, fd: int, task: Task, mode: int) -> None:
-        if self._root:
+        if self._root and (task.uid, task.gid) != self._ids:
             os.fchown(fd, task.uid, task.gid)
-        os.fchmod(fd, mode)
+        if mode & self._umask:  # (made with `mode`: only what the umask took needs putting back)
+            os.fchmod(fd, mode)
+
+    def _write_new(self, dir_fd: int, name: str, data: bytes, mode: int = 0o444,
+                   task: Task | None = None) -> None:
+        """Write `data` as new file `name` in a directory no reader sees yet."""
+        fd = os.open(name, _NEW_FILE, mode, dir_fd=dir_fd)
+        try:
+            os.write(fd, data)
+            if task is not None:
+                self._own(fd, task, mode)
+            elif mode & self._umask:
+                os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
 
     def _write(self, dir_fd: int, name: str, data: bytes, mode: int = 0o444,
                task: Task | None = None) -> None:
@@ -364,11 +432,18 @@ class ProcView:
             return
         shutil.rmtree(hidden, dir_fd=dir_fd)
 
-    def _link(self, tgid: int, tid: int) -> None:
+    def _link(self, tgid: int, tid: int, fresh: bool = False) -> None:
+        """`.tid/<tid>` names its task directory; `fresh`: a tid the view had no link for
+        (none to remove first, unless a stale one: then it is replaced)."""
         link = f".tid/{tid}"
-        with contextlib.suppress(FileNotFoundError):
+        if not fresh:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(link, dir_fd=self._fd)
+        try:
+            os.symlink(f"../{tgid}/task/{tid}", link, dir_fd=self._fd)
+        except FileExistsError:
             os.unlink(link, dir_fd=self._fd)
-        os.symlink(f"../{tgid}/task/{tid}", link, dir_fd=self._fd)
+            os.symlink(f"../{tgid}/task/{tid}", link, dir_fd=self._fd)
 
     def _unlink_tid(self, tid: int) -> None:
         try:
