@@ -35,14 +35,6 @@ from tsemu.emulator.shell.addressing import (
     default_socket_path,
     proc_view_dir,
 )
-from tsemu.family import (
-    ROOT_ENV,
-    FamilyChannel,
-    become_subreaper,
-    reap_child,
-    reap_orphans,
-    reap_reporting,
-)
 from tsemu.shim import ShimNotBuilt, shim_environment
 
 
@@ -169,7 +161,17 @@ def run_command(argv: list[str], socket_path: Path | None = None,
         print(f"tsemu run: no server socket at {server} yet (start one with `tsemu serve`)",
               file=sys.stderr)
     # This process and everything it starts belong to the emulated machine: the server
-    # answers about them and hears of their exits (tsemu.family).
+    # answers about them and hears of their exits (tsemu.family; imported here, not with the
+    # command line: it brings the wire codec, which `tsemu serve` has no use for at start).
+    from tsemu.family import (
+        ROOT_ENV,
+        FamilyChannel,
+        become_subreaper,
+        reap_child,
+        reap_orphans,
+        reap_reporting,
+    )
+
     channel = FamilyChannel.open(server) if server.exists() else None
     if channel is not None and channel.register_root():
         env[ROOT_ENV] = str(os.getpid())

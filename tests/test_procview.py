@@ -321,7 +321,7 @@ async def test_a_big_machines_view_is_finished_after_the_server_listens(
     from tsemu.emulator.shell import procview
 
     monkeypatch.setattr(procview, "PUBLISH_AT_ONCE", 3)
-    monkeypatch.setattr(procview, "PUBLISH_CHUNK", 2)
+    monkeypatch.setattr(procview, "PUBLISH_SLICE", 0.0)
     text = SCENARIO + "\n[[process]]\ncount = 20\npid = 7000\ncomm = \"w{i}\"\n"
     async with running(short_tmp, text) as emu:
         view = proc_view_dir(emu.socket_path)

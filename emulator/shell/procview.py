@@ -38,6 +38,7 @@ import shutil
 import stat
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ MACHINE_REFRESH = 1.0
 #: Processes published before the server listens; the rest in the background, this many at
 #: a time between the server's other work.
 PUBLISH_AT_ONCE = 500
-PUBLISH_CHUNK = 100
+PUBLISH_SLICE = 0.005
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -96,7 +97,7 @@ class ProcView:
         self._scratch = 0
         self._last_machine = 0.0
         #: processes `open` left for `publish_rest`
-        self._pending: list[int] = []
+        self._pending: list[int] | deque[int] = []
         #: how long the last refresh of moving counters took (seconds)
         self.refresh_cost = 0.0
 
@@ -139,11 +140,18 @@ class ProcView:
             return
         started = time.perf_counter()
         count = len(self._pending)
-        while self._pending:
-            chunk, self._pending = self._pending[:PUBLISH_CHUNK], self._pending[PUBLISH_CHUNK:]
-            for tgid in chunk:
+        pending = deque(self._pending)
+        self._pending = pending  # (popped from the left)
+        while pending:
+            # A slice of at most PUBLISH_SLICE seconds, then the server's other work: a disk
+            # file system under load can take milliseconds a process.
+            until = time.perf_counter() + PUBLISH_SLICE
+            while pending:  # (at least one a slice)
+                tgid = pending.popleft()
                 if tgid not in self.published:  # (sync may have done it meanwhile)
                     self._publish_group(tgid)
+                if time.perf_counter() >= until:
+                    break
             await trio.sleep(0)
         self._write(self._fd, MARKER, MARKER_TEXT)
         print(f"tsemu: /proc view of {count + PUBLISH_AT_ONCE} processes ready in "
