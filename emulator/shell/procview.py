@@ -98,6 +98,8 @@ class ProcView:
         self._last_machine = 0.0
         #: processes `open` left for `publish_rest`
         self._pending: list[int] | deque[int] = []
+        #: the marker is written: the view is whole (not merely nothing left to publish)
+        self._marked = False
         #: how long the last refresh of moving counters took (seconds)
         self.refresh_cost = 0.0
 
@@ -127,11 +129,17 @@ class ProcView:
         self.write_machine()
         self._pending = groups[PUBLISH_AT_ONCE:]
         if not self._pending:
-            self._write(self._fd, MARKER, MARKER_TEXT)  # last: the view is complete
+            self._mark()
+
+    def _mark(self) -> None:
+        self._write(self._fd, MARKER, MARKER_TEXT)  # last: the view is complete
+        self._marked = True
 
     @property
     def complete(self) -> bool:
-        return self._fd >= 0 and not self._pending
+        """The marker is there (the last task published is not enough: the marker follows
+        it after a yield)."""
+        return self._fd >= 0 and self._marked
 
     async def publish_rest(self) -> None:
         """Publish what `open` left, a chunk at a time between the server's other work; then
@@ -153,7 +161,7 @@ class ProcView:
                 if time.perf_counter() >= until:
                     break
             await trio.sleep(0)
-        self._write(self._fd, MARKER, MARKER_TEXT)
+        self._mark()
         print(f"tsemu: /proc view of {count + PUBLISH_AT_ONCE} processes ready in "
               f"{time.perf_counter() - started:.1f} s ({self.path})", file=sys.stderr,
               flush=True)
@@ -197,6 +205,7 @@ class ProcView:
             return
         with contextlib.suppress(OSError):
             os.unlink(MARKER, dir_fd=self._fd)
+        self._marked = False
         os.close(self._fd)
         self._fd = -1
         with contextlib.suppress(OSError):
