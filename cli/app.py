@@ -186,12 +186,12 @@ def ctl_main(socket: SocketOption = None) -> None:
     _ctl_socket[0] = socket
 
 
-def _call(socket: Path | None, op: str, **args: Any) -> dict[str, Any]:
+def _call(socket: Path | None, op: str, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
     from tsemu.emulator.shell.control import ControlClient, ControlError
 
     try:
-        with ControlClient(socket_path(socket if socket is not None else _ctl_socket[0])
-                           ) as client:
+        with ControlClient(socket_path(socket if socket is not None else _ctl_socket[0]),
+                           timeout=timeout) as client:
             return client.call(op, **args)
     except ControlError as exc:
         fail(str(exc))
@@ -314,24 +314,61 @@ def ctl_stats(socket: SocketOption = None) -> None:
     typer.echo(json.dumps(_call(socket, "stats"), indent=1))
 
 
-@ctl_app.command("storm", epilog="Example:\n\n  tsemu ctl storm --count 100000 --cpus 0-1")
+@ctl_app.command("storm", epilog="Examples:\n\n  tsemu ctl storm --count 100000 --cpus 0-1\n\n"
+                 "  tsemu ctl storm --rate 300000 --count 1000000 --cpus 0\n\n"
+                 "  tsemu ctl storm --rate 5000 --duration 10s")
 def ctl_storm(
-    count: Annotated[int, typer.Option(min=1, help="How many processes exit.")],
+    count: Annotated[int | None, typer.Option(min=1, help="How many processes exit.",
+                                              show_default=False)] = None,
     socket: SocketOption = None,
     cpus: Annotated[str | None, typer.Option(help="cpulist to spread them over (default: "
                                              "all).", show_default=False)] = None,
     threads: Annotated[int, typer.Option(min=1, help="Threads per process.")] = 1,
+    rate: Annotated[float | None, typer.Option(
+        min=0, help="Exits per second, spread evenly over time and over "
+        "--cpus (default: as fast as the server can send them).", show_default=False)] = None,
+    duration: Annotated[str | None, typer.Option(
+        help="With --rate, instead of --count: how long the storm lasts (10s, 500ms).",
+        show_default=False)] = None,
 ) -> None:
-    """N processes exit as fast as the server can send them (load tests).
+    """Processes exit in a burst (load tests): as fast as the server can send them, or with
+    --rate, that many a second.
 
     Each is a single-threaded child of init called "storm", spawned and exiting at once with
     status 0 (an ac_etime of a few microseconds at most), on the CPUs of --cpus in turn;
     with --threads K each process's threads exit one by one and the last sends the TGID
-    record too. A listener that does not keep up gets ENOBUFS, as from a kernel.
+    record too. Without --rate a listener that does not keep up gets ENOBUFS, as from a
+    kernel; with it, the i-th exit happens i/RATE seconds after the first, so a listener that
+    reads faster than RATE loses nothing. The command returns when the storm is over.
     """
-    reply = _call(socket, "storm", count=count, cpus=cpus, threads=threads)
+    from tsemu.emulator.scenario import ScenarioError, parse_duration
+
+    if (count is None) == (duration is None):
+        fail("give --count, or --rate with --duration", 2)
+    if duration is not None and rate is None:
+        fail("--duration needs --rate", 2)
+    seconds = 0.0
+    if duration is not None:
+        try:
+            seconds = parse_duration(duration) / 1e9
+        except (ScenarioError, ValueError) as exc:
+            fail(f"--duration: {exc}", 2)
+    elif rate is not None and count is not None:
+        seconds = count / rate
+    args: dict[str, Any] = {"cpus": cpus, "threads": threads, "rate": rate}
+    args.update({"count": count} if duration is None else {"duration": duration})
+    reply = _call(socket, "storm", timeout=30.0 + 2 * seconds, **args)
+    stopped = " (stopped by a reset)" if reply.get("stopped") else ""
     typer.echo(f"{reply['exits']} exits in {reply['seconds']:.3f} s "
-               f"({reply['rate']:.0f}/s), {reply['deliveries']} deliveries")
+               f"({reply['rate']:.0f}/s), {reply['deliveries']} deliveries{stopped}")
+
+
+@ctl_app.command("reset", epilog="Example:\n\n  tsemu ctl reset")
+def ctl_reset(socket: SocketOption = None) -> None:
+    """Put the machine back as its scenario starts it, as if the server had just started:
+    the table, clock, timeline and pids, no listeners, faults but the scenario's, counters
+    at zero, the /proc view anew; the clients connected so far are dropped."""
+    _call(socket, "reset")
 
 
 fault_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,

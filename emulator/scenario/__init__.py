@@ -24,7 +24,7 @@ from .build import apply_event, build_table, play
 from .files import default_scenario, load_scenario, parse_scenario, syntax_of
 from .problems import ScenarioError
 from .schema import ACTIONS, GENERATOR_KINDS
-from .specs import Event, Machine, ProcessSpec, Scenario, ThreadSpec
+from .specs import Event, Machine, ProcessSpec, Scenario, StormPlan, ThreadSpec
 from .tables import parse_counter_value
 from .values import (
     format_duration,
@@ -37,7 +37,7 @@ from .values import (
 
 __all__ = [
     "ACTIONS", "Event", "GENERATOR_KINDS", "Machine", "ProcessSpec", "Scenario",
-    "ScenarioError", "ThreadSpec", "apply_event", "build_table", "default_scenario",
+    "ScenarioError", "StormPlan", "ThreadSpec", "apply_event", "build_table", "default_scenario",
     "format_duration", "load_scenario", "parse_counter_value", "parse_duration",
     "parse_scenario", "parse_size", "play", "policy_number", "signal_number", "syntax_of",
     "task_state",

@@ -118,7 +118,8 @@ def _conclude(reading: Reading, problems: Problems, packed_text: bytes | None, s
     scenario = Scenario(source=problems.source, machine=machine,
                         cgroups=tuple(dict.fromkeys(reading.cgroups)),
                         processes=tuple(specs), timeline=tuple(timeline),
-                        faults=tuple(reading.faults), packed_text=packed_text, syntax=syntax,
+                        faults=tuple(reading.faults), storms=tuple(reading.storms),
+                        packed_text=packed_text, syntax=syntax,
                         overrides=MappingProxyType(dict(overrides or {})))
     if start is not None:
         scenario._start_table.append(start)

@@ -1,8 +1,9 @@
 """Generators: load described by a few numbers, expanded into timeline events.
 
-What lives here: the [[generator]] kinds (``short_jobs`` so far), each read from its table and
-expanded, deterministically, into spawn and exit_group drafts for the check to play (see
-FORMAT.md for the keys). What must not: the timeline's checks (`check`), reading counters
+What lives here: the [[generator]] kinds, each read from its table: ``short_jobs`` expanded,
+deterministically, into spawn and exit_group drafts for the check to play; ``storm`` kept as a
+`StormPlan` that the emulator plays as time passes (millions of exits are not a timeline). See
+FORMAT.md for the keys. What must not: the timeline's checks (`check`), reading counters
 (`tables.read_counters`, which this uses in its "draw" mode).
 """
 
@@ -18,8 +19,8 @@ from ..model.clock import NSEC_PER_SEC
 from ..model.tasks import U32_MAX, TaskState
 from .check import Draft, Ref
 from .draws import Draw, Uniform, choosable, drawable, is_drawn, number
-from .schema import GENERATOR_KEYS, GENERATOR_KINDS
-from .specs import ProcessSpec, ThreadSpec, frozen
+from .schema import GENERATOR_KEYS, GENERATOR_KIND_KEYS, GENERATOR_KINDS
+from .specs import ProcessSpec, StormPlan, ThreadSpec, frozen
 from .tables import Context, Keys, Table, cpulist, one_or_list, read_counters
 from .values import (
     DURATION_MAX,
@@ -48,6 +49,8 @@ from .values import (
 
 #: At most this many generated jobs per scenario, all generators together.
 MAX_JOBS = 100_000
+#: At most this many exits per storm (as per `tsemu ctl storm`).
+MAX_STORM_EXITS = 10_000_000
 _GENERATOR = Keys(GENERATOR_KEYS)
 _JOB_COMM = comm_template("n", "the job's index")
 #: The identity keys of a job, how each is read, and its default.
@@ -62,15 +65,27 @@ _IDENTITY: tuple[tuple[str, Any, Any], ...] = (
 )
 
 
-def read_generators(ctx: Context, top: Table) -> list[Draft]:
-    """Every [[generator]], expanded into drafts."""
+def read_generators(ctx: Context, top: Table) -> tuple[list[Draft], list[StormPlan]]:
+    """Every [[generator]]: the short_jobs expanded into drafts, and the storms."""
     drafts: list[Draft] = []
+    storms: list[StormPlan] = []
     jobs = 0
     for g, t in enumerate(top.tables("generator", _GENERATOR)):
         kind = t.require("kind", string)
         if kind is not None and kind not in GENERATOR_KINDS:
             t.fail("kind", f"unknown generator kind {show(kind)}; "
                    f"{suggest(kind, GENERATOR_KINDS)}")
+            continue
+        if kind is not None:
+            for key in t.data:
+                if key in _GENERATOR.known and key not in GENERATOR_KIND_KEYS[kind]:
+                    t.fail(key, f"a {kind} generator has no {key}; its keys: "
+                           f"{', '.join(GENERATOR_KIND_KEYS[kind])}")
+        if kind == "storm":
+            storm = _read_storm(ctx, t)
+            if storm is not None and t.ok:
+                storms.append(storm)
+            continue
         plan = _read_short_jobs(ctx, t)
         if plan is None or not t.ok:
             continue
@@ -79,7 +94,33 @@ def read_generators(ctx: Context, top: Table) -> list[Draft]:
             t.fail("count", f"the generators make {jobs} jobs in all; at most {MAX_JOBS}")
             continue
         drafts += plan.expand(f"generator[{g}]")
-    return drafts
+    return drafts, storms
+
+
+def _read_storm(ctx: Context, t: Table) -> StormPlan | None:
+    """A storm generator: `rate` exits a second, `count` of them or as many as `duration`
+    holds, from `start` on, on `cpus` in turn (see `StormPlan`)."""
+    rate = t.require("rate", _rate)
+    count = t.get("count", ranged(1, MAX_STORM_EXITS))
+    duration = t.get("duration", parse_duration)
+    start = t.get("start", parse_duration, 0)
+    cpus = t.get("cpus", cpulist(ctx.machine.cpus), list(range(ctx.machine.cpus)))
+    threads = t.get("threads", ranged(1, 1000), 1)
+    if t.has("count") and t.has("duration"):
+        t.fail("duration", "give count or duration, not both")
+    elif not t.has("count") and not t.has("duration"):
+        t.fail(None, "a storm needs count (exits) or duration (how long it lasts)")
+    if rate is not None and duration is not None:
+        count = math.floor(rate * Fraction(duration, NSEC_PER_SEC))
+        if count > MAX_STORM_EXITS:
+            t.fail("duration", f"{rate} exits a second for {format_duration(duration)} make "
+                   f"{count}; at most {MAX_STORM_EXITS:,}")
+        elif count < 1:
+            t.fail("duration", f"{rate} exits a second for {format_duration(duration)} make "
+                   "none")
+    if not t.ok or rate is None or count is None or cpus is None or threads is None:
+        return None
+    return StormPlan(start_ns=start, rate=rate, exits=count, cpus=tuple(cpus), threads=threads)
 
 
 @dataclass

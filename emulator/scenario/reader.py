@@ -40,7 +40,7 @@ from .schema import (
     TIMELINE_KEYS,
     TOP_KEYS,
 )
-from .specs import Machine, ProcessSpec, ThreadSpec, frozen
+from .specs import Machine, ProcessSpec, StormPlan, ThreadSpec, frozen
 from .tables import MISSING, Context, Keys, Table, cpulist, read_counters, split_rates
 from .values import (
     DURATION_MAX,
@@ -117,6 +117,8 @@ class Reading:
     dropped: set[int]
     #: the [[fault]] entries, as `model.faults.Fault` fields
     faults: list[dict[str, Any]]
+    #: the storm generators
+    storms: list[StormPlan]
 
     def where(self, position: int) -> str:
         """The key path of the entry spec `position` came from."""
@@ -132,14 +134,15 @@ def read_document(document: Mapping[str, Any], problems: Problems) -> Reading:
                if (cg := t.require("path", cgroup_path)) is not None]
     specs, entries = _read_processes(ctx, top)
     drafts = _read_timeline(ctx, top)
-    drafts += read_generators(ctx, top)
+    generated, storms = read_generators(ctx, top)
+    drafts += generated
     faults = [f for t in top.tables("fault", _FAULT) if (f := _read_fault(t)) is not None]
     written = document.get("machine")
     if not (type(written) is dict and "next_pid" in written):
         highest = max(ctx.written_pids, default=0)
         next_pid = highest + 1 if highest + 1 < machine.pid_max else RESERVED_PIDS
         machine = dataclasses.replace(machine, next_pid=next_pid)
-    return Reading(machine, cgroups, specs, entries, drafts, ctx.dropped, faults)
+    return Reading(machine, cgroups, specs, entries, drafts, ctx.dropped, faults, storms)
 
 
 # --- [machine] ---------------------------------------------------------------------------------

@@ -45,11 +45,16 @@ ACTION_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "exit": ("pid", "code", "signal", "core", "cpu"),
     "exit_group": ("pid", "code", "signal", "core", "caller", "leader_last"),
 })
-#: The generator kinds.
-GENERATOR_KINDS = ("short_jobs",)
-GENERATOR_KEYS = ("kind", "seed", "count", "rate", "start", "duration", "arrival", "lifetime",
-                  "cpus", "threads", "comm", "uid", "gid", "ppid", "cgroup", "nice", "policy",
-                  "state", "code", "signal", "killed", "core", *COUNTER_TABLES)
+#: The generator kinds, and the keys of each.
+GENERATOR_KIND_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "short_jobs": ("kind", "seed", "count", "rate", "start", "duration", "arrival", "lifetime",
+                   "cpus", "threads", "comm", "uid", "gid", "ppid", "cgroup", "nice", "policy",
+                   "state", "code", "signal", "killed", "core", *COUNTER_TABLES),
+    "storm": ("kind", "rate", "count", "duration", "start", "cpus", "threads"),
+})
+GENERATOR_KINDS = tuple(GENERATOR_KIND_KEYS)
+#: Every key some generator kind takes.
+GENERATOR_KEYS = tuple(dict.fromkeys(k for keys in GENERATOR_KIND_KEYS.values() for k in keys))
 #: The distributions a drawn value may follow, and the keys of each.
 DISTRIBUTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "uniform": ("distribution", "min", "max"),

@@ -1,18 +1,21 @@
 """A checked scenario, as values: the machine, the processes alive at its start, the timeline.
 
 What lives here: the types a reading produces and the rest of tsemu consumes (`Machine`,
-`ProcessSpec`, `ThreadSpec`, `Event`, `Scenario`). Specs and events are named tuples: a big
-scenario makes a hundred thousand of them, and a tuple is made several times faster than a
-frozen dataclass. What must not: reading (`reader`), carrying a scenario out (`build`).
+`ProcessSpec`, `ThreadSpec`, `Event`, `StormPlan`, `Scenario`). Specs and events are named
+tuples: a big scenario makes a hundred thousand of them, and a tuple is made several times
+faster than a frozen dataclass. What must not: reading (`reader`), carrying a scenario out
+(`build`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -161,6 +164,33 @@ class Event(NamedTuple):
     args: dict[str, Any]
 
 
+class StormPlan(NamedTuple):
+    """A storm generator: `exits` processes exit at `rate` a second, the i-th at `start_ns +
+    i / rate` (nanoseconds after the scenario start, rounded down) on `cpus[i % len(cpus)]`,
+    each spawned and exiting at once as `tsemu ctl storm`'s do. Played as time passes, not
+    expanded into the timeline (a storm is millions of exits)."""
+
+    start_ns: int
+    rate: Fraction
+    exits: int
+    cpus: tuple[int, ...]
+    threads: int = 1
+
+    def due_ns(self, index: int) -> int:
+        """When exit `index` is due (ns after the scenario start)."""
+        return self.start_ns + math.floor(index * NSEC_PER_SEC / self.rate)
+
+    def due_before(self, end_ns: int) -> int:
+        """How many exits are due before `end_ns` (ns after the scenario start): the
+        smallest i with due_ns(i) >= end_ns, at most `exits`."""
+        if end_ns <= self.start_ns:
+            return 0
+        # due_ns(i) < end  <=>  i * NSEC / rate < end - start  (both sides integers once
+        # floored: floor(x) < n <=> x < n for an integer n)
+        below = (end_ns - self.start_ns) * self.rate / NSEC_PER_SEC
+        return min(self.exits, math.ceil(below))
+
+
 def _no_overrides() -> Mapping[str, Any]:
     return MappingProxyType({})
 
@@ -178,6 +208,8 @@ class Scenario:
     timeline: tuple[Event, ...]
     #: the [[fault]] entries (`model.faults.Fault` fields; times since the scenario start)
     faults: tuple[Mapping[str, Any], ...] = ()
+    #: the storm generators, played as time passes (not in the timeline)
+    storms: tuple[StormPlan, ...] = ()
     #: the text it was read from, zlib-compressed (for `with_overrides`): neither the text
     #: nor its document is kept as such (~2.2 KB per [[process]] table)
     packed_text: bytes | None = field(default=None, repr=False, compare=False)

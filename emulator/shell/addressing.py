@@ -21,6 +21,7 @@ The C shim follows the same rules (shim/); this module is their reference.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 from pathlib import Path
@@ -100,7 +101,8 @@ def bind_port(sock: socket.socket, server_socket: Path, port: int = 0) -> int:
     if port:
         _bind_name(sock, directory / str(_signed(port)), explicit=True)
         return port & 0xFFFFFFFF
-    candidates = [os.getpid()] + list(range(AUTOBIND_START, AUTOBIND_START - 65536, -1))
+    # (lazily: a list of the 65,537 candidates took 2 ms to make, for the first one to do)
+    candidates = itertools.chain((os.getpid(),), range(AUTOBIND_START, AUTOBIND_START - 65536, -1))
     for candidate in candidates:
         try:
             _bind_name(sock, directory / str(candidate), explicit=False)

@@ -111,6 +111,10 @@ class Clients:
         self.trusted: dict[str, ClientConn] = {}
         self.refused = 0
         self.gone = 0
+        #: (inode, ctime) of the files of sockets dropped by a reset while still bound: their
+        #: names stay taken (no new socket can be given their port id while they live), and
+        #: nothing they send is served
+        self.dropped: set[tuple[int, int]] = set()
         #: whether the ports directory's watch would say when a trusted client's file
         #: changes: without it, every datagram's sender is checked (`admit`)
         self.watching = False
@@ -143,6 +147,9 @@ class Clients:
             self.refused += 1  # no socket of that name here (a file elsewhere, or a link)
             return None
         identity = (st.st_ino, st.st_ctime_ns)
+        if identity in self.dropped:
+            self.refused += 1  # a client of before a reset
+            return None
         client = self.by_port.get(port)
         if client is not None and not client.outbox.gone:
             if client.identity == identity:
@@ -211,6 +218,31 @@ class Clients:
     def forget_all(self) -> None:
         for client in list(self.by_port.values()):
             self.forget(client)
+
+    def drop_all(self) -> None:
+        """Forget every client, and refuse for good every socket the ports directory has
+        now (a server's `reset`): a socket still bound keeps its name (a port id stays its
+        own while it lives, as on the kernel: none of the next clients can be given it and
+        be taken for it), the file of one that is gone is removed."""
+        self.forget_all()
+        dropped = set()
+        try:
+            entries = list(os.scandir(self.ports))
+        except OSError:
+            entries = []
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    continue
+                if stat.S_ISSOCK(st.st_mode) and _bound(Path(entry.path)):
+                    dropped.add((st.st_ino, st.st_ctime_ns))
+                else:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
+        self.dropped = dropped
+        self.refused = self.gone = 0
 
     def names_changed(self, names: list[str] | None) -> None:
         """The watch saw these names change (None: it cannot tell which): trust them no more,

@@ -22,8 +22,14 @@ went wrong"}`. A connection may carry any number of requests.
 | ps            | -                                            | tasks [{pid, tgid, ...}]|
 | listeners     | -                                            | listeners {cpu: ports}  |
 | stats         | -                                            | server, cpus, clients   |
-| storm         | count (0-10000000), cpus? (cpulist; all),    | exits, seconds, rate,   |
-|               | threads? (1-1000)                            | deliveries              |
+| storm         | count (0-10000000) or, with rate, duration   | exits, seconds, rate,   |
+|               | (a duration: "2s"); cpus? (cpulist; all),    | deliveries, stopped     |
+|               | threads? (1-1000), rate? (exits a second,    |                         |
+|               | spread evenly; none: as fast as the server   |                         |
+|               | sends them)                                  |                         |
+| reset         | -                                            | - (the machine as the   |
+|               |                                              | scenario starts it; the |
+|               |                                              | clients dropped)        |
 | wait_listener | cpus? (cpulist), timeout? (s, 0-3600; 10)    | listeners               |
 | now           | -                                            | now (s since the start) |
 | fault         | fault {kind, ...}: a scenario's [[fault]]    | fault (as listed)       |
@@ -60,6 +66,7 @@ from ..model.clock import NSEC_PER_SEC
 from ..model.tasks import COUNTERS, IDENTITY
 from ..scenario import ScenarioError, parse_counter_value
 from ..scenario.faults import read_fault
+from ..scenario.generators import MAX_STORM_EXITS
 from ..scenario.tables import cpulist
 from ..scenario.values import (
     DURATION_MAX,
@@ -87,8 +94,10 @@ MAX_LINE = 1 << 20
 MAX_CONNECTIONS = 64
 #: Threads one spawn makes at most, processes one storm makes at most.
 MAX_SPAWN_THREADS = 10_000
-MAX_STORM = 10_000_000
+MAX_STORM = MAX_STORM_EXITS
 MAX_STORM_THREADS = 1_000
+#: The highest rate a paced storm may ask for (exits a second).
+MAX_STORM_RATE = 1e9
 
 
 def control_path(socket_path: Path) -> Path:
@@ -270,14 +279,48 @@ async def _op_stats(emu: Any, args: dict[str, Any]) -> dict[str, Any]:
         "tasks": len(emu.table),
         "now": emu.now_seconds(),
         "timeline_skipped": emu.skipped,
+        "storms": [{"exits": progress.done, "count": plan.exits}
+                   for plan, progress in emu.storms],
     }
 
 
 async def _op_storm(emu: Any, args: dict[str, Any]) -> dict[str, Any]:
     cpus = args.get("cpus") or list(range(emu.scenario.machine.cpus))
-    result = await emu.storm(args["count"], cpus, args.get("threads", 1))
+    rate = args.get("rate")
+    count = args.get("count")
+    if "duration" in args:
+        if rate is None:
+            raise ControlError("storm: a duration needs a rate (exits a second)")
+        if count is not None:
+            raise ControlError("storm: give count or duration, not both")
+        count = math.floor(rate * args["duration"] / NSEC_PER_SEC)
+        if count > MAX_STORM:
+            raise ControlError(f"storm: {rate:g} exits a second for that long make {count:,}; "
+                               f"at most {MAX_STORM:,}")
+    elif count is None:
+        raise ControlError("storm: missing argument 'count' (or, with a rate, 'duration')")
+    result = await emu.storm(count, cpus, args.get("threads", 1), rate=rate)
     return {"exits": result.exits, "seconds": result.seconds, "rate": result.rate,
-            "deliveries": result.deliveries}
+            "deliveries": result.deliveries, "stopped": result.stopped}
+
+
+async def _op_reset(emu: Any, args: dict[str, Any]) -> dict[str, Any]:
+    await emu.reset()
+    return {}
+
+
+def _rate(emu: Any, value: object) -> float:
+    """Exits a second: a finite number above 0, at most `MAX_STORM_RATE`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and 0 < value <= MAX_STORM_RATE):
+        raise Bad(f"a rate is a number of exits a second above 0 and at most "
+                  f"{MAX_STORM_RATE:g}, not {show(value)}")
+    return float(value)
+
+
+def _duration(emu: Any, value: object) -> int:
+    """A span of time (ns): a duration ("2s") or seconds as a number."""
+    return round(_seconds(emu, value) * NSEC_PER_SEC)
 
 
 async def _op_wait_listener(emu: Any, args: dict[str, Any]) -> dict[str, Any]:
@@ -338,8 +381,10 @@ OPS: dict[str, tuple[tuple[Arg, ...], Handler]] = {
     "ps": ((), _op_ps),
     "listeners": ((), _op_listeners),
     "stats": ((), _op_stats),
-    "storm": ((Arg("count", _plain(ranged(0, MAX_STORM)), True), Arg("cpus", _cpus),
-               Arg("threads", _plain(ranged(1, MAX_STORM_THREADS)))), _op_storm),
+    "storm": ((Arg("count", _plain(ranged(0, MAX_STORM))), Arg("cpus", _cpus),
+               Arg("threads", _plain(ranged(1, MAX_STORM_THREADS))), Arg("rate", _rate),
+               Arg("duration", _duration)), _op_storm),
+    "reset": ((), _op_reset),
     "wait_listener": ((Arg("cpus", _cpus), Arg("timeout", _timeout)), _op_wait_listener),
     "now": ((), _op_now),
     "fault": ((Arg("fault", _fault, True),), _op_fault),

@@ -57,6 +57,9 @@ class BroadcastStats:
     deliveries: int = 0
     dropped_listeners: int = 0
 
+    def clear(self) -> None:
+        self.events = self.deliveries = self.dropped_listeners = 0
+
 
 class CpuListeners:
     """One CPU's listener list, its lock, its sequence counter and its broadcast task."""
@@ -97,6 +100,16 @@ class CpuListeners:
         before = len(self.ports)
         self.ports[:] = [p for p in self.ports if p != port]
         return before - len(self.ports)
+
+    def reset(self) -> None:
+        """No listener, sequence numbers from 0, counters at 0: as a fresh CPU's (a server's
+        `reset`). Only once every submitted exit has been broadcast (`wait_idle`): this
+        CPU's task then holds nothing of the past."""
+        if self._pending:
+            raise RuntimeError(f"CPU {self.cpu} still has {self._pending} exits to broadcast")
+        self.ports.clear()
+        self.seq = 0
+        self.stats.clear()  # (in place: the broadcast task holds the object)
 
     async def submit(self, exit_report: Any) -> None:
         """Queue an exit for broadcast; waits only when this CPU is far behind."""
@@ -203,6 +216,11 @@ class ListenerTable:
                 await self.cpus[cpu].register(port)
             else:
                 await self.cpus[cpu].deregister(port)
+
+    def reset(self) -> None:
+        """Every CPU as a fresh one (see `CpuListeners.reset`)."""
+        for cpu in self.cpus:
+            cpu.reset()
 
     def listening(self, port: int) -> bool:
         """Whether `port` is registered on some CPU."""

@@ -211,6 +211,18 @@ class ProcView:
         with contextlib.suppress(OSError):
             shutil.rmtree(self.path)
 
+    def reopen(self, table: ProcessTable) -> None:
+        """Show `table` instead, from scratch (a server's `reset`): the view is removed, then
+        made again with nothing of the old table's in it, its exited processes' totals
+        included. (Every write goes through this object's state, read afresh each time, so a
+        `refresh` under way carries on with the new table.)"""
+        self.close()
+        self.table = table
+        self.published = {}
+        self.exited = Exited()
+        self.refresh_cost = 0.0
+        self.open()
+
     # -- following the table -----------------------------------------------------------------
 
     def sync(self) -> None:

@@ -152,8 +152,11 @@ class Server:
         self.socket_path = Path(socket_path)
         self.tasks = tasks
         self.profile = profile
-        self.kernel = Kernel(tasks, profile=profile, nr_cpus=nr_cpus, families=families,
-                             cgroup_roots=cgroup_roots, nr_cpus_config=nr_cpus_config)
+        # (kept for `reset`, which makes the kernel model afresh)
+        self._kernel_options: dict[str, Any] = dict(
+            profile=profile, nr_cpus=nr_cpus, families=families, cgroup_roots=cgroup_roots,
+            nr_cpus_config=nr_cpus_config)
+        self.kernel = Kernel(tasks, **self._kernel_options)
         self.listeners = ListenerTable(nr_cpus, dedupe=profile.listener_dedupe)
         self.nr_cpus = nr_cpus
         #: the clients' own processes, answered and reported from the host (`clientprocs`)
@@ -247,6 +250,29 @@ class Server:
             ports_dir(self.socket_path).rmdir()
         except OSError:
             pass  # clients still have sockets there
+
+    async def reset(self, tasks: TaskSource) -> None:
+        """Become what a server freshly started on `tasks` would be, on the same sockets (the
+        `reset` control op, which the pytest fixture sends between tests).
+
+        The clients there were are dropped first: forgotten with their connections, queues
+        and registrations, and refused from now on (`Clients.drop_all`: the files of sockets
+        gone are removed, a socket still bound keeps its name but is never served). Exits
+        still on their way are broadcast (to no one) before the rest is put back: the kernel
+        model (its faults, kept replies and family table) made afresh for `tasks`, no
+        listener, every CPU's sequence number and every counter at zero, no client root, no
+        pause, no held message."""
+        self.client_table.drop_all()
+        await self.settle()
+        # From here on nothing awaits: no datagram is read until the server is whole again.
+        self.listeners.reset()
+        self.tasks = tasks
+        self.kernel = Kernel(tasks, **self._kernel_options)
+        self.own = ClientProcesses(HostMirror(tasks, self.profile))
+        self.stats = ServerStats()
+        self.client_table.refused = self.client_table.gone = 0
+        self._paused_until = 0.0
+        self._held.clear()
 
     # -- the ports directory ---------------------------------------------------------------
 
