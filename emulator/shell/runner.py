@@ -20,7 +20,7 @@ import gc
 import sys
 import time
 from collections import deque
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import trio
 
 from ..model.clock import NSEC_PER_SEC, VirtualClock
 from ..model.kernel import TaskSource
+from ..model.recorded import RecordedExit
 from ..model.table import ProcessTable
 from ..model.tasks import ExitReport, RepeatExit
 from ..scenario import Event, Scenario, apply_event, build_table, format_duration
@@ -186,7 +187,7 @@ class Emulator:
                 self.timeline.popleft()
                 await self._broadcast(self._apply(event))
 
-    def _apply(self, event: Event) -> list[ExitReport]:
+    def _apply(self, event: Event) -> list[ExitReport | RecordedExit]:
         """Carry out a timeline event. One that live control made impossible (a task it made
         exit, say) is skipped, said on stderr and counted: no event ends the server."""
         for pid in _made_by(event):
@@ -205,7 +206,7 @@ class Emulator:
         if self.view is not None:
             self.view.sync()
 
-    async def _broadcast(self, reports: list[ExitReport]) -> None:
+    async def _broadcast(self, reports: Sequence[ExitReport | RecordedExit]) -> None:
         self._show()  # the exited are gone from /proc before anyone hears of their exit
         for report in reports:
             await self.server.broadcast(report)
