@@ -210,6 +210,10 @@ class Emulator:
         self._show()  # the exited are gone from /proc before anyone hears of their exit
         for report in reports:
             await self.server.broadcast(report)
+            if type(report) is RecordedExit:
+                # Each CPU broadcasts on its own: a recording's order across CPUs holds
+                # only if each recorded exit is out before the next is handed over.
+                await self.server.settle()
 
     # -- operations ------------------------------------------------------------------------
 
