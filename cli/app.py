@@ -173,7 +173,7 @@ def _open_capture(path: Path | None, rotate: str | None, keep: int | None,
         size = parse_size(rotate) if rotate is not None else None
         if keep is not None and size is None:
             raise ValueError("--pcap-keep needs --pcap-rotate")
-        return Capture(path, rotate_bytes=size, keep=keep, force=force)
+        return Capture(path, rotate_bytes=size, keep=keep, force=force, child=True)
     except FileExistsError:
         fail(f"{path} exists: give --force to replace it")
     except ValueError as exc:
