@@ -111,15 +111,15 @@ assert COOKED_SIZE == 16 and RECORD_CODEC.size == 16 and FILE_HEADER.sizeof() ==
 
 def file_header(snaplen: int = SNAPLEN) -> bytes:
     """The 24 bytes a LINKTYPE_NETLINK file starts with (pcap 2.4, microseconds, UTC)."""
-    return FILE_HEADER.build(dict(magic=MAGIC_USEC, version_major=2, version_minor=4,
-                                  thiszone=0, sigfigs=0, snaplen=snaplen,
-                                  network=LINKTYPE_NETLINK))
+    return bytes(FILE_HEADER.build(dict(magic=MAGIC_USEC, version_major=2, version_minor=4,
+                                        thiszone=0, sigfigs=0, snaplen=snaplen,
+                                        network=LINKTYPE_NETLINK)))
 
 
 def cooked_header(packet_type: int, protocol: int = NETLINK_GENERIC) -> bytes:
     """The 16-byte cooked header of a packet going the way `packet_type` says."""
-    return COOKED_HEADER.build(dict(packet_type=packet_type, hatype=ARPHRD_NETLINK, halen=0,
-                                    address=bytes(8), protocol=protocol))
+    return bytes(COOKED_HEADER.build(dict(packet_type=packet_type, hatype=ARPHRD_NETLINK,
+                                          halen=0, address=bytes(8), protocol=protocol)))
 
 
 #: The two cooked headers tsemu writes, built once: every packet starts with one of them.
