@@ -15,7 +15,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Debian packages the tests use: a C compiler for the shim and the test clients, iproute2
-# for `genl`, procps for `pgrep`: installed when missing and when we may (root, apt-get).
+# for `genl`, procps for `pgrep`, tshark to dissect captures (its question about
+# wireshark-common's setuid dumpcap answered "no" beforehand): installed when missing and
+# when we may (root, apt-get).
 
 .PHONY: install system-deps bytecode run test bench soak lint golden golden-deps golden-all test-vm clean
 
@@ -27,9 +29,12 @@ system-deps:
 	command -v genl >/dev/null 2>&1 || missing="$$missing iproute2"; \
 	command -v pgrep >/dev/null 2>&1 || missing="$$missing procps"; \
 	command -v iotop-c >/dev/null 2>&1 || missing="$$missing iotop-c"; \
+	command -v tshark >/dev/null 2>&1 || missing="$$missing tshark"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing Debian packages:$$missing"; \
+	    echo "wireshark-common wireshark-common/install-setuid boolean false" \
+	      | debconf-set-selections 2>/dev/null || true; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else \
 	    echo "note: missing$$missing (install them for the shim and the client tests)"; \

@@ -79,6 +79,18 @@ def serve(
     proc_view: Annotated[bool, typer.Option(
         help="Keep the emulated machine's /proc in PATH.proc, which `tsemu run` shows its "
              "commands in place of /proc.")] = True,
+    pcap: Annotated[Path | None, typer.Option(
+        help="Capture every netlink message in and out as pcap (LINKTYPE_NETLINK, as on an "
+             "nlmon device: Wireshark and tshark dissect it).", show_default=False)] = None,
+    pcap_rotate: Annotated[str | None, typer.Option(
+        help="Start a new capture file (FILE.1, FILE.2, ...) when one would pass this size "
+             "(100MiB).", show_default=False)] = None,
+    pcap_keep: Annotated[int | None, typer.Option(
+        min=1, help="With --pcap-rotate: keep only this many newest files.",
+        show_default=False)] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace an existing --pcap file (never followed if a symlink).")
+    ] = False,
 ) -> None:
     """Serve the emulated kernel until SIGINT or SIGTERM.
 
@@ -118,6 +130,8 @@ def serve(
         emulator = Emulator(loaded, socket_path(socket), admin=policy, cgroup_roots=roots,
                             busy_poll_ns=busy_poll * 1000, max_clients=max_clients,
                             shared_dir=shared_dir, ctl_group=ctl_group, proc_view=proc_view)
+    capture = _open_capture(pcap, pcap_rotate, pcap_keep, force)
+    emulator.server.capture = capture
     if big or time.monotonic() - started > 0.5:
         typer.echo(f"tsemu: loaded {len(emulator.table)} tasks and {len(loaded.timeline)} "
                    f"timeline events in {time.monotonic() - started:.1f} s", err=True)
@@ -125,6 +139,8 @@ def serve(
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
+                if capture is not None:
+                    nursery.start_soon(capture.run)
                 await nursery.start(lambda task_status: emulator.run(
                     task_status=task_status, announce=True))
                 async for _ in signals:
@@ -137,6 +153,33 @@ def serve(
         fail(_startup_problem(group))
     except OSError as exc:
         fail(_startup_problem(exc))
+    finally:
+        if capture is not None:
+            capture.close()
+
+
+def _open_capture(path: Path | None, rotate: str | None, keep: int | None,
+                  force: bool) -> Any:
+    """The `serve --pcap` capture (None without --pcap); one-line errors for bad sizes and
+    files that exist or cannot be made."""
+    from tsemu.emulator.scenario import parse_size
+    from tsemu.emulator.shell.capture import Capture
+
+    if path is None:
+        if rotate is not None or keep is not None:
+            fail("--pcap-rotate and --pcap-keep go with --pcap", 2)
+        return None
+    try:
+        size = parse_size(rotate) if rotate is not None else None
+        if keep is not None and size is None:
+            raise ValueError("--pcap-keep needs --pcap-rotate")
+        return Capture(path, rotate_bytes=size, keep=keep, force=force, child=True)
+    except FileExistsError:
+        fail(f"{path} exists: give --force to replace it")
+    except ValueError as exc:
+        fail(f"bad --pcap-rotate or --pcap-keep: {exc}", 2)
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror or exc}")
 
 
 def _startup_problem(exc: BaseException) -> str:
@@ -441,10 +484,12 @@ def ctl_fault_clear(
 
 # -- client verbs: get, listen, families (cli/client_verbs.py); scenario (cli/scenario_verbs.py)
 from tsemu.cli.client_verbs import register as _register_client_verbs  # noqa: E402
+from tsemu.cli.record_verbs import register as _register_record_verbs  # noqa: E402
 from tsemu.cli.scenario_verbs import register as _register_scenario_verbs  # noqa: E402
 
 _register_client_verbs(app)
 _register_scenario_verbs(app)
+_register_record_verbs(app)
 
 
 def main() -> None:

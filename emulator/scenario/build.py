@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ..model.clock import RealClock, VirtualClock
+from ..model.recorded import RecordedExit
 from ..model.table import ProcessTable, SpawnRefused, SpawnRow
 from ..model.tasks import ExitReport
 from .problems import Problems
@@ -67,7 +68,7 @@ def build_table(scenario: Scenario) -> ProcessTable:
     return table
 
 
-def apply_event(table: ProcessTable, event: Event) -> list[ExitReport]:
+def apply_event(table: ProcessTable, event: Event) -> list[ExitReport | RecordedExit]:
     """Carry out one timeline action on `table` at the table's current time (the caller moves
     a virtual clock to the event's time first, and broadcasts the reports). On the table
     `build_table` made, with the events applied in order, this cannot fail; if live control
@@ -75,7 +76,8 @@ def apply_event(table: ProcessTable, event: Event) -> list[ExitReport]:
     return run_action(table, event.action, event.args)[1]
 
 
-def play(table: ProcessTable, scenario: Scenario) -> Iterator[tuple[Event, list[ExitReport]]]:
+def play(table: ProcessTable, scenario: Scenario
+         ) -> Iterator[tuple[Event, list[ExitReport | RecordedExit]]]:
     """Apply the whole timeline on a table with a virtual clock, moving the clock to each
     event's time first; yields each event with its exit reports (tests, batch runs)."""
     clock = table.clock
@@ -87,7 +89,7 @@ def play(table: ProcessTable, scenario: Scenario) -> Iterator[tuple[Event, list[
 
 
 def run_action(table: ProcessTable, action: str, args: Mapping[str, Any]
-               ) -> tuple[dict[str, Any], list[ExitReport]]:
+               ) -> tuple[dict[str, Any], list[ExitReport | RecordedExit]]:
     """Apply one action; returns its arguments with every pid explicit, and the reports."""
     if action == "spawn":
         spec: ProcessSpec = args["process"]
@@ -122,10 +124,15 @@ def run_action(table: ProcessTable, action: str, args: Mapping[str, Any]
                                             signal=args["signal"], core=args["core"],
                                             cpu=args["cpu"])]
     if action == "exit_group":
-        return dict(args), table.exit_group(args["pid"], code=args["code"],
-                                            signal=args["signal"], core=args["core"],
-                                            caller=args["caller"],
-                                            leader_last=args.get("leader_last", False))
+        return dict(args), [*table.exit_group(args["pid"], code=args["code"],
+                                              signal=args["signal"], core=args["core"],
+                                              caller=args["caller"],
+                                              leader_last=args.get("leader_last", False))]
+    if action == "recorded_exit":
+        tid = args["tid"]
+        if tid in table:  # a task of the snapshot: it leaves the table; its record is the
+            table.exit_task(tid, cpu=args["cpu"])  # recorded one, not the model's
+        return dict(args), [RecordedExit(args["cpu"], tid, args["message"])]
     raise ValueError(f"unknown timeline action {action!r}; valid: {', '.join(ACTIONS)}")
 
 
@@ -207,8 +214,8 @@ def create(table: ProcessTable, clock: VirtualClock, base_ns: int,
         if i not in leaders:
             continue  # its process could not be created
         spec = specs[i]
-        if j == 0 and spec.threads:
-            tids[i] = [None] * len(spec.threads)
+        if i not in tids:  # (its first thread made: not always thread[0], which may have
+            tids[i] = [None] * len(spec.threads)  # started after a later entry)
         try:
             tids[i][j] = clone(table, leaders[i], spec.threads[j], comms)
         except (ValueError, LookupError, OSError) as exc:

@@ -58,6 +58,8 @@ from .values import (
     parse_duration,
     policy_number,
     ranged,
+    recorded_message,
+    recorded_tid,
     render_comm,
     show,
     signal_number,
@@ -636,6 +638,11 @@ def _read_action(ctx: Context, t: Table, action: str, *, ref_ns: int
         args = {"pid": t.require("pid", ctx.pid), "deltas": deltas}
     elif action == "move":
         args = {"pid": t.require("pid", ctx.pid), "cpu": t.require("cpu", ctx.cpu)}
+    elif action == "recorded_exit":
+        cpu = t.require("cpu", ctx.cpu)
+        message = t.require("message", recorded_message)
+        args = {"cpu": cpu, "message": message,
+                "tid": recorded_tid(message) if message is not None else None}
     else:
         args = {"pid": t.require("pid", ctx.pid), **read_exit(t)}
         if action == "exit":

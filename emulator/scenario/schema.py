@@ -34,7 +34,7 @@ PROCESS_KEYS = ("pid", *IDENTITY_KEYS, "start", "age", "threads", "thread", *POP
                 *COUNTER_TABLES)
 THREAD_KEYS = ("tid", "comm", "cpu", "state", "start", "age", "superuser", *COUNTER_TABLES)
 #: The timeline's actions, in the order the reference lists them.
-ACTIONS = ("spawn", "clone", "set", "add", "move", "exit", "exit_group")
+ACTIONS = ("spawn", "clone", "set", "add", "move", "exit", "exit_group", "recorded_exit")
 TIMELINE_KEYS = ("at", *ACTIONS)
 ACTION_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "spawn": tuple(k for k in PROCESS_KEYS if k not in POPULATION_KEYS),
@@ -44,6 +44,7 @@ ACTION_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "move": ("pid", "cpu"),
     "exit": ("pid", "code", "signal", "core", "cpu"),
     "exit_group": ("pid", "code", "signal", "core", "caller", "leader_last"),
+    "recorded_exit": ("cpu", "message"),
 })
 #: The generator kinds, and the keys of each.
 GENERATOR_KIND_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType({

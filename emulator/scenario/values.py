@@ -605,3 +605,38 @@ def rated(convert: Callable[[object], Any], counts: bool) -> Callable[[object], 
             return Rate(convert(amount))
         return convert(value)
     return read
+
+
+def recorded_message(value: object) -> bytes:
+    """A `recorded_exit`'s message: base64 of one TASKSTATS_CMD_NEW netlink message, as a
+    kernel sent it to a listener, with its AGGR_PID record first."""
+    import base64
+    import binascii
+
+    from tsemu.wire import WireError, decode_genl, decode_taskstats_new, split_datagram
+    from tsemu.wire.constants import TaskstatsCmd, TaskstatsType
+
+    text = string(value)
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise Bad("message is not base64 (the netlink message's bytes)") from None
+    messages = split_datagram(data)
+    if len(messages) != 1 or messages[0].header.length != len(data):
+        raise Bad(f"message holds {len(data)} bytes that are not one whole netlink message")
+    try:
+        genl = decode_genl(messages[0])
+        records = decode_taskstats_new(genl) if genl.cmd == TaskstatsCmd.NEW else []
+    except WireError as exc:
+        raise Bad(f"message is not a taskstats event: {exc}") from None
+    if not records or records[0].aggr != TaskstatsType.AGGR_PID:
+        raise Bad("message is not a taskstats exit event (TASKSTATS_CMD_NEW whose first "
+                  "record is AGGR_PID)")
+    return data
+
+
+def recorded_tid(message: bytes) -> int:
+    """The task a checked `recorded_message` reports: its AGGR_PID record's pid."""
+    from tsemu.wire import decode_genl, decode_taskstats_new, split_datagram
+
+    return decode_taskstats_new(decode_genl(split_datagram(message)[0]))[0].id

@@ -21,7 +21,7 @@ import math
 import sys
 import time
 from collections import deque
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ import trio
 
 from ..model.clock import NSEC_PER_SEC, VirtualClock
 from ..model.kernel import TaskSource
+from ..model.recorded import RecordedExit
 from ..model.table import ProcessTable
 from ..model.tasks import ExitReport, RepeatExit
 from ..scenario import Event, Scenario, StormPlan, apply_event, build_table, format_duration
@@ -267,7 +268,7 @@ class Emulator:
                 self.view.reopen(table)
         await self._play()
 
-    def _apply(self, event: Event) -> list[ExitReport]:
+    def _apply(self, event: Event) -> list[ExitReport | RecordedExit]:
         """Carry out a timeline event. One that live control made impossible (a task it made
         exit, say) is skipped, said on stderr and counted: no event ends the server."""
         for pid in _made_by(event):
@@ -286,10 +287,14 @@ class Emulator:
         if self.view is not None:
             self.view.sync()
 
-    async def _broadcast(self, reports: list[ExitReport]) -> None:
+    async def _broadcast(self, reports: Sequence[ExitReport | RecordedExit]) -> None:
         self._show()  # the exited are gone from /proc before anyone hears of their exit
         for report in reports:
             await self.server.broadcast(report)
+            if type(report) is RecordedExit:
+                # Each CPU broadcasts on its own: a recording's order across CPUs holds
+                # only if each recorded exit is out before the next is handed over.
+                await self.server.settle()
 
     # -- operations ------------------------------------------------------------------------
 

@@ -91,10 +91,12 @@ from ..model.kernel import (
     TaskSource,
 )
 from ..model.profiles import DEFAULT_PROFILE, KernelProfile
+from ..model.recorded import RecordedExit, recorded_event
 from ..model.table import ProcessTable
 from ..model.tasks import RepeatExit
 from .addressing import is_stale, ports_dir
 from .busypoll import DEFAULT_WINDOW_NS, BusyPoll
+from .capture import Capture
 from .clientprocs import ClientProcesses
 from .clients import DEFAULT_MAX_CLIENTS, SWEEP_SECONDS, ClientConn, Clients
 from .hostmirror import HostMirror
@@ -181,6 +183,8 @@ class Server:
             raise ValueError(f"a busy-poll window cannot be negative ({busy_poll_ns} ns)")
         self._busy_poll_ns = busy_poll_ns
         self.busy_poll: BusyPoll | None = None
+        #: a pcap capture of the netlink traffic (`capture.Capture`, `serve --pcap`), if any
+        self.capture: Capture | None = None
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -444,10 +448,15 @@ class Server:
         else:
             sender = client.sender = self._sender(client, creds, fds)
             client.sender_creds = creds
+        capture = self.capture
+        if capture is not None:
+            capture.inbound(data)
         actions = self.kernel.handle(data, sender)
         offer = client.outbox.offer if self.kernel.faults.empty else self._faulty(client)
         for index, action in enumerate(actions):
             if isinstance(action, Send):
+                if capture is not None:
+                    capture.outbound(action.data)
                 offer(action.data)
             else:
                 return self._carry_out(client, actions, index)
@@ -461,6 +470,8 @@ class Server:
         offer = client.outbox.offer if self.kernel.faults.empty else self._faulty(client)
         for action in actions[start:]:
             if isinstance(action, Send):
+                if self.capture is not None:
+                    self.capture.outbound(action.data)
                 offer(action.data)
             elif isinstance(action, Listen):
                 if self.clients.get(client.port) is client:  # (not forgotten meanwhile)
@@ -547,6 +558,8 @@ class Server:
     def _build_event(self, seq: int, report: Any) -> bytes:
         if type(report) is RepeatExit:
             return self.kernel.repeat_exit_event(seq, report)
+        if type(report) is RecordedExit:
+            return recorded_event(report, seq, self.kernel.taskstats.id)
         return self.kernel.exit_event(seq, report.tid, report.pid_values, report.tgid,
                                       report.tgid_values)
 
@@ -554,6 +567,8 @@ class Server:
         client = self.clients.get(port)
         if client is None:
             return 0
+        if self.capture is not None:
+            self.capture.outbound_events(events, len(events))
         if self.kernel.faults.empty:
             return client.outbox.offer_many(events)
         offer = self._faulty(client, "events", cpu)
