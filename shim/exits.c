@@ -17,7 +17,10 @@
  * notice socket is bound in the server's ports directory under a negative port id (as
  * autobind names them) and removed at once; nothing else of the shim's state is touched.
  * The server trusts the notice only as far as it can check it: the sender's credentials
- * (SO_PASSCRED) must be the zombie's parent, in a registered family, of the same user.
+ * (SO_PASSCRED) must be the zombie's parent, in a registered family, of the same user. The
+ * answer is judged as every datagram a shim socket takes (io.c): the notice socket's name is
+ * in a directory everyone may write, so a SEEN counts only when the kernel's credentials say
+ * it comes from the server socket file's owner.
  */
 #include "shim.h"
 
@@ -29,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -94,6 +98,47 @@ static char *put_int(char *out, long value)
     return out;
 }
 
+/* Whether credentials the kernel attached are the server's user: the owner of the server's
+ * socket file (a link followed, as requests follow it). lstat and stat only, as a SIGCHLD
+ * handler may call. */
+static int from_server_user(const struct ucred *cred)
+{
+    struct stat st;
+    if (lstat(family_server, &st) != 0)
+        return 0;
+    if (S_ISLNK(st.st_mode) && stat(family_server, &st) != 0)
+        return 0;
+    return S_ISSOCK(st.st_mode) && cred->uid == st.st_uid;
+}
+
+/* One datagram from the notice socket: the SEEN about `about` from the server's user? */
+static int seen_from_server(int fd, const unsigned char *msg, long about)
+{
+    unsigned char reply[CTL_SIZE];
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(struct ucred))];
+    } control;
+    struct iovec iov = {reply, sizeof reply};
+    struct msghdr in = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                        .msg_controllen = sizeof control.buf};
+    ssize_t got = real_recvmsg(fd, &in, MSG_DONTWAIT);
+    if (got != CTL_SIZE)
+        return 0;
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&in);
+    struct ucred cred;
+    if (!cm || cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_CREDENTIALS ||
+        cm->cmsg_len < CMSG_LEN(sizeof cred))
+        return 0;
+    memcpy(&cred, CMSG_DATA(cm), sizeof cred);
+    uint16_t reply_op;
+    int64_t reply_value;
+    memcpy(&reply_op, reply + 8, 2);
+    memcpy(&reply_value, reply + 16, 8);
+    return memcmp(reply, msg, 8) == 0 && reply_op == CTL_OP_SEEN && reply_value == about &&
+           from_server_user(&cred);
+}
+
 /* Send one control datagram and wait for the server's SEEN about `about`; 0 when it came. */
 static int tell_server(int op, long about)
 {
@@ -102,7 +147,10 @@ static int tell_server(int op, long about)
     shim_resolve();
     int saved = errno;
     int fd = real_socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
+    int one = 1;
+    if (fd < 0 || real_setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0) {
+        if (fd >= 0)
+            real_close(fd);
         errno = saved;
         return -1;
     }
@@ -147,14 +195,7 @@ static int tell_server(int op, long about)
                 struct pollfd p = {.fd = fd, .events = POLLIN};
                 if (left <= 0 || poll(&p, 1, (int)left) <= 0)
                     break;
-                unsigned char reply[CTL_SIZE];
-                ssize_t got = real_recv(fd, reply, sizeof reply, MSG_DONTWAIT);
-                uint16_t reply_op;
-                int64_t reply_value;
-                memcpy(&reply_op, reply + 8, 2);
-                memcpy(&reply_value, reply + 16, 8);
-                if (got == CTL_SIZE && memcmp(reply, msg, 8) == 0 && reply_op == CTL_OP_SEEN &&
-                    reply_value == about) {
+                if (seen_from_server(fd, msg, about)) {
                     result = 0;
                     break;
                 }

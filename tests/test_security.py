@@ -412,3 +412,33 @@ async def test_a_datagram_longer_than_64_kib_is_answered(server: Server) -> None
 
 
 _unused = ctypes  # (ctypes is used by the snippets run in children)
+
+
+def test_a_family_notice_is_answered_only_by_the_server_user(public_tmp: Path) -> None:
+    """A family channel's name is in the ports directory, where others may reach it: a SEEN
+    forged by another user is never taken for the server's answer; the server's user's is."""
+    from tsemu.family import FamilyChannel
+
+    server = public_tmp / "genl.sock"
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listening.bind(str(server))  # owned by root: the server's user
+    (public_tmp / "genl.sock.ports").mkdir(mode=0o1777)
+    os.chmod(public_tmp / "genl.sock.ports", 0o1777)
+    channel = FamilyChannel(server)
+    try:
+        os.chmod(channel.path, 0o666)  # as reachable as a port file can be
+        seen = encode_control(ControlOp.SEEN, 0, 4242)
+        forged = as_nobody("""
+            import socket, sys
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            s.sendto(bytes.fromhex(sys.argv[1]), sys.argv[2])
+            print("sent")
+            """, seen.hex(), str(channel.path))
+        assert forged.stdout.strip() == "sent", forged.stderr
+        assert not channel.tell(ControlOp.EXITED, 4242, timeout=0.3)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as ours:
+            ours.sendto(seen, str(channel.path))
+        assert channel.tell(ControlOp.EXITED, 4242, timeout=2)
+    finally:
+        channel.close()
+        listening.close()

@@ -30,8 +30,6 @@ import errno
 import itertools
 import os
 import socket
-import stat
-import struct
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -39,7 +37,15 @@ from types import TracebackType
 
 import trio
 
-from tsemu.emulator.shell.addressing import bind_port, default_socket_path, port_path, ports_dir
+from tsemu.emulator.shell.addressing import (
+    CREDENTIALS_SPACE,
+    bind_port,
+    default_socket_path,
+    port_path,
+    ports_dir,
+    sender_uid,
+    server_owner,
+)
 from tsemu.wire import (
     CgroupstatsReply,
     Decoded,
@@ -60,17 +66,6 @@ from tsemu.wire.constants import SOL_NETLINK, SockOpt
 from tsemu.wire.control import ControlOp, ControlOption, decode_control, encode_control, is_control
 
 NETLINK_GENERIC = 16
-_CREDS = struct.Struct("=iII")  # struct ucred: pid, uid, gid
-_ANCILLARY = socket.CMSG_SPACE(_CREDS.size)
-
-
-def server_owner(server: Path) -> int:
-    """The uid owning the server's socket file (a link is followed: requests reach the socket
-    it names, so that socket's owner is the server)."""
-    st = os.lstat(server)
-    if stat.S_ISLNK(st.st_mode):
-        st = os.stat(server)
-    return st.st_uid
 
 
 class NetlinkError(OSError):
@@ -155,10 +150,8 @@ class Client:
             data: bytes = await self.sock.recv(1 << 20)
             return data
         while True:
-            data, ancillary, _flags, sender = await self.sock.recvmsg(1 << 20, _ANCILLARY)
-            uid = next((_CREDS.unpack_from(payload)[1] for level, kind, payload in ancillary
-                        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
-                        and len(payload) >= _CREDS.size), None)
+            data, ancillary, _flags, sender = await self.sock.recvmsg(1 << 20, CREDENTIALS_SPACE)
+            uid = sender_uid(ancillary)
             if uid is None or uid != self.server_uid:
                 self.dropped += 1  # not the server's user: as if it never came
                 continue

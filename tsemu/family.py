@@ -18,7 +18,13 @@ import socket
 import time
 from pathlib import Path
 
-from tsemu.emulator.shell.addressing import bind_port, port_path
+from tsemu.emulator.shell.addressing import (
+    CREDENTIALS_SPACE,
+    bind_port,
+    port_path,
+    sender_uid,
+    server_owner,
+)
 from tsemu.wire.control import ControlOp, decode_control, encode_control, is_control
 
 #: The environment variable that marks a family's processes (the root's pid).
@@ -36,6 +42,9 @@ class FamilyChannel:
         self.server = server
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
+            # Its name is in a directory everyone may write: an answer counts only when the
+            # kernel's credentials say it is the server's user (tsemu.client's rule).
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             port = bind_port(self.sock, server, 0)
         except BaseException:
             self.sock.close()
@@ -62,7 +71,10 @@ class FamilyChannel:
         while (left := deadline - time.monotonic()) > 0:
             if not select.select([self.sock], [], [], left)[0]:
                 break
-            data = self.sock.recv(64)
+            data, ancillary, _, _ = self.sock.recvmsg(64, CREDENTIALS_SPACE)
+            uid = sender_uid(ancillary)
+            if uid is None or uid != server_owner(self.server):
+                continue  # not the server's user: never an answer
             if is_control(data):
                 answer = decode_control(data)
                 if answer.op == ControlOp.SEEN and answer.value == value:

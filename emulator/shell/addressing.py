@@ -24,6 +24,8 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import stat
+import struct
 from pathlib import Path
 
 PORTS_SUFFIX = ".ports"
@@ -34,6 +36,26 @@ PROC_VIEW_MARKER = ".tsemu-view"
 PROC_VIEW_MARKER_TEXT = b"tsemu proc view 1\n"
 #: The first id the kernel's autobind hands out when the tgid is taken.
 AUTOBIND_START = -4096
+_CREDS = struct.Struct("=iII")  # struct ucred: pid, uid, gid
+#: The room recvmsg needs for the credentials SO_PASSCRED attaches.
+CREDENTIALS_SPACE = socket.CMSG_SPACE(_CREDS.size)
+
+
+def server_owner(server: Path) -> int:
+    """The uid owning the server's socket file: a client hears only datagrams of this user
+    (the kernel's SO_PASSCRED credentials). A link is followed: requests reach the socket it
+    names, so that socket's owner is the server."""
+    st = os.lstat(server)
+    if stat.S_ISLNK(st.st_mode):
+        st = os.stat(server)
+    return st.st_uid
+
+
+def sender_uid(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    """The sender's uid from a datagram's credentials (SO_PASSCRED), None without them."""
+    return next((_CREDS.unpack_from(payload)[1] for level, kind, payload in ancillary
+                 if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
+                 and len(payload) >= _CREDS.size), None)
 
 
 def default_socket_path(environ: dict[str, str] | None = None) -> Path:
