@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import errno
 import os
 import shutil
 import subprocess
@@ -164,6 +165,41 @@ async def test_serve_capture_holds_every_message_in_and_out(short_tmp: Path) -> 
     assert ways == [True, False, True, False, True, False, False]
     assert packets[1].data[4:6] == b"\x10\x00" and packets[-1].data == event
     assert int.from_bytes(reply[28:32], "little") == 4242
+
+
+async def test_the_capture_holds_only_the_events_a_listener_was_given(short_tmp: Path) -> None:
+    """As nlmon sees it: events an overrun dropped (ENOBUFS) never reached the socket, so
+    they are not in the capture; the ones the listener reads are."""
+    many = "[machine]\ncpus = 2\nclock = \"virtual\"\n\n[[process]]\ncount = 60\n" \
+        "pid = 5000\ncomm = \"w{i}\"\ncpu = 1\n\n" + "".join(
+            f"[[timeline]]\nat = \"1s\"\nexit = {{ pid = {5000 + i} }}\n" for i in range(60))
+    emulator = Emulator(parse_scenario(many), short_tmp / "genl.sock", proc_view=False)
+    path = short_tmp / "overrun.pcap"
+    emulator.server.capture = capture = Capture(path)
+    read = 0
+    async with trio.open_nursery() as nursery:
+        await nursery.start(emulator.run)
+        async with await Client.connect(emulator.socket_path) as client:
+            await client.set_rcvbuf(4096)  # room for a few events only
+            await client.register("1")
+            await emulator.advance(1)
+            overrun = False
+            while True:
+                try:
+                    with trio.move_on_after(0.5) as idle:
+                        await client.next_event()
+                        read += 1
+                    if idle.cancelled_caught:
+                        break
+                except OSError as exc:
+                    assert exc.errno == errno.ENOBUFS
+                    overrun = True
+        nursery.cancel_scope.cancel()
+    capture.close()
+    assert overrun and 0 < read < 60
+    events = [p for p in pcap.read_packets(path.read_bytes())
+              if not p.to_kernel and p.data[12:16] == bytes(4) and p.data[4:6] == b"\x1f\x00"]
+    assert len(events) == read
 
 
 async def test_tshark_dissects_the_capture(short_tmp: Path) -> None:

@@ -4,7 +4,8 @@ What lives here: `Capture`, which gathers the packets as they pass, and `PcapWri
 turns batches of them into pcap files (rotated by size, opened safely). What must not: the
 file's layouts (`tsemu.wire.pcap` defines every byte of it), and deciding what is captured
 (the server calls `inbound` for each datagram it answers, `outbound` for each reply,
-`outbound_events` for each run of exit events a listener is offered).
+`outbound_events` for the exit events of a run that reach a listener's socket: as nlmon
+sees them, not those an overrun dropped; with delivery faults in force, as they are offered).
 
 Why it is built this way: the capture must not slow the server by more than a tenth (`make
 bench`, bench/capture.py). A packet costs the server's hot path one clock read and three

@@ -567,15 +567,26 @@ class Server:
         client = self.clients.get(port)
         if client is None:
             return 0
-        if self.capture is not None:
-            self.capture.outbound_events(events, len(events))
-        if self.kernel.faults.empty:
+        faultless = self.kernel.faults.empty
+        if faultless and self.capture is None:
             return client.outbox.offer_many(events)
-        offer = self._faulty(client, "events", cpu)
+        offer = client.outbox.offer if faultless else self._faulty(client, "events", cpu)
+        if self.capture is None:
+            return next((n for n, data in enumerate(events) if not offer(data)), len(events))
+        # Captured as nlmon sees them: only what reaches the socket, so not the events an
+        # overrun dropped (ENOBUFS) while the run was offered.
+        outbox = client.outbox
+        reached: list[bytes] = []
+        taken = len(events)
         for n, data in enumerate(events):
+            dropped = outbox.dropped
             if not offer(data):
-                return n
-        return len(events)
+                taken = n
+                break
+            if outbox.dropped == dropped:
+                reached.append(data)
+        self.capture.outbound_events(reached, len(reached))
+        return taken
 
     # -- faults (model.faults: which message a fault hits; here: what it does) --------------
 
