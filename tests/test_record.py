@@ -7,8 +7,8 @@ elsewhere; the tshark test needs tshark (`make install` puts it there where it m
 from __future__ import annotations
 
 import base64
-import json
 import errno
+import json
 import os
 import shutil
 import subprocess
