@@ -345,8 +345,10 @@ class Outbox:
         total = BATCH_HEADER_SIZE
         batch: list[bytes] = []
         for data in queue:
+            # Only broadcasts (nlmsg_pid 0; a reply carries its requester's port) and never a
+            # control datagram (it starts with a zero length).
             if (len(batch) == BATCH_MAX or data.startswith(b"\0\0\0\0")
-                    or total + len(data) > BATCH_BYTES_MAX):
+                    or data[12:16] != b"\0\0\0\0" or total + len(data) > BATCH_BYTES_MAX):
                 break
             batch.append(data)
             total += len(data)
