@@ -54,7 +54,7 @@ async def serve(path: Path) -> None:
     with sock:
         while True:
             data, address = await sock.recvfrom(65536)
-            if len(data) < 16 or not address:
+            if len(data) < 16 or not address or data[:4] == b"\0\0\0\0":  # (tsemu control)
                 continue
             # seq (request bytes 8..12) and the requested pid (request bytes 24..28)
             await sock.sendto(head + data[8:12] + middle + data[24:28] + tail, address)

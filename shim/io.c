@@ -93,6 +93,109 @@ static uint16_t control_op(const unsigned char *head)
     return op;
 }
 
+static int is_batch_head(const unsigned char *head, size_t len)
+{
+    return len > BATCH_HDR && memcmp(head, control_magic, sizeof control_magic) == 0 &&
+           control_op(head) == CTL_OP_BATCH;
+}
+
+/* ---- batches (wire/control.py): several messages in one datagram from the server ----
+ *
+ * A listener that falls behind gets the messages waiting for it on the server together, up
+ * to BATCH_MAX in one datagram, and only once it said it unpacks them (SETOPT BATCH, at its
+ * first send). Each receive hands out one message, as netlink's recvmsg does for a
+ * broadcast. The batch is never taken out of the Unix queue until its last message is handed
+ * out: each message is read where it lies, with MSG_PEEK at the socket's peek offset
+ * (SO_PEEK_OFF, on only while a batch is being handed out), the kernel copying it straight
+ * into the caller's buffers (the iovec trimmed to the message, so nothing past it is
+ * written); after the last one the datagram is dropped. So the descriptor stays readable
+ * while messages of a batch remain, for poll, select and epoll alike (edge-triggered too: a
+ * reader that reads until EAGAIN gets them all before EAGAIN; one that does not gets one edge
+ * per batch, not per message), and the server sees the batch's bytes read only when all its
+ * messages were. Another process sharing the socket (a fork) that reads it too interleaves
+ * badly: the peek offset is the socket's, the batch's table ours; a batch whose remaining
+ * length is not what it should be is abandoned (what is left of it dropped). */
+
+static int set_peek_off(int fd, int off)
+{
+    return real_setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &off, sizeof off);
+}
+
+/* Tell the server this socket unpacks batches, once SO_PEEK_OFF has shown it works here
+ * (es->lock held; bound). TSEMU_BATCH=0 keeps one message per datagram. */
+static void batching_on(struct emu_sock *es, int fd)
+{
+    const char *env = getenv("TSEMU_BATCH");
+    if ((env && strcmp(env, "0") == 0) || set_peek_off(fd, -1) != 0) {
+        es->batching = -1;
+        return;
+    }
+    emu_send_control(es, fd, CTL_OPT_BATCH, 1);
+    es->batching = 1;
+}
+
+static void batch_forget(struct emu_sock *es, int fd)
+{
+    es->batch_count = 0;
+    set_peek_off(fd, -1);
+}
+
+/* Take in a batch's header (peeked, `total` bytes in all; es->lock held): 0 when it is
+ * well formed, and then the next receives hand out its messages; -1 when it is not. */
+static int batch_begin(struct emu_sock *es, const unsigned char *head, size_t total)
+{
+    uint16_t count;
+    uint64_t sum;
+    memcpy(&count, head + 10, 2);
+    memcpy(&sum, head + 16, 8);
+    if (count < 2 || count > BATCH_MAX || total > UINT32_MAX || sum != total - BATCH_HDR)
+        return -1;
+    uint64_t add = 0;
+    for (unsigned i = 0; i < BATCH_MAX; i++) {
+        uint32_t len;
+        memcpy(&len, head + CTL_SIZE + 4 * i, 4);
+        if ((i < count) != (len != 0))
+            return -1;
+        es->batch_len[i] = len;
+        add += len;
+    }
+    if (add != sum)
+        return -1;
+    es->batch_count = count;
+    es->batch_next = 0;
+    es->batch_off = BATCH_HDR;
+    es->batch_total = (uint32_t)total;
+    return 0;
+}
+
+void emu_batch_adopt(struct emu_sock *es, int fd)
+{
+    /* The server still sends this port batches if the previous program image said it takes
+     * them; a batch half handed out left the peek offset where its next message starts. */
+    es->batching = 1;
+    int off = -1;
+    socklen_t len = sizeof off;
+    if (real_getsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &off, &len) != 0) {
+        es->batching = -1;
+        return;
+    }
+    if (off < 0)
+        return;
+    set_peek_off(fd, -1);
+    unsigned char head[BATCH_HDR];
+    struct iovec h = {head, sizeof head};
+    struct msghdr peek = {.msg_iov = &h, .msg_iovlen = 1};
+    ssize_t n = real_recvmsg(fd, &peek, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
+    if (n < 0 || !is_batch_head(head, (size_t)n) || batch_begin(es, head, (size_t)n))
+        return;
+    while (es->batch_next < es->batch_count && es->batch_off < (uint32_t)off)
+        es->batch_off += es->batch_len[es->batch_next++];
+    if (es->batch_off != (uint32_t)off || es->batch_next == es->batch_count)
+        es->batch_count = 0;
+    else
+        set_peek_off(fd, off);
+}
+
 /* ---- netlink parsing: just enough to learn TASKSTATS' id and find CGROUPSTATS fds ---- */
 
 #define ALIGN4(x) (((x) + 3u) & ~3u)
@@ -302,6 +405,8 @@ ssize_t emu_send(struct emu_sock *es, int fd, const struct nl_out *o, int flags)
         pthread_mutex_lock(&es->lock);
         if (emu_ensure_bound(es, fd))
             err = errno;
+        else if (!es->batching)
+            batching_on(es, fd);
         memcpy(server, es->server, sizeof server);
         pthread_mutex_unlock(&es->lock);
     }
@@ -492,6 +597,75 @@ static void drop_head(int fd)
     real_recv(fd, &byte, 0, MSG_DONTWAIT);
 }
 
+/* Hand out the next message of the batch at the head of the queue (es->lock held): one
+ * peek at its offset, into the caller's buffers trimmed to the message. */
+static enum attempt batch_receive(struct emu_sock *es, int fd, struct nl_in *in, int flags,
+                                  ssize_t *result, struct ucred *creds)
+{
+    size_t len = es->batch_len[es->batch_next];
+    size_t room = iov_total(in->iov, in->iovlen);
+    size_t want = len < room ? len : room;
+    struct iovec stack[8], *trim = stack;
+    if (in->iovlen > 8 && !(trim = malloc(in->iovlen * sizeof *trim))) {
+        errno = ENOMEM;
+        return GOT_ERROR;
+    }
+    size_t pieces = 0;
+    for (size_t left = want, i = 0; i < in->iovlen && left; i++) {
+        trim[pieces] = in->iov[i];
+        if (trim[pieces].iov_len > left)
+            trim[pieces].iov_len = left;
+        left -= trim[pieces++].iov_len;
+    }
+    struct sockaddr_un from;
+    union {
+        struct cmsghdr align;
+        char buf[OUR_CONTROL];
+    } ours;
+    struct msghdr real = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = trim,
+                          .msg_iovlen = pieces, .msg_control = ours.buf,
+                          .msg_controllen = sizeof ours.buf};
+    ssize_t n = real_recvmsg(fd, &real, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
+    int err = errno;
+    if (trim != stack)
+        free(trim);
+    uint32_t port = 0;
+    if (n < 0 && err != EFAULT) {
+        /* Nothing there: someone else took the batch. */
+        batch_forget(es, fd);
+        errno = err;
+        return err == EAGAIN || err == EWOULDBLOCK ? GOT_NOTHING : GOT_ERROR;
+    }
+    if (n >= 0 && ((size_t)n != es->batch_total - es->batch_off ||
+                   judge(es, &real, creds, &port) != FROM_SERVER)) {
+        batch_forget(es, fd); /* not the batch we were handing out: look again */
+        return GOT_RETRY;
+    }
+    if (flags & MSG_PEEK) {
+        if (n >= 0 && want)
+            set_peek_off(fd, (int)es->batch_off); /* the kernel moved it: put it back */
+    } else {
+        /* Netlink's recvmsg takes the message, however little of it fitted (or EFAULT). */
+        es->batch_off += (uint32_t)len;
+        if (++es->batch_next == es->batch_count) {
+            drop_head(fd);
+            batch_forget(es, fd);
+        } else if (n < 0 || want < len) {
+            set_peek_off(fd, (int)es->batch_off);
+        }
+    }
+    if (n < 0) {
+        errno = EFAULT;
+        return GOT_ERROR;
+    }
+    in->msg_flags = len > room ? MSG_TRUNC : 0;
+    memset(&in->name, 0, sizeof in->name);
+    in->name.nl_family = AF_NETLINK;
+    kernel_credentials(creds);
+    *result = (flags & MSG_TRUNC) ? (ssize_t)len : (ssize_t)want;
+    return GOT_DATA;
+}
+
 /* One non-blocking attempt (es->lock held). */
 static enum attempt try_receive(struct emu_sock *es, int fd, struct nl_in *in, int flags,
                                 ssize_t *result, struct ucred *creds)
@@ -502,10 +676,12 @@ static enum attempt try_receive(struct emu_sock *es, int fd, struct nl_in *in, i
         char buf[OUR_CONTROL];
     } ours;
     size_t room = iov_total(in->iov, in->iovlen);
-    unsigned char head[CTL_SIZE];
+    unsigned char head[BATCH_HDR];
     uint32_t port = 0;
 
-    if ((flags & MSG_PEEK) || room < CTL_SIZE) {
+    if (es->batch_count)
+        return batch_receive(es, fd, in, flags, result, creds);
+    if ((flags & MSG_PEEK) || room < CTL_SIZE || es->batching > 0) {
         /* The caller's buffer cannot show us the head, or must not consume it: peek first. */
         struct iovec h = {head, sizeof head};
         struct msghdr peek = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = &h,
@@ -518,6 +694,14 @@ static enum attempt try_receive(struct emu_sock *es, int fd, struct nl_in *in, i
         if (who == FROM_STRANGER) {
             drop_head(fd);
             return GOT_RETRY;
+        }
+        if (who == FROM_SERVER && is_batch_head(head, (size_t)n)) {
+            if (batch_begin(es, head, (size_t)n) || set_peek_off(fd, BATCH_HDR)) {
+                es->batch_count = 0;
+                drop_head(fd); /* malformed: meant for no one */
+                return GOT_RETRY;
+            }
+            return batch_receive(es, fd, in, flags, result, creds);
         }
         if (who == FROM_SERVER && is_control(head, (size_t)n)) {
             drop_head(fd);

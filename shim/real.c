@@ -37,6 +37,7 @@ int (*real_close_range)(unsigned int, unsigned int, int);
 void (*real_closefrom)(int);
 int (*real_setsockopt)(int, int, int, const void *, socklen_t);
 int (*real_getsockopt)(int, int, int, void *, socklen_t *);
+int (*real_ioctl)(int, unsigned long, ...);
 ssize_t (*real___recv_chk)(int, void *, size_t, size_t, int);
 ssize_t (*real___recvfrom_chk)(int, void *, size_t, size_t, int, struct sockaddr *,
                                socklen_t *);
@@ -78,6 +79,7 @@ void shim_resolve(void)
     RESOLVE(closefrom);   /* likewise */
     RESOLVE(setsockopt);
     RESOLVE(getsockopt);
+    RESOLVE(ioctl);
     RESOLVE(__recv_chk);
     RESOLVE(__recvfrom_chk);
     RESOLVE(__read_chk);

@@ -61,6 +61,12 @@
 #define CTL_OPT_CAP_ACK 2
 #define CTL_OPT_EXT_ACK 3
 #define CTL_OPT_NO_ENOBUFS 4
+#define CTL_OP_BATCH 7   /* server -> client: several netlink messages in one datagram */
+#define CTL_OPT_BATCH 5  /* client -> server: this socket unpacks batches */
+/* A batch (wire/control.py BATCH_HEADER): the control header with op BATCH, u16 count in
+ * `option`, u64 total in `value`, then BATCH_MAX u32 lengths; the messages follow. */
+#define BATCH_MAX 32
+#define BATCH_HDR (CTL_SIZE + 4 * BATCH_MAX)
 
 /* The emulated kernel's socket-buffer sysctls (tsemu's profiles: rmem_default = rmem_max =
  * wmem_default = wmem_max = 212992) and the kernel's floors (SOCK_MIN_RCVBUF = 2048 +
@@ -92,6 +98,12 @@ struct emu_sock {
     int passcred;         /* SO_PASSCRED as the application set it (the Unix socket's is on) */
     int groups_allocated; /* a membership was asked once: LIST_MEMBERSHIPS reports 32 groups */
     int sk_err;           /* an error for the next receive (ENOBUFS, recvmmsg's left-over) */
+    int batching;         /* 1: the server was told we unpack batches; -1: we cannot (io.c) */
+    unsigned batch_count; /* the batch at the head of the Unix queue (0: none), handed out */
+    unsigned batch_next;  /*   message by message where it lies: the next one, */
+    uint32_t batch_off;   /*   its offset in the datagram (= the socket's SO_PEEK_OFF), */
+    uint32_t batch_total; /*   the datagram's length, and each message's */
+    uint32_t batch_len[BATCH_MAX];
     uid_t server_uid;     /* the server socket file's owner: only its datagrams are taken */
     int server_known;     /* server_uid is set */
     int in_use;           /* 0: on the free list (structures are recycled, never freed) */
@@ -131,6 +143,7 @@ extern int (*real_close_range)(unsigned int, unsigned int, int);
 extern void (*real_closefrom)(int);
 extern int (*real_setsockopt)(int, int, int, const void *, socklen_t);
 extern int (*real_getsockopt)(int, int, int, void *, socklen_t *);
+extern int (*real_ioctl)(int, unsigned long, ...);
 extern ssize_t (*real___recv_chk)(int, void *, size_t, size_t, int);
 extern ssize_t (*real___recvfrom_chk)(int, void *, size_t, size_t, int, struct sockaddr *,
                                       socklen_t *);
@@ -206,5 +219,7 @@ struct nl_in {
     int msg_flags;            /* out */
 };
 ssize_t emu_recv(struct emu_sock *es, int fd, struct nl_in *in, int flags);
+/* A socket inherited across exec: it may be in the middle of a batch (caller holds es->lock). */
+void emu_batch_adopt(struct emu_sock *es, int fd);
 
 #endif

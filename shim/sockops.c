@@ -25,6 +25,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -689,6 +690,7 @@ static int set_socket_level(struct emu_sock *es, int fd, int opt, const void *va
     case SO_TYPE:
     case SO_PROTOCOL:
     case SO_PASSCRED:
+    case SO_PEEK_OFF:
         if ((err = int_option(value, len, &val)))
             return fail(err);
         break;
@@ -696,6 +698,8 @@ static int set_socket_level(struct emu_sock *es, int fd, int opt, const void *va
         return real_setsockopt(fd, SOL_SOCKET, opt, value, len);
     }
     switch (opt) {
+    case SO_PEEK_OFF:
+        return fail(EOPNOTSUPP); /* netlink has no peek offset (the shim uses the Unix one's) */
     case SO_RCVBUF:
     case SO_RCVBUFFORCE:
         /* FORCE needs CAP_NET_ADMIN: let the kernel judge, on the Unix socket. */
@@ -887,6 +891,12 @@ int getsockopt(int fd, int level, int opt, void *value, socklen_t *len)
             return socket_int(value, len, now.sndbuf);
         case SO_PASSCRED:
             return socket_int(value, len, now.passcred);
+        case SO_PEEK_OFF: { /* sk_getsockopt: the length read and checked, then refused */
+            int room;
+            if (um_read(&room, len, sizeof room))
+                return fail(EFAULT);
+            return fail(room < 0 ? EINVAL : EOPNOTSUPP);
+        }
         case SO_ERROR:
             if (now.sk_err) { /* the error an earlier recvmmsg left, reported (and gone) */
                 int room;
@@ -1011,4 +1021,19 @@ void closefrom(int lowfd)
         real_closefrom(lowfd);
     if (lowfd >= 0)
         emu_forget_range((unsigned int)lowfd, UINT_MAX);
+}
+
+/* ioctl: a netlink socket has no ioctls of its own, so FIONREAD (SIOCINQ) and TIOCOUTQ
+ * (SIOCOUTQ) fail with ENOTTY (measured on 6.18), where the Unix socket would answer with its
+ * own queue (the size of a whole batch, io.c). Every other request goes to the Unix socket. */
+int ioctl(int fd, unsigned long request, ...)
+{
+    va_list ap;
+    va_start(ap, request);
+    void *arg = va_arg(ap, void *);
+    va_end(ap);
+    shim_resolve();
+    if ((request == FIONREAD || request == TIOCOUTQ) && emu_get(fd))
+        return fail(ENOTTY);
+    return real_ioctl(fd, request, arg);
 }

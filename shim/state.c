@@ -298,6 +298,7 @@ static void adopt_inherited(void)
             es->port = port;
             es->bound = 1;
             emu_learn_server(es);
+            emu_batch_adopt(es, (int)fd);
         }
     }
     closedir(dir);

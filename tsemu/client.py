@@ -13,6 +13,13 @@ owner (as lstat saw it at `connect`) is dropped and counted in `dropped`, whatev
 client's port file). An overrun notice counts only from the server (not from another client's
 port file: that is data, as a netlink unicast is).
 
+A tsemu client says it unpacks batches (`wire.control.BATCH_HEADER`: several messages in one
+datagram, which the server sends when more than one waits for it); `recv` hands their messages
+out one per call, as the kernel hands out one message per receive of a broadcast. A batch is
+taken (only from the server, as an overrun notice is) whole from the socket, so the server
+releases its messages' charges against the emulated receive buffer as soon as it is taken,
+not as each message is handed out (the shim releases them when the last one is).
+
 ```python
 async with await Client.connect(socket_path) as c:      # or: await Client.host()
     family = await c.family_id()
@@ -63,7 +70,16 @@ from tsemu.wire import (
     split_datagram,
 )
 from tsemu.wire.constants import SOL_NETLINK, SockOpt
-from tsemu.wire.control import ControlOp, ControlOption, decode_control, encode_control, is_control
+from tsemu.wire.control import (
+    ControlOp,
+    ControlOption,
+    decode_batch,
+    decode_control,
+    encode_control,
+    is_batch,
+    is_control,
+)
+from tsemu.wire.errors import WireError
 
 NETLINK_GENERIC = 16
 
@@ -92,6 +108,8 @@ class Client:
         self._seq = itertools.count(1)
         self._events: deque[TaskstatsReply] = deque()
         self._family: int | None = None
+        #: messages of a batch not handed out yet
+        self._batched: deque[bytes] = deque()
 
     @classmethod
     async def connect(cls, socket_path: Path | str | None = None, *, port: int = 0) -> Client:
@@ -104,6 +122,7 @@ class Client:
             owner = server_owner(server)
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             bound = bind_port(raw, server, port)
+            raw.sendto(encode_control(ControlOp.SETOPT, ControlOption.BATCH, 1), str(server))
         except BaseException:
             raw.close()
             raise
@@ -149,6 +168,9 @@ class Client:
         if self.server is None:
             data: bytes = await self.sock.recv(1 << 20)
             return data
+        if self._batched:
+            await trio.lowlevel.checkpoint()
+            return self._batched.popleft()
         while True:
             data, ancillary, _flags, sender = await self.sock.recvmsg(1 << 20, CREDENTIALS_SPACE)
             uid = sender_uid(ancillary)
@@ -158,6 +180,14 @@ class Client:
             # Another client's socket is its port file; anything else of the server's user
             # is the server (tsemu's sockets have no name: None, or bytes when abstract).
             peer = isinstance(sender, str) and Path(sender).parent == ports_dir(self.server)
+            if not peer and is_batch(data):
+                try:
+                    messages = decode_batch(data)
+                except WireError:
+                    self.dropped += 1  # malformed: as if it never came
+                    continue
+                self._batched.extend(messages[1:])
+                return messages[0]
             if not peer and is_control(data):
                 if decode_control(data).op == ControlOp.ENOBUFS:
                     raise OSError(errno.ENOBUFS, os.strerror(errno.ENOBUFS))

@@ -4,7 +4,9 @@
  * LD_PRELOAD shim, against tsemu) and reads them as fast as it can, checking that the
  * per-CPU sequence numbers are contiguous. A datagram may hold several netlink messages.
  *
- *   tslisten -m CPUMASK [-n EXPECTED] [-r RCVBUF] [-i IDLE_S] [-T TOTAL_S] [-f FAMILY]
+ *   tslisten -m CPUMASK [-n EXPECTED] [-r RCVBUF] [-R RCVBUF] [-i IDLE_S] [-T TOTAL_S] [-f FAMILY]
+ *
+ * -r asks SO_RCVBUFFORCE (SO_RCVBUF when refused), -R plain SO_RCVBUF (capped by rmem_max).
  *
  * After registering (and its ACK) it prints "ready PORT" (its netlink port id); at the end one JSON
  * line: {"received", "first_seq", "last_seq", "gaps", "missing", "enobufs", "t_first",
@@ -31,12 +33,13 @@ int main(int argc, char **argv)
     const char *mask = "0";
     long expected = 0, rcvbuf = 0;
     double idle = 3.0, total = 60.0;
-    int family = 0, opt;
-    while ((opt = getopt(argc, argv, "m:n:r:i:T:f:")) != -1) {
+    int family = 0, opt, plain = 0;
+    while ((opt = getopt(argc, argv, "m:n:r:R:i:T:f:")) != -1) {
         switch (opt) {
         case 'm': mask = optarg; break;
         case 'n': expected = arg_long(optarg); break;
         case 'r': rcvbuf = arg_long(optarg); break;
+        case 'R': rcvbuf = arg_long(optarg); plain = 1; break;
         case 'i': idle = atof(optarg); break;
         case 'T': total = atof(optarg); break;
         case 'f': family = (int)arg_long(optarg); break;
@@ -48,7 +51,7 @@ int main(int argc, char **argv)
         fail("socket", errno);
     if (rcvbuf > 0) {
         int v = (int)rcvbuf;
-        if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &v, sizeof v) < 0 &&
+        if ((plain || setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &v, sizeof v) < 0) &&
             setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, sizeof v) < 0)
             fail("SO_RCVBUF", errno);
     }

@@ -28,6 +28,18 @@ from `offer` itself; only when the client's Unix queue is full (EAGAIN) is it he
 `drain` then sends the held messages in a plain loop of non-blocking sends, waiting for the
 socket to become writable only when the client's queue is full again. Messages therefore
 reach the socket in the order they were accepted, one netlink message per datagram.
+
+Batches: a client that said it unpacks them (`batching`, SETOPT BATCH: the shim and
+`tsemu.client` do) gets the messages that wait here together, when more than one does, as one
+datagram of up to `BATCH_MAX` messages (`wire.control.BATCH_HEADER`); a broadcast's run
+(`offer_many`) waits here as a whole. The accounting above is untouched: each message is
+accepted or dropped, and charged, on its own, exactly as before; a batch in flight is one
+datagram in the client's Unix queue (charged there as one skb of its size: batches stay under
+`BATCH_BYTES_MAX`, where that truesize is known) and its messages' charges are released
+together when the client has read the whole batch. Until then the emulated buffer counts the
+batch's messages already handed out as still queued (at most `BATCH_MAX` - 1 of them): a
+client may see ENOBUFS up to that many messages earlier than a kernel would show it, never
+later. Control datagrams (the ENOBUFS notice, SEEN) are never put in a batch.
 """
 
 from __future__ import annotations
@@ -44,7 +56,13 @@ from typing import Any
 
 import trio
 
-from tsemu.wire.control import ENOBUFS_NOTICE
+from tsemu.wire.control import (
+    BATCH_BYTES_MAX,
+    BATCH_HEADER_SIZE,
+    BATCH_MAX,
+    ENOBUFS_NOTICE,
+    encode_batch,
+)
 
 #: sizeof(struct sk_buff) and sizeof(struct skb_shared_info), each SKB_DATA_ALIGNed, x86_64.
 _SKB_OVERHEAD = 256
@@ -108,6 +126,8 @@ _RECONCILE_AFTER = 1024
 
 #: What a send fails with when the client's socket is gone.
 _GONE = (ConnectionError, FileNotFoundError, NotADirectoryError, PermissionError)
+#: What `Outbox._send_batch` did.
+_B_SENT, _B_FULL, _B_GONE, _B_ALONE = range(4)
 _GONE_ERRNOS = frozenset({errno.ENOTCONN, errno.EPIPE, errno.ECONNREFUSED, errno.ECONNRESET})
 
 
@@ -126,6 +146,8 @@ class Outbox:
         self.budget = budget
         self.check_after_add = check_after_add
         self.no_enobufs = False
+        #: the client unpacks batches: messages that wait here together go out as one
+        self.batching = False
         self.congested = False
         self.dropped = 0
         self.delivered = 0
@@ -218,10 +240,37 @@ class Outbox:
     def offer_many(self, messages: list[bytes]) -> int:
         """`offer` each of `messages` in order; how many were offered before the client
         turned out to be gone (all of them, when it is not)."""
-        offer = self.offer
-        for n, data in enumerate(messages):
-            if not offer(data):
-                return n
+        if not self.batching or len(messages) < 2:
+            offer = self.offer
+            for n, data in enumerate(messages):
+                if not offer(data):
+                    return n
+            return len(messages)
+        # A batching client: the run waits here as a whole (each message accepted or dropped
+        # by the same rules as in `offer`), then goes out in batches.
+        if self.gone:
+            return 0
+        queue = self._queue
+        budget = self.budget
+        after_add = self.check_after_add
+        for data in messages:
+            size = _TRUESIZE.get(len(data)) or _truesize(len(data))
+            charged = self._queued + self._inflight_total
+            if self.congested or not (
+                    (charged == 0 or charged + size <= budget) if after_add
+                    else charged <= budget):
+                self._reconcile()
+                if self.congested and self._charged() == 0:
+                    self.congested = False
+                if self.congested or not self._fits(size):
+                    self._overrun()
+                    continue
+            queue.append(data)
+            self._queued += size
+        if queue:
+            self._wakeup.set()
+            if self._flush() is None:
+                return 0  # gone before any of the run was sent
         return len(messages)
 
     def _overrun(self) -> None:
@@ -254,8 +303,18 @@ class Outbox:
         send = self._raw.send
         inflight = self._inflight
         notice_data = ENOBUFS_NOTICE
+        batching = self.batching
         while queue:
             data = queue[0]
+            if batching and len(queue) > 1:
+                sent = self._send_batch()
+                if sent == _B_SENT:
+                    continue
+                if sent == _B_FULL:
+                    return False
+                if sent == _B_GONE:
+                    return None
+                # _B_ALONE: the head goes by itself, below
             try:
                 send(data)
             except BlockingIOError:
@@ -277,6 +336,45 @@ class Outbox:
                 self._inflight_total += size
                 self.delivered += 1
         return True
+
+    def _send_batch(self) -> int:
+        """Send the messages at the head of the queue as one batch: _B_SENT, _B_FULL (the
+        client's queue is), _B_GONE (the client is), or _B_ALONE when the head cannot go in a
+        batch with what follows it (a control datagram, or too long)."""
+        queue = self._queue
+        total = BATCH_HEADER_SIZE
+        batch: list[bytes] = []
+        for data in queue:
+            # Only broadcasts (nlmsg_pid 0; a reply carries its requester's port) and never a
+            # control datagram (it starts with a zero length).
+            if (len(batch) == BATCH_MAX or data.startswith(b"\0\0\0\0")
+                    or data[12:16] != b"\0\0\0\0" or total + len(data) > BATCH_BYTES_MAX):
+                break
+            batch.append(data)
+            total += len(data)
+        if len(batch) < 2:
+            return _B_ALONE
+        datagram = encode_batch(batch)
+        try:
+            self._raw.send(datagram)
+        except BlockingIOError:
+            self._blocked_at = perf_counter_ns()
+            return _B_FULL
+        except OSError as exc:
+            if self._send_failed(exc):
+                return _B_GONE
+            raise
+        charged = 0
+        for data in batch:
+            queue.popleft()
+            charged += _TRUESIZE.get(len(data)) or _truesize(len(data))
+        self._queued -= charged
+        unix = _truesize(len(datagram))
+        self._inflight.append((unix, charged))
+        self._inflight_unix += unix
+        self._inflight_total += charged
+        self.delivered += len(batch)
+        return _B_SENT
 
     async def drain(self) -> None:
         """Move held messages into the client's socket, in batches, waiting only while its

@@ -507,6 +507,8 @@ class Server:
             client.ext_ack = bool(control.value)
         elif control.option == ControlOption.NO_ENOBUFS:
             client.outbox.no_enobufs = bool(control.value)
+        elif control.option == ControlOption.BATCH:
+            client.outbox.batching = control.value == 1
         client.sender = client.sender_creds = None  # its options may have changed
 
     def _own_process(self, client: ClientConn, control: Control, who: Credentials) -> None:
