@@ -144,27 +144,7 @@ BATCH = cs.Struct(
 )
 
 
-def _batch_format() -> struct.Struct:
-    """The header as one `struct.Struct`, derived from `BATCH_HEADER` (its fields, in order,
-    and its array as BATCH_MAX items of its element's format)."""
-    fmt = "<"
-    for sub in BATCH_HEADER.subcons:
-        con = sub.subcon
-        if isinstance(con, cs.Const):
-            con = con.subcon
-        if isinstance(con, cs.Array):
-            fmt += f"{con.count}{con.subcon.fmtstr[1:]}"
-        elif isinstance(con, cs.FormatField):
-            fmt += con.fmtstr[1:]
-        else:  # Bytes(4)
-            fmt += f"{con.length}s"
-    layout = struct.Struct(fmt)
-    if layout.size != BATCH_HEADER_SIZE:
-        raise TypeError(f"derived batch header of {layout.size} != {BATCH_HEADER_SIZE} bytes")
-    return layout
-
-
-_BATCH = _batch_format()
+_BATCH = FastCodec(BATCH_HEADER)
 _BATCH_START = b"\0\0\0\0" + MAGIC + struct.pack("<H", ControlOp.BATCH)
 _NO_LENGTHS = (0,) * BATCH_MAX
 
@@ -181,7 +161,7 @@ def encode_batch(messages: list[bytes]) -> bytes:
         raise ValueError(f"a batch holds 2 to {BATCH_MAX} messages, not {count}")
     lengths = [len(m) for m in messages]
     body = b"".join(messages)
-    return _BATCH.pack(0, MAGIC, ControlOp.BATCH, count, 0, len(body), *lengths,
+    return _BATCH.pack_values(0, MAGIC, ControlOp.BATCH, count, 0, len(body), *lengths,
                        *_NO_LENGTHS[count:]) + body
 
 

@@ -8,9 +8,10 @@ nested values construct would give. Nothing here knows any particular layout: a 
 one place (its construct definition) and its fast codec follows.
 
 Supported building blocks are exactly those the layouts use: little-endian integer
-`FormatField`s, `Padding`, `Bytes(n)`, `nul_padded(n)` (a NUL-padded byte string) and nested
-`Struct`s. Anything else raises `TypeError` at import time, so an unsupported layout cannot
-silently get a wrong fast path.
+`FormatField`s, `Padding`, `Bytes(n)`, `nul_padded(n)` (a NUL-padded byte string), `Const`s
+(their value is passed as any field's), fixed-count `Array`s (one leaf per item, named by its
+index) and nested `Struct`s. Anything else raises `TypeError` at import time, so an
+unsupported layout cannot silently get a wrong fast path.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ def _walk(con: cs.Construct, path: tuple[str, ...], out: list[_Leaf | str]) -> N
                 _walk(sub, path, out)
             else:
                 _walk(sub, path + (name,), out)
+    elif isinstance(con, cs.Const):  # (a magic, a must-be-zero): its value is given as any other
+        _walk(con.subcon, path, out)
+    elif isinstance(con, cs.Array) and isinstance(con.count, int):  # leaves "name.0", "name.1", ...
+        for index in range(con.count):
+            _walk(con.subcon, path + (str(index),), out)
     elif isinstance(con, cs.FormatField):
         fmt = con.fmtstr
         if fmt[0] not in "<=" or len(fmt) != 2:
