@@ -70,9 +70,10 @@ def serve(
         min=1, max=1_000_000, help="Clients at most (each holds a descriptor and a queue); "
                                    "past it, new senders are refused.")] = 4096,
     shared_dir: Annotated[bool, typer.Option(
-        "--shared-dir", help="Serve from a socket directory other users can write (a volume "
-                             "shared on purpose); refused otherwise, since they could plant "
-                             "files under the server's names.")] = False,
+        "--shared-dir", envvar="TSEMU_SHARED_DIR",
+        help="Serve from a socket directory other users can write or own (a volume shared "
+             "on purpose; the container image sets TSEMU_SHARED_DIR=1); refused otherwise, "
+             "since they could plant files under the server's names.")] = False,
     ctl_group: Annotated[str | None, typer.Option(
         help="Share the control socket (0600, the server's user only) with this group "
              "(0660).", show_default=False)] = None,

@@ -108,6 +108,7 @@ from .sockdir import (
     prepare_socket_dir,
     private_files,
     remove_stale,
+    unwritable,
 )
 
 #: The longest datagram the server takes: netlink takes a message up to the sender's send
@@ -227,7 +228,10 @@ class Server:
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             with private_files(0o666):  # anyone may send, as to the kernel's netlink
-                raw.bind(str(path))
+                try:
+                    raw.bind(str(path))
+                except PermissionError:
+                    raise unwritable(path.parent) from None
             sock = trio.socket.from_stdlib_socket(raw)  # non-blocking from here on
         except BaseException:
             raw.close()
