@@ -172,34 +172,39 @@ class Clients:
         need be; None for a sender that is no client (refused, counted, said once)."""
         named = port_name(address)
         if named is None:
-            return self.refuse(address, uid, "its address is not a netlink port's (a socket "
-                                "bound as SOCKET.ports/<port id>; unbound or abstract sockets "
-                                "get no reply)")
+            self.refuse(address, uid, "its address is not a netlink port's (a socket "
+                        "bound as SOCKET.ports/<port id>; unbound or abstract sockets "
+                        "get no reply)")
+            return None
         port, name = named
         path = self.ports / name
         try:
             st = os.lstat(path)
         except OSError as exc:
-            return self.refuse(address, uid, f"no {path} here ({exc.strerror}): the client "
-                                "bound its socket outside this server's ports directory "
-                                "(TSEMU_SOCKET must name this server's socket, at any path)")
+            self.refuse(address, uid, f"no {path} here ({exc.strerror}): the client "
+                        "bound its socket outside this server's ports directory "
+                        "(TSEMU_SOCKET must name this server's socket, at any path)")
+            return None
         if not stat.S_ISSOCK(st.st_mode):
-            return self.refuse(address, uid, f"{path} is not a socket (a link or a file)")
+            self.refuse(address, uid, f"{path} is not a socket (a link or a file)")
+            return None
         identity = (st.st_ino, st.st_ctime_ns)
         if identity in self.dropped:
             self.refused += 1  # a client of before a reset (not said: the reset said so)
             return None
         if not owner_fits(st.st_uid, uid):
-            return self.refuse(address, uid, f"{path} belongs to uid {st.st_uid}, not to the "
-                                "sender: another socket under the same name")
+            self.refuse(address, uid, f"{path} belongs to uid {st.st_uid}, not to the "
+                        "sender: another socket under the same name")
+            return None
         client = self.by_port.get(port)
         if client is not None and not client.outbox.gone:
             if client.identity == identity:
                 if client.address == address:
                     self._trust(client, address)
                     return client
-                return self.refuse(address, uid, f"port {name} is another socket's (bound "
-                                    f"as {client.address!r})")
+                self.refuse(address, uid, f"port {name} is another socket's (bound "
+                            f"as {client.address!r})")
+                return None
             self.forget(client)  # the port's old socket is gone: forget what it had
         if len(self.by_port) >= self.max_clients:
             self.refused += 1
@@ -218,11 +223,13 @@ class Clients:
             hint = (" (its socket file's mode lets this server's user, uid "
                     f"{os.geteuid()}, not write to it: mode {stat.S_IMODE(st.st_mode):o})"
                     if exc.errno in (errno.EACCES, errno.EPERM) else "")
-            return self.refuse(address, uid, f"cannot reach {path}: {exc.strerror}{hint}")
+            self.refuse(address, uid, f"cannot reach {path}: {exc.strerror}{hint}")
+            return None
         if reached != address:  # the socket of that name is not the sender: refuse it
             sock.close()
-            return self.refuse(address, uid, f"{path} is another socket (bound as "
-                                f"{reached!r})")
+            self.refuse(address, uid, f"{path} is another socket (bound as "
+                        f"{reached!r})")
+            return None
         holder: list[ClientConn] = []
         outbox = Outbox(sock, self.budget, on_gone=lambda: self.forget(holder[0]))
         client = ClientConn(port, sock, outbox, name=name, identity=identity, address=address,

@@ -41,7 +41,7 @@ READY = "tsemu: listening on"
 SCENARIO = "/etc/tsemu/scenario"
 
 
-class TsemuContainer(DockerContainer):  # type: ignore[misc]
+class TsemuContainer(DockerContainer):  # type: ignore[misc,unused-ignore]
     """tsemu's image serving on a host directory (see the module docstring).
 
     image: the image to run (`build_image` makes one from a source tree);
