@@ -43,7 +43,14 @@ ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY . /src
-RUN sh /src/docker/build-steps.sh /src /opt/tsemu
+RUN sh /src/docker/build-steps.sh /src /opt/tsemu \
+    && cc -O2 -o /opt/getdelays /src/tests/clients/getdelays.c
+
+# -- getdelays: a plain C taskstats client (tests/clients/getdelays.c) in an image without
+#    tsemu, for docker/compose.example.yml (`--target getdelays`); it reaches the server
+#    through the shim the server offers in the shared volume
+FROM ${PYTHON_IMAGE} AS getdelays
+COPY --from=build /opt/getdelays /usr/local/bin/getdelays
 
 # -- runtime: the venv alone, no compiler -------------------------------------------------------
 FROM ${PYTHON_IMAGE}

@@ -247,3 +247,28 @@ def test_another_user_binding_the_same_name_elsewhere_is_not_the_client(
     finally:
         victim.close()
         os.unlink(ports / "31337")
+
+
+def test_a_client_that_deregisters_on_its_way_out_is_not_a_refusal(
+        served: Served, tmp_path: Path) -> None:
+    """getdelays sends its DEREGISTER and closes at once: the server reads it after the
+    socket's file is gone, and must not take it for a client it cannot reach."""
+    from tests.clients.harness import compile_client
+
+    getdelays = compile_client(ROOT / "tests" / "clients" / "getdelays.c", tmp_path)
+    env = environment(served.socket) | {"LD_PRELOAD": str(ROOT / "tsemu" / "libtsemu-shim.so")}
+    for _ in range(3):
+        listener = subprocess.Popen([str(getdelays), "-m", "0-1", "-n", "1"], env=env,
+                                    stdout=subprocess.PIPE, text=True)
+        try:
+            assert listener.stdout is not None
+            assert listener.stdout.readline().startswith("family=")
+            assert listener.stdout.readline() == "registered cpumask=0-1\n"
+            pid = run([*TSEMU, "ctl", "spawn"], served.socket).stdout.split()[0]
+            run([*TSEMU, "ctl", "exit", pid], served.socket)
+            assert f"pid={pid} " in listener.communicate(timeout=20)[0]
+        finally:
+            if listener.poll() is None:
+                listener.kill()
+                listener.communicate()
+    assert not [line for line in served.lines() if "not answering" in line]

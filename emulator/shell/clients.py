@@ -44,6 +44,7 @@ import socket
 import stat
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,8 @@ DEFAULT_MAX_CLIENTS = 4096
 SWEEP_SECONDS = 1.0
 #: Clients checked between two checkpoints of a sweep.
 _SWEEP_CHUNK = 64
+#: Addresses of forgotten clients kept (`Clients._gone_recently`).
+_GONE_KEPT = 1024
 
 
 @dataclass(eq=False)
@@ -158,6 +161,9 @@ class Clients:
         self._nursery: trio.Nursery | None = None
         self._full_said = 0.0
         self.refusals = Refusals()
+        #: the addresses of the clients forgotten last (at most `_GONE_KEPT`): what one of
+        #: them sent before it closed is not a refusal worth saying
+        self._gone_recently: OrderedDict[Any, None] = OrderedDict()
 
     def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
@@ -181,6 +187,12 @@ class Clients:
         try:
             st = os.lstat(path)
         except OSError as exc:
+            known = self.by_port.get(port)
+            if known is not None and known.address == address:
+                self.forget(known)
+            if address in self._gone_recently:  # a client's last datagram, read after it
+                self.refused += 1               # closed (a DEREGISTER sent on the way out)
+                return None
             self.refuse(address, uid, f"no {path} here ({exc.strerror}): the client "
                         "bound its socket outside this server's ports directory "
                         "(TSEMU_SOCKET must name this server's socket, at any path)")
@@ -270,6 +282,9 @@ class Clients:
             client.outbox.close()
         client.sock.close()
         self.gone += 1
+        self._gone_recently[client.address] = None
+        if len(self._gone_recently) > _GONE_KEPT:
+            self._gone_recently.popitem(last=False)
         if self._on_forget is not None:
             self._on_forget(client)
 

@@ -22,7 +22,8 @@ TSEMU_UID = 10001
 #: What the build context holds that the build reads (the Dockerfile's COPY . and
 #: docker/build-steps.sh's list); generated files are left out.
 _BUILD_INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "setup.py", "README.md",
-                 "tsemu", "wire", "emulator", "cli", "shim", "docker", "examples")
+                 "tsemu", "wire", "emulator", "cli", "shim", "docker", "examples",
+                 "tests/clients/getdelays.c")
 _SKIPPED = ("__pycache__", ".pyc", "libtsemu-shim.so", ".so")
 
 
