@@ -57,28 +57,31 @@ def one(stage: list[tuple[str, str]], word: str) -> str:
 def build_prefix() -> str:
     """The prefix the Dockerfile's build stage installs into (the RUN of build-steps.sh)."""
     run = next(rest for w, rest in stages()[0] if w == "RUN" and "build-steps.sh" in rest)
-    return shlex.split(run)[-1]
+    return shlex.split(run)[3]
 
 
 # -- the Dockerfile, read ------------------------------------------------------------------------
 
 def test_dockerfile_builds_with_the_script_ci_runs() -> None:
-    build, runtime = stages()
+    build, client, runtime = stages()
     assert build[0][1].endswith(" AS build")
     copied = one(build, "COPY").split()
     assert copied == [".", "/src"]
     run = shlex.split(next(rest for w, rest in build if w == "RUN"))
-    assert run == ["sh", "/src/docker/build-steps.sh", "/src", "/opt/tsemu"]
+    assert run[:5] == ["sh", "/src/docker/build-steps.sh", "/src", "/opt/tsemu", "&&"]
+    # The compose example's client: getdelays alone, on the same base, no tsemu
+    assert client[0][1].endswith(" AS getdelays")
+    assert one(client, "COPY") == "--from=build /opt/getdelays /usr/local/bin/getdelays"
     # The runtime stage takes the prefix alone: the compiler stayed in the build stage.
     assert ("COPY", "--from=build /opt/tsemu /opt/tsemu") in runtime
     assert not any("apt-get" in rest or "gcc" in rest for _, rest in runtime)
-    base = {rest.split()[0] for w, rest in build + runtime if w == "FROM"}
+    base = {rest.split()[0] for w, rest in build + client + runtime if w == "FROM"}
     assert base == {"${PYTHON_IMAGE}"}
     assert "ARG PYTHON_IMAGE=python:3.11-slim" in DOCKERFILE.read_text()
 
 
 def test_dockerfile_declares_socket_volume_user_and_healthcheck() -> None:
-    runtime = stages()[1]
+    runtime = stages()[-1]
     assert one(runtime, "VOLUME") == "/run/tsemu"
     env = one(runtime, "ENV")
     assert f"TSEMU_SOCKET={IMAGE_SOCKET}" in env.split()
@@ -113,21 +116,23 @@ def test_dockerignore_keeps_what_the_build_reads() -> None:
 
 def test_compose_example_shares_only_the_socket_volume() -> None:
     text = (ROOT / "docker" / "compose.example.yml").read_text()
-    assert "dockerfile: Dockerfile" in text
-    assert text.count("- tsemu-run:/run/tsemu") == 3  # the server and both clients
-    assert text.count("    network_mode: none\n") == 2  # both clients
-    assert "condition: service_healthy" in text
-    assert "LD_PRELOAD: /run/tsemu/libtsemu-shim.so" in text
-    assert "TSEMU_SOCKET: /run/tsemu/genl.sock" in text
+    assert "dockerfile: Dockerfile" in text and "target: getdelays" in text
+    assert text.count("- tsemu-run:/run/tsemu") == 3  # the server, listener, driver
+    assert text.count("- tsemu-run:/srv/tsemu") == 1  # the client, at another path
+    assert text.count("    network_mode: none\n") == 3  # every client
+    assert text.count("condition: service_healthy") == 3
+    assert "LD_PRELOAD: /srv/tsemu/libtsemu-shim.so" in text
+    assert "TSEMU_SOCKET: /srv/tsemu/genl.sock" in text
+    assert "--exit-code-from getdelays" in text
     try:
         import yaml
     except ImportError:
         return
     compose = yaml.safe_load(text)
-    assert set(compose["services"]) == {"tsemu", "listener", "getdelays"}
+    assert set(compose["services"]) == {"tsemu", "getdelays", "listener", "driver"}
     assert set(compose["volumes"]) == {"tsemu-run"}
     for service in compose["services"].values():
-        assert service["volumes"][0] == "tsemu-run:/run/tsemu"
+        assert service["volumes"][0].startswith("tsemu-run:")
 
 
 # -- the build steps, run ------------------------------------------------------------------------
@@ -159,7 +164,7 @@ def image_environment(prefix: Path, socket: Path) -> dict[str, str]:
 def healthcheck(prefix: Path, socket: Path) -> subprocess.CompletedProcess[str]:
     """The Dockerfile's HEALTHCHECK command (exec form), with the image's environment naming
     `socket` (the check follows TSEMU_SOCKET)."""
-    command = json.loads(one(stages()[1], "HEALTHCHECK").split(" CMD ", 1)[1])
+    command = json.loads(one(stages()[-1], "HEALTHCHECK").split(" CMD ", 1)[1])
     argv = [arg.replace("/opt/tsemu", str(prefix)) for arg in command]
     return subprocess.run(argv, env=image_environment(prefix, socket), capture_output=True,
                           text=True, timeout=60, cwd="/")
@@ -170,9 +175,9 @@ def container(prefix: Path, short_tmp: Path) -> Iterator[tuple[Path, subprocess.
     """The image's ENTRYPOINT + CMD running from the prefix, on a socket in a private directory
     (standing in for the /run/tsemu volume)."""
     socket = short_tmp / "run" / "genl.sock"
-    entrypoint = json.loads(one(stages()[1], "ENTRYPOINT"))
+    entrypoint = json.loads(one(stages()[-1], "ENTRYPOINT"))
     argv = [arg.replace("/opt/tsemu", str(prefix)) for arg in entrypoint]
-    argv += [arg.replace(IMAGE_SOCKET, str(socket)) for arg in json.loads(one(stages()[1], "CMD"))]
+    argv += [arg.replace(IMAGE_SOCKET, str(socket)) for arg in json.loads(one(stages()[-1], "CMD"))]
     proc = subprocess.Popen(argv, env=image_environment(prefix, socket), stderr=subprocess.PIPE,
                             text=True, cwd="/")
     try:
