@@ -86,6 +86,10 @@ cc=$(command -v gcc || command -v cc)
 mkdir -p "$prefix/share/tsemu"
 cp -R "$source_dir/examples" "$prefix/share/tsemu/examples"
 
-# 6. What the runtime does not need: the installers.
+# 6. What the runtime does not need: the installers, and rich with its pygments and
+#    markdown-it (13 MB; typer prints plain help without them, tsemu never imports them).
+"$prefix/bin/python" -m pip uninstall --quiet --yes rich pygments markdown-it-py mdurl \
+    >/dev/null 2>&1 || true
+"$prefix/bin/tsemu" --help >/dev/null
 "$prefix/bin/python" -m pip uninstall --quiet --yes pip setuptools >/dev/null 2>&1 || true
 say "done: $prefix/bin/tsemu, shim $shim"

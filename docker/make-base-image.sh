@@ -9,7 +9,7 @@
 # Needs root (mmdebstrap's root mode), mmdebstrap and a running Docker engine. Does nothing
 # when TAG already exists (FORCE=1 makes it again). MIRROR overrides the mirror (default:
 # the first deb.debian.org-style URI in /etc/apt/sources.list{,.d}; else deb.debian.org).
-# About 30-60 s and 130 MB on disk.
+# About 30 s; the image is about 160 MB (no manuals, no translations: path-exclude).
 set -eu
 
 tag=${1:-tsemu-base:bookworm}
@@ -41,6 +41,9 @@ hook='true'
 [ -r "$bundle" ] && hook="cp $bundle \"\$1$bundle\""
 mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates \
     --aptopt='Acquire::Retries "3"' \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --dpkgopt='path-exclude=/usr/share/info/*' \
     --customize-hook="$hook" \
     --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin' \
     bookworm "$work/rootfs.tar" "$MIRROR"

@@ -88,7 +88,19 @@ def build_image(source: Path, *, python_image: str | None = None, repository: st
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         raise ImageError(f"docker build of {source} failed:\n{tail}")
+    _forget_older(repository, tag)
     return tag
+
+
+def _forget_older(repository: str, keep: str) -> None:
+    """Untag the images of earlier contents (`REPOSITORY:src-*` but `keep`): a cache of one,
+    or every edit of the sources would leave an image behind. Best effort: one in use stays."""
+    listed = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}",
+                             repository], capture_output=True, text=True, timeout=30)
+    older = [name for name in listed.stdout.split()
+             if name.startswith(f"{repository}:src-") and name != keep]
+    if older:
+        subprocess.run(["docker", "rmi", *older], capture_output=True, timeout=120)
 
 
 def image_size(name: str) -> int:
