@@ -272,3 +272,52 @@ def test_a_client_that_deregisters_on_its_way_out_is_not_a_refusal(
                 listener.kill()
                 listener.communicate()
     assert not [line for line in served.lines() if "not answering" in line]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a server of another user needs root to start")
+def test_a_server_of_another_user_reaches_the_clients_and_says_when_it_cannot(
+        short_tmp: Path) -> None:
+    """The container case `--user tsemu` with clients run as root: a client's socket file is
+    0666 once bound (shim and tsemu.client), since connecting needs write permission on it;
+    one that is not (bound by hand, 0700) is named once with the reason."""
+    os.chmod(short_tmp, 0o755)
+    directory = short_tmp / "run"
+    directory.mkdir()
+    os.chown(directory, NOBODY, NOBODY)
+    socket_path = directory / "genl.sock"
+    proc = subprocess.Popen(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                             "--clear-groups", *TSEMU, "serve", "--admin", "all", "--socket",
+                             str(socket_path)], env=environment(socket_path),
+                            stderr=subprocess.PIPE, text=True, cwd="/")
+    served = Served.__new__(Served)
+    served.socket, served.proc = socket_path, proc
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert line == f"tsemu: listening on {socket_path}\n", line + served.stop()
+        got = run([*TSEMU, "get", "--pid", "1"], socket_path)
+        assert got.returncode == 0 and "TASKSTATS pid 1" in got.stdout, got.stderr
+        shim = ROOT / "tsemu" / "libtsemu-shim.so"
+        probe = ("import os, socket, time\n"
+                 "s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 16)\n"
+                 "s.bind((0, 0))\n"
+                 "name = os.path.join(os.environ['TSEMU_SOCKET'] + '.ports', str(os.getpid()))\n"
+                 "print(oct(os.stat(name).st_mode & 0o777))\n")
+        done = subprocess.run([sys.executable, "-c", probe], env=environment(socket_path)
+                              | {"LD_PRELOAD": str(shim)}, capture_output=True, text=True,
+                              timeout=30)
+        assert done.stdout == "0o666\n", done.stdout + done.stderr
+        closed = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            with_mode = Path(f"{socket_path}.ports") / "777001"
+            closed.bind(str(with_mode))
+            os.chmod(with_mode, 0o700)
+            request = bytes.fromhex("1c000000100001000100000000000000030100000800020010000000")
+            closed.sendto(request, str(socket_path))
+            closed.sendto(request, str(socket_path))
+        finally:
+            closed.close()
+        said = [line for line in served.lines() if "not answering" in line]
+        assert len(said) == 1 and "Permission denied" in said[0] and "mode 700" in said[0], said
+    finally:
+        served.stop()
