@@ -8,6 +8,10 @@
 #   make golden re-capture the kernel's replies into tests/golden (needs a taskstats kernel, root);
 #               KERNEL=6.1|6.12|sid boots Debian's kernel of that suite under QEMU instead
 #   make test-vm  the optional test that boots a kernel under QEMU (slow)
+#   make image  the container image (tsemu:latest); with no registry reachable, on a base made
+#               from the Debian mirror (BASE=local, the default when root; docker/make-base-image.sh)
+#   make test-docker  the tests that build and run the image (pytest -m docker; starts dockerd
+#               when root and it is not running)
 #   make clean  remove the venv and build leftovers
 
 PYTHON ?= python3
@@ -19,7 +23,8 @@ STAMP  := $(VENV)/.installed
 # wireshark-common's setuid dumpcap answered "no" beforehand): installed when missing and
 # when we may (root, apt-get).
 
-.PHONY: install system-deps bytecode run test bench soak lint golden golden-deps golden-all test-vm clean
+.PHONY: install system-deps bytecode run test bench soak lint golden golden-deps golden-all test-vm clean \
+	docker-deps image test-docker
 
 install: $(STAMP)
 
@@ -79,6 +84,7 @@ lint: install
 	$(VENV)/bin/ruff check wire emulator cli tsemu tests bench scripts setup.py
 	@rm -rf build/typecheck && mkdir -p build/typecheck/tsemu
 	@for f in tsemu/*.py; do ln -s ../../../$$f build/typecheck/tsemu/; done
+	@ln -s ../../../tsemu/testing build/typecheck/tsemu/testing
 	@for d in wire emulator cli; do ln -s ../../../$$d build/typecheck/tsemu/$$d; done
 	cd build/typecheck && ../../$(VENV)/bin/mypy -p tsemu
 
@@ -132,3 +138,44 @@ SEEDS ?= 10
 CASES ?= 3000
 fuzz: install
 	$(PY) scripts/fuzz_differential.py --seeds $(SEEDS) --cases $(CASES)
+
+# The container image. docker-deps installs Debian's docker.io and mmdebstrap when missing (as
+# root) and starts dockerd when no engine answers (its log: build/dockerd.log). BASE=local (the
+# default as root) builds on docker/make-base-image.sh's tsemu-base:bookworm, made from the
+# Debian mirror apt uses, for machines that reach no image registry; BASE=IMAGE names any
+# other base (PYTHON_IMAGE); BASE= (empty) keeps the Dockerfile's python:3.11-slim-bookworm.
+LOCAL_BASE := tsemu-base:bookworm
+BASE ?= $(if $(filter 0,$(shell id -u)),local,)
+
+docker-deps:
+	@missing=""; \
+	command -v dockerd >/dev/null 2>&1 || missing="$$missing docker.io"; \
+	command -v mmdebstrap >/dev/null 2>&1 || missing="$$missing mmdebstrap"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "note: missing$$missing (the docker tests will skip)"; \
+	  fi; \
+	fi
+	@if ! docker info >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v dockerd >/dev/null 2>&1; then \
+	  mkdir -p build; echo "starting dockerd (log: build/dockerd.log)"; \
+	  nohup dockerd >build/dockerd.log 2>&1 & \
+	  for i in $$(seq 100); do docker info >/dev/null 2>&1 && break; sleep 0.2; done; \
+	fi
+
+image: docker-deps
+ifeq ($(BASE),local)
+	sh docker/make-base-image.sh $(LOCAL_BASE)
+	docker build --build-arg PYTHON_IMAGE=$(LOCAL_BASE) -t tsemu:latest .
+else ifneq ($(strip $(BASE)),)
+	docker build --build-arg PYTHON_IMAGE=$(BASE) -t tsemu:latest .
+else
+	docker build -t tsemu:latest .
+endif
+
+# Builds the image once per content of the tree (tsemu:src-HASH; about 20 s, then a lookup).
+test-docker: install docker-deps
+	$(PY) -m pytest -m docker -rs -p no:cacheprovider tests/test_docker.py \
+	    tests/test_container_module.py tests/test_recipes.py

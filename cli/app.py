@@ -70,9 +70,10 @@ def serve(
         min=1, max=1_000_000, help="Clients at most (each holds a descriptor and a queue); "
                                    "past it, new senders are refused.")] = 4096,
     shared_dir: Annotated[bool, typer.Option(
-        "--shared-dir", help="Serve from a socket directory other users can write (a volume "
-                             "shared on purpose); refused otherwise, since they could plant "
-                             "files under the server's names.")] = False,
+        "--shared-dir", envvar="TSEMU_SHARED_DIR",
+        help="Serve from a socket directory other users can write or own (a volume shared "
+             "on purpose; the container image sets TSEMU_SHARED_DIR=1); refused otherwise, "
+             "since they could plant files under the server's names.")] = False,
     ctl_group: Annotated[str | None, typer.Option(
         help="Share the control socket (0600, the server's user only) with this group "
              "(0660).", show_default=False)] = None,
@@ -316,13 +317,20 @@ def ctl_set(
     _call(socket, "set", pid=pid, values=_key_values(values))
 
 
-@ctl_app.command("advance", epilog="Example:\n\n  tsemu ctl advance 2.5")
+@ctl_app.command("advance", epilog="Examples:\n\n  tsemu ctl advance 2s\n\n"
+                                      "  tsemu ctl advance 2.5")
 def ctl_advance(
-    seconds: Annotated[float, typer.Argument(min=0, help="How far to move the virtual clock.")],
+    seconds: Annotated[str, typer.Argument(
+        metavar="DURATION", help="How far to move the virtual clock: a duration (\"2s\", "
+        "\"250ms\") or a number of seconds.")],
     socket: SocketOption = None,
 ) -> None:
     """Move the virtual clock forward, running the timeline events that fall due."""
-    reply = _call(socket, "advance", seconds=seconds)
+    try:
+        span: float | str = float(seconds)
+    except ValueError:
+        span = seconds  # a duration: the server reads it as scenarios' durations are read
+    reply = _call(socket, "advance", seconds=span)
     typer.echo(f"now {reply['now']:.6f} s; {len(reply['fired'])} event(s)")
 
 

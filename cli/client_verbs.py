@@ -114,13 +114,21 @@ def flag_names(ac_flag: int) -> str:
 
 
 def exit_status(values: Mapping[str, Any]) -> str:
-    """How the task ended: "exit N", "signal N (SIGX)", "signal N (SIGX), core dumped"."""
+    """How the task ended: "exit N", "signal N (SIGX)", "signal N (SIGX), core dumped", or,
+    for a thread its process's exit_group killed, "exit N (killed by its group's exit)".
+
+    ac_exitcode is the task's exit code as wait(2) encodes it (the kernel's tools print it
+    as it is): a signal in its low 7 bits (0x80: core dumped), else the status in bits 8-15.
+    AXSIG says the task died of a signal; a thread zapped by another thread's exit_group dies
+    of SIGKILL but carries the group's exit code, so its low bits may say no signal at all."""
     code = int(values.get("ac_exitcode", 0))
     flag = int(values.get("ac_flag", 0))
-    if flag & 0x10:  # AXSIG: ac_exitcode is the signal, | 0x80 when it dumped core
-        number = code & 0x7F
+    number = code & 0x7F
+    if number:
         core = ", core dumped" if flag & 0x08 or code & 0x80 else ""
         return f"signal {number} ({signal_name(number)}){core}"
+    if flag & 0x10:  # AXSIG without a signal in the code: the group's exit killed it
+        return f"exit {(code >> 8) & 0xFF} (killed by its group's exit)"
     return f"exit {(code >> 8) & 0xFF}"
 
 

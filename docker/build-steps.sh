@@ -9,6 +9,7 @@
 #
 #   PREFIX/bin/tsemu                 the command (a venv of its own, no pip or setuptools left)
 #   PREFIX/bin/tsemu-entrypoint      the image's entry point (docker/entrypoint.sh)
+#   PREFIX/bin/tsemu-health          the image's health check (docker/health.c)
 #   PREFIX/libtsemu-shim.so          a link to the LD_PRELOAD shim the install built
 #   PREFIX/share/tsemu/examples/     the example scenarios
 #
@@ -28,6 +29,12 @@ prefix=$2
 python=${PYTHON:-python3}
 
 say() { echo "build-steps: $*" >&2; }
+
+# pip's CA bundle: the system's, where there is one and pip was given none (a base image made
+# by make-base-image.sh carries the host's, which knows a TLS-inspecting proxy's root).
+if [ -z "${PIP_CERT:-}" ] && [ -r /etc/ssl/certs/ca-certificates.crt ]; then
+    export PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+fi
 
 # 1. A C compiler for the shim.
 if ! command -v gcc >/dev/null 2>&1 && ! command -v cc >/dev/null 2>&1; then
@@ -71,12 +78,18 @@ case "$(head -c 4 "$shim" | od -An -c | tr -d ' ')" in
 esac
 ln -sf "$shim" "$prefix/libtsemu-shim.so"
 
-# 5. The extras: entry point, example scenarios.
+# 5. The extras: entry point, health check (C: it runs every second), example scenarios.
 cp "$source_dir/docker/entrypoint.sh" "$prefix/bin/tsemu-entrypoint"
 chmod 0755 "$prefix/bin/tsemu-entrypoint"
+cc=$(command -v gcc || command -v cc)
+"$cc" -O2 -s -o "$prefix/bin/tsemu-health" "$source_dir/docker/health.c"
 mkdir -p "$prefix/share/tsemu"
 cp -R "$source_dir/examples" "$prefix/share/tsemu/examples"
 
-# 6. What the runtime does not need: the installers.
+# 6. What the runtime does not need: the installers, and rich with its pygments and
+#    markdown-it (13 MB; typer prints plain help without them, tsemu never imports them).
+"$prefix/bin/python" -m pip uninstall --quiet --yes rich pygments markdown-it-py mdurl \
+    >/dev/null 2>&1 || true
+"$prefix/bin/tsemu" --help >/dev/null
 "$prefix/bin/python" -m pip uninstall --quiet --yes pip setuptools >/dev/null 2>&1 || true
 say "done: $prefix/bin/tsemu, shim $shim"

@@ -9,7 +9,8 @@
  *     system keeps port ids unique and the server reads the sender's port from its address;
  *   - autobind (bind with nl_pid 0, connect, or a first send) takes the process's tgid when
  *     free, else -4096, -4097, ...; a name whose socket nobody listens on (connect() gives
- *     ECONNREFUSED) is stale: it is unlinked and taken.
+ *     ECONNREFUSED) is stale: it is unlinked and taken;
+ *   - a bound port's file is made 0666: the server (maybe another user) must connect to it.
  *
  * When the server is not running its ports directory does not exist. The kernel's bind
  * cannot fail for that reason, so bind records the port and succeeds; the real bind is tried
@@ -236,8 +237,13 @@ static int bind_name(int fd, const char *server, uint32_t port)
     if (port_path(path, sizeof path, server, port) || unix_address(&sun, path))
         return -1;
     for (int attempt = 0; attempt < 2; attempt++) {
-        if (real_bind(fd, (struct sockaddr *)&sun, sizeof sun) == 0)
+        if (real_bind(fd, (struct sockaddr *)&sun, sizeof sun) == 0) {
+            /* Connecting needs write permission on the file, and the server may be another
+             * user (a container's): 0666, as emulator/shell/addressing.py says. The ports
+             * directory is sticky: nobody else can put another file under this name. */
+            chmod(path, 0666);
             return 0;
+        }
         if (errno == ENOENT || errno == ENOTDIR)
             return 1;
         if (errno != EADDRINUSE || attempt)

@@ -58,3 +58,48 @@ async def server(short_tmp: Path) -> Any:
     async with running_server(short_tmp / "genl.sock", table, nr_cpus=2,
                               nr_cpus_config=GOLDEN_NR_CPUS_CONFIG) as server:
         yield server
+
+
+# -- the container image (tests marked `docker`) --------------------------------------------------
+
+#: The base image docker/make-base-image.sh makes (no registry needed).
+LOCAL_BASE_IMAGE = "tsemu-base:bookworm"
+
+
+def docker_selected(config: pytest.Config) -> bool:
+    """Tests that need a Docker engine run only when asked for (`make test-docker`,
+    pytest -m docker): they build an image (about 20 s the first time) and start containers."""
+    expr = str(config.getoption("markexpr") or "")
+    return "docker" in expr and "not docker" not in expr
+
+
+@pytest.fixture(scope="session")
+def docker_image(request: pytest.FixtureRequest) -> str:
+    """tsemu's image built from this tree, once per content (`tsemu.testing.image`), on the
+    base $TSEMU_PYTHON_IMAGE, else the local base image (made here, as root, if missing),
+    else the Dockerfile's default; skips with the reason where no engine can start."""
+    import subprocess
+
+    from tsemu.testing.image import ImageError, build_image, docker_ready, image_id
+
+    if not docker_selected(request.config):
+        pytest.skip("docker: builds and runs the container image: `make test-docker` "
+                    "(pytest -m docker)")
+    why = docker_ready()
+    if why is not None:
+        pytest.skip(f"docker: {why}")
+    root = Path(__file__).parent.parent
+    base = os.environ.get("TSEMU_PYTHON_IMAGE")
+    if base is None:
+        if image_id(LOCAL_BASE_IMAGE) is None and os.geteuid() == 0:
+            made = subprocess.run(["sh", str(root / "docker" / "make-base-image.sh"),
+                                   LOCAL_BASE_IMAGE], capture_output=True, text=True,
+                                  timeout=600)
+            if made.returncode != 0:
+                pytest.skip("docker: no base image (docker/make-base-image.sh: "
+                            f"{made.stderr.strip().splitlines()[-1:]})")
+        base = LOCAL_BASE_IMAGE if image_id(LOCAL_BASE_IMAGE) is not None else None
+    try:
+        return build_image(root, python_image=base)
+    except ImageError as exc:
+        pytest.skip(f"docker: {exc}")

@@ -20,7 +20,7 @@ import json
 import re
 import tomllib
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
@@ -126,6 +126,26 @@ def _conclude(reading: Reading, problems: Problems, packed_text: bytes | None, s
     return scenario
 
 
+#: The keys that hold a time (a moment or a span): in TOML, written with a unit ("3s"); only
+#: 0 may go without. (JSON, the machines' spelling, keeps integer nanoseconds; counters are
+#: nanoseconds as taskstats reports them, in both.)
+TIME_KEYS = frozenset({"at", "start", "age", "until", "duration", "delay", "lifetime"})
+
+
+def _bare_times(node: Any, where: str) -> Iterator[tuple[str, int]]:
+    """(where, value) of each time written as a bare non-zero integer in a TOML document."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            inner = f"{where}.{key}" if where else str(key)
+            if key in TIME_KEYS and type(value) is int and value != 0:
+                yield inner, value
+            elif isinstance(value, (dict, list)) and key != "counters":
+                yield from _bare_times(value, inner)
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _bare_times(item, f"{where}[{index}]")
+
+
 def parse_document(text: str, source: str, syntax: str) -> dict[str, Any]:
     """The document of `text` (a dict at the top); ScenarioError saying what is wrong with
     the TOML or JSON as such."""
@@ -136,7 +156,7 @@ def parse_document(text: str, source: str, syntax: str) -> dict[str, Any]:
                 raise ScenarioError([f"{source}: a JSON scenario is an object {{...}} at the "
                                      "top"])
             return document
-        return tomllib.loads(text)
+        document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError([_toml_problem(source, str(exc))]) from None
     except json.JSONDecodeError as exc:
@@ -147,6 +167,13 @@ def parse_document(text: str, source: str, syntax: str) -> dict[str, Any]:
     except RecursionError:
         raise ScenarioError([f"{source}: invalid {syntax.upper()}: arrays or tables nested "
                              "too deeply"]) from None
+    bare = list(_bare_times(document, ""))
+    if bare:
+        raise ScenarioError([f"{source}: {where}: {value} has no unit: write "
+                             f'"{value}s", "{value}ms" or "{value}ns" (in TOML a time '
+                             "carries its unit; a bare integer would be nanoseconds)"
+                             for where, value in bare])
+    return document
 
 
 def _no_constant(name: str) -> Any:

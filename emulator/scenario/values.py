@@ -268,7 +268,8 @@ def parse_duration(value: object) -> int:
         if match is None:
             rest = text[pos:].strip()
             if re.fullmatch(r"\d+(?:\.\d+)?", rest):
-                problem = f"{show(rest)} has no unit"
+                problem = (f"{show(rest)} has no unit: write e.g. {show(rest + 's')}, "
+                           f"{show(rest + 'ms')} or {show(rest + 'ns')}")
             else:
                 problem = f"cannot read {show(rest)}"
             raise Bad(f"{show(value)} is not a duration: {problem} (units: ns, us, µs, ms, "

@@ -15,6 +15,15 @@ the server, so abstract Unix addresses cannot be used. Instead:
 - a client that binds with nl_pid 0 takes its tgid if that name is free, else the next free
   negative id from -4096 down, as the kernel's autobind does. A name whose socket nobody
   listens on any more (its process died) is stale and may be taken over.
+- a client's socket file is made writable by everyone (0666) once bound: the server may run
+  as another user (a container's `tsemu` user, a host client run as root), and connecting to
+  a Unix socket needs write permission on its file. Who is heard is decided by credentials
+  (the shim and `tsemu.client` take only datagrams of the server's user), as on netlink,
+  where any process may send to any port;
+- a client may see the directory at another absolute path than the server (a container's
+  volume, a bind mount, a symbolic link): its bound name is a path in its own view, and the
+  server answers it through the file of the same port name in its own ports directory, once
+  it has checked that file is the sender's socket (`shell.clients`).
 
 The C shim follows the same rules (shim/); this module is their reference.
 """
@@ -141,7 +150,7 @@ def _signed(port: int) -> int:
 
 def _bind_name(sock: socket.socket, path: Path, *, explicit: bool) -> None:
     try:
-        sock.bind(str(path))
+        _bind_open(sock, path)
         return
     except OSError as exc:
         if exc.errno != 98:  # EADDRINUSE
@@ -154,4 +163,11 @@ def _bind_name(sock: socket.socket, path: Path, *, explicit: bool) -> None:
         path.unlink()
     except FileNotFoundError:
         pass
+    _bind_open(sock, path)
+
+
+def _bind_open(sock: socket.socket, path: Path) -> None:
+    """Bind, and let the server's user (whoever it is) connect to the socket (0666; the
+    ports directory is sticky, so nobody else can swap the file under the name meanwhile)."""
     sock.bind(str(path))
+    os.chmod(path, 0o666)

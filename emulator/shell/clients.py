@@ -12,7 +12,18 @@ address but the port id, and checks the rest itself:
 - the file of that name in the server's own ports directory must be a socket (not a link: the
   server would follow it anywhere), and the server connects to it and asks the connection
   whose socket it reached (`getpeername`): only the sender's own bound name is accepted. A
-  socket bound elsewhere under a client's name (`/tmp/x/4242`) reaches no one.
+  socket bound elsewhere under a client's name (`/tmp/x/4242`) reaches no one;
+- that file must belong to the user the kernel says sent the datagram (SCM_CREDENTIALS; root
+  may send for anyone): a bound name is a path in the sender's own view, and another mount
+  namespace may show the same path string somewhere else, so a user elsewhere binding the
+  same string as a client here must not be taken for it (`Clients.owner_fits`).
+
+So the server's replies and broadcasts go to the sender's file under the server's own name for
+it (`PORTS/<port id>`), whatever absolute path the client sees the directory at: a host client
+of a server in a container, two containers mounting the volume at different paths, a
+symbolic link or a bind mount (the reference is `addressing`).
+A sender that cannot be answered is said once, with the reason, on stderr (`Refusals`): a
+client whose requests are dropped would otherwise wait for ever without a word.
 
 Admitted, a client is served by its address without these checks until the ports directory's
 watch (`PortWatch`) names its file, or until a check finds it gone. A client is forgotten, with
@@ -22,16 +33,18 @@ closed with the file left behind (a process killed by SIGKILL: found by a connec
 every event naming it and by a sweep of every client once a second), or a send refused.
 
 Limits: at most `max_clients` clients (`--max-clients`); past that, new senders are refused
-(counted, said once).
+(counted, said once). Refusals are said for the first `Refusals.LIMIT` addresses, then counted.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +61,8 @@ DEFAULT_MAX_CLIENTS = 4096
 SWEEP_SECONDS = 1.0
 #: Clients checked between two checkpoints of a sweep.
 _SWEEP_CHUNK = 64
+#: Addresses of forgotten clients kept (`Clients._gone_recently`).
+_GONE_KEPT = 1024
 
 
 @dataclass(eq=False)
@@ -72,6 +87,8 @@ class ClientConn:
     sender_creds: bytes | None = None
     #: addresses under which the server trusts this client's identity (see `PortWatch`)
     trusted_as: list[str] = field(default_factory=list)
+    #: the uid owning the client's socket file: the only user (with root) it may send as
+    owner: int = -1
 
 
 def signed_name(port: int) -> str:
@@ -98,6 +115,28 @@ def port_name(address: Any) -> tuple[int, str] | None:
     return port & 0xFFFFFFFF, name
 
 
+class Refusals:
+    """Senders the server could not answer, each said once on stderr with the reason."""
+
+    #: addresses said at most (then only counted: a flood must not fill the log or memory)
+    LIMIT = 256
+
+    def __init__(self) -> None:
+        self.said: set[Any] = set()
+        self.unsaid = 0
+
+    def say(self, address: Any, uid: int, reason: str) -> None:
+        if address in self.said:
+            return
+        if len(self.said) >= self.LIMIT:
+            self.unsaid += 1
+            return
+        self.said.add(address)
+        shown = os.fsdecode(address) if isinstance(address, bytes) else address
+        print(f"tsemu: not answering {shown!r} (uid {uid}): {reason}", file=sys.stderr,
+              flush=True)
+
+
 class Clients:
     """The server's clients, by port id and by trusted address."""
 
@@ -121,6 +160,10 @@ class Clients:
         self._on_forget = on_forget
         self._nursery: trio.Nursery | None = None
         self._full_said = 0.0
+        self.refusals = Refusals()
+        #: the addresses of the clients forgotten last (at most `_GONE_KEPT`): what one of
+        #: them sent before it closed is not a refusal worth saying
+        self._gone_recently: OrderedDict[Any, None] = OrderedDict()
 
     def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
@@ -130,25 +173,40 @@ class Clients:
 
     # -- admitting -------------------------------------------------------------------------
 
-    async def admit(self, address: Any) -> ClientConn | None:
-        """The client a datagram from `address` comes from, admitted now if need be; None
-        for a sender that is no client (refused, counted)."""
+    async def admit(self, address: Any, uid: int = 0) -> ClientConn | None:
+        """The client a datagram from `address`, sent by `uid`, comes from, admitted now if
+        need be; None for a sender that is no client (refused, counted, said once)."""
         named = port_name(address)
         if named is None:
-            self.refused += 1
+            self.refuse(address, uid, "its address is not a netlink port's (a socket "
+                        "bound as SOCKET.ports/<port id>; unbound or abstract sockets "
+                        "get no reply)")
             return None
         port, name = named
         path = self.ports / name
         try:
             st = os.lstat(path)
-        except OSError:
-            st = None
-        if st is None or not stat.S_ISSOCK(st.st_mode):
-            self.refused += 1  # no socket of that name here (a file elsewhere, or a link)
+        except OSError as exc:
+            known = self.by_port.get(port)
+            if known is not None and known.address == address:
+                self.forget(known)
+            if address in self._gone_recently:  # a client's last datagram, read after it
+                self.refused += 1               # closed (a DEREGISTER sent on the way out)
+                return None
+            self.refuse(address, uid, f"no {path} here ({exc.strerror}): the client "
+                        "bound its socket outside this server's ports directory "
+                        "(TSEMU_SOCKET must name this server's socket, at any path)")
+            return None
+        if not stat.S_ISSOCK(st.st_mode):
+            self.refuse(address, uid, f"{path} is not a socket (a link or a file)")
             return None
         identity = (st.st_ino, st.st_ctime_ns)
         if identity in self.dropped:
-            self.refused += 1  # a client of before a reset
+            self.refused += 1  # a client of before a reset (not said: the reset said so)
+            return None
+        if not owner_fits(st.st_uid, uid):
+            self.refuse(address, uid, f"{path} belongs to uid {st.st_uid}, not to the "
+                        "sender: another socket under the same name")
             return None
         client = self.by_port.get(port)
         if client is not None and not client.outbox.gone:
@@ -156,7 +214,8 @@ class Clients:
                 if client.address == address:
                     self._trust(client, address)
                     return client
-                self.refused += 1  # another socket under the client's name: not it
+                self.refuse(address, uid, f"port {name} is another socket's (bound "
+                            f"as {client.address!r})")
                 return None
             self.forget(client)  # the port's old socket is gone: forget what it had
         if len(self.by_port) >= self.max_clients:
@@ -171,23 +230,34 @@ class Clients:
         try:
             await sock.connect(str(path))
             reached = sock.getpeername()
-        except OSError:
+        except OSError as exc:
             sock.close()
-            self.refused += 1
+            hint = (" (its socket file's mode lets this server's user, uid "
+                    f"{os.geteuid()}, not write to it: mode {stat.S_IMODE(st.st_mode):o})"
+                    if exc.errno in (errno.EACCES, errno.EPERM) else "")
+            self.refuse(address, uid, f"cannot reach {path}: {exc.strerror}{hint}")
             return None
         if reached != address:  # the socket of that name is not the sender: refuse it
             sock.close()
-            self.refused += 1
+            self.refuse(address, uid, f"{path} is another socket (bound as "
+                        f"{reached!r})")
             return None
         holder: list[ClientConn] = []
         outbox = Outbox(sock, self.budget, on_gone=lambda: self.forget(holder[0]))
-        client = ClientConn(port, sock, outbox, name=name, identity=identity, address=address)
+        client = ClientConn(port, sock, outbox, name=name, identity=identity, address=address,
+                            owner=st.st_uid)
         holder.append(client)
         self.by_port[port] = client
         assert self._nursery is not None
         self._nursery.start_soon(outbox.drain)
         self._trust(client, address)
         return client
+
+    def refuse(self, address: Any, uid: int, reason: str) -> None:
+        """Count a sender that gets no answer, and say why (once per address)."""
+        self.refused += 1
+        self.refusals.say(address, uid, reason)
+        return None
 
     def _trust(self, client: ClientConn, address: Any) -> None:
         if not self.watching:
@@ -212,6 +282,9 @@ class Clients:
             client.outbox.close()
         client.sock.close()
         self.gone += 1
+        self._gone_recently[client.address] = None
+        if len(self._gone_recently) > _GONE_KEPT:
+            self._gone_recently.popitem(last=False)
         if self._on_forget is not None:
             self._on_forget(client)
 
@@ -288,6 +361,12 @@ class Clients:
                     if self.by_port.get(client.port) is client:
                         self.check(client)
                 await trio.lowlevel.checkpoint()
+
+
+def owner_fits(owner: int, uid: int) -> bool:
+    """Whether a datagram the kernel says `uid` sent may come from a socket file that `owner`
+    made: the same user, or root (who could bind any name anyway)."""
+    return uid == owner or uid == 0
 
 
 def _bound(path: Path) -> bool:

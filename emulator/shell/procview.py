@@ -26,7 +26,9 @@ renamed away (then removed) before its exit is broadcast, so a client that hears
 never finds the task in the view afterwards. Files are made relative to directory descriptors,
 never following a link; the view's own directory must be the server's (a stale one from an
 earlier run is taken over only if it carries the marker). Files are 0444 (`io` 0400) and, when
-the server runs as root, owned by the task's uid and gid, as /proc's are.
+the server runs as root, owned by the task's uid and gid, as /proc's are. Directories are 0555
+as /proc's are, except for a server that is not root: it could not write into them (root
+ignores the mode), so they are 0755 (its container image's `tsemu` user, for one).
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ class ProcView:
         self.exited = Exited()
         self._fd = -1
         self._root = os.geteuid() == 0
+        #: a task directory's mode (see the module docstring)
+        self._dir_mode = 0o555 if self._root else 0o755
         self._ids = (os.geteuid(), os.getegid())
         self._umask = os.umask(0o022)
         os.umask(self._umask)
@@ -340,16 +344,16 @@ class ProcView:
 
     def _make_group(self, tgid: int, leader: Task, threads: list[Task], nr: int) -> None:
         hidden = self._hidden_name()
-        os.mkdir(hidden, 0o555, dir_fd=self._fd)
+        os.mkdir(hidden, self._dir_mode, dir_fd=self._fd)
         fd = os.open(hidden, _DIR_FLAGS, dir_fd=self._fd)
         try:
-            self._own(fd, leader, 0o555)
+            self._own(fd, leader, self._dir_mode)
             files = self._task_files(leader, nr, threads)
             self._fill(fd, leader, files, fresh=True)
-            os.mkdir("task", 0o555, dir_fd=fd)
+            os.mkdir("task", self._dir_mode, dir_fd=fd)
             task_fd = os.open("task", _DIR_FLAGS, dir_fd=fd)
             try:
-                self._own(task_fd, leader, 0o555)
+                self._own(task_fd, leader, self._dir_mode)
                 for task in threads:
                     self._make_thread(task_fd, task, nr,
                                       files if threads == [leader] else None)
@@ -365,10 +369,10 @@ class ProcView:
     def _make_thread(self, task_fd: int, task: Task, nr: int,
                      files: list[tuple[str, bytes, int]] | None = None) -> None:
         hidden = self._hidden_name()
-        os.mkdir(hidden, 0o555, dir_fd=task_fd)
+        os.mkdir(hidden, self._dir_mode, dir_fd=task_fd)
         fd = os.open(hidden, _DIR_FLAGS, dir_fd=task_fd)
         try:
-            self._own(fd, task, 0o555)
+            self._own(fd, task, self._dir_mode)
             self._fill(fd, task, files or self._task_files(task, nr, None), fresh=True)
         finally:
             os.close(fd)
@@ -378,7 +382,7 @@ class ProcView:
                       had: set[int]) -> None:
         fd = os.open(str(tgid), _DIR_FLAGS, dir_fd=self._fd)
         try:
-            self._own(fd, leader, 0o555)
+            self._own(fd, leader, self._dir_mode)
             files = self._task_files(leader, nr, threads)
             self._fill(fd, leader, files)
             alone = threads == [leader]

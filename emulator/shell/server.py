@@ -98,7 +98,7 @@ from .addressing import is_stale, ports_dir
 from .busypoll import DEFAULT_WINDOW_NS, BusyPoll
 from .capture import Capture
 from .clientprocs import ClientProcesses
-from .clients import DEFAULT_MAX_CLIENTS, SWEEP_SECONDS, ClientConn, Clients
+from .clients import DEFAULT_MAX_CLIENTS, SWEEP_SECONDS, ClientConn, Clients, owner_fits
 from .hostmirror import HostMirror
 from .listeners import ListenerTable
 from .permissions import AdminPolicy, Credentials
@@ -108,6 +108,7 @@ from .sockdir import (
     prepare_socket_dir,
     private_files,
     remove_stale,
+    unwritable,
 )
 
 #: The longest datagram the server takes: netlink takes a message up to the sender's send
@@ -227,7 +228,10 @@ class Server:
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             with private_files(0o666):  # anyone may send, as to the kernel's netlink
-                raw.bind(str(path))
+                try:
+                    raw.bind(str(path))
+                except PermissionError:
+                    raise unwritable(path.parent) from None
             sock = trio.socket.from_stdlib_socket(raw)  # non-blocking from here on
         except BaseException:
             raw.close()
@@ -402,7 +406,7 @@ class Server:
         try:
             client = self.client_table.trusted.get(address)
             if client is None or client.outbox.gone:
-                client = await self.client_table.admit(address)
+                client = await self.client_table.admit(address, _credentials(creds).uid)
                 if client is None:
                     self.stats.unaddressed += 1
                     return
@@ -434,6 +438,12 @@ class Server:
                fds: Sequence[int]) -> Awaitable[None] | None:
         """What `client`'s datagram earns, offered to its outbox; from the first action that
         needs an await (a REGISTER's `Listen`) on, the rest is returned to be awaited."""
+        if creds != client.sender_creds:
+            uid = _credentials(creds).uid
+            if not owner_fits(client.owner, uid):  # the same name, another user's socket
+                self.client_table.refuse(client.address, uid, f"port {client.name} is uid "
+                                         f"{client.owner}'s socket, not the sender's")
+                return None
         if data[:1] == b"\0" and is_control(data):  # a netlink message starts with its length
             self.stats.control += 1
             self._control(client, data, creds)

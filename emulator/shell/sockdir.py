@@ -80,6 +80,20 @@ def prepare_socket_dir(directory: Path, *, shared: bool = False) -> None:
             "another --socket, or pass --shared-dir if it is shared on purpose")
 
 
+def unwritable(directory: Path) -> DirectoryRefused:
+    """Why the server cannot make its files in `directory` (a volume or bind mount made by
+    another user is the usual case in a container), in one line."""
+    try:
+        st = os.stat(directory)
+        whose = f"belongs to uid {st.st_uid} (mode {stat.S_IMODE(st.st_mode):o})"
+    except OSError as exc:
+        whose = f"cannot be read ({exc.strerror})"
+    return DirectoryRefused(
+        f"cannot make the server's socket in {directory}: it {whose} and this server runs as "
+        f"uid {os.geteuid()}; make it writable by that uid (chown), or run the server as its "
+        "owner (a container: the same --user as the one that made the volume)")
+
+
 def prepare_ports_dir(ports: Path) -> None:
     """Make `ports` (1777) or take over the one an earlier run left: a real directory owned by
     this server's user. Its mode is set through a descriptor, never through a path."""
@@ -103,7 +117,9 @@ def prepare_ports_dir(ports: Path) -> None:
         if st.st_uid != os.geteuid():
             raise DirectoryRefused(
                 f"{ports} belongs to uid {st.st_uid}, not to this server (uid {os.geteuid()}): "
-                "it was left by another server or planted by another user; remove it")
+                "it was left by another server or planted by another user; remove it (a "
+                "container's volume: run the server as the user that first used the volume, "
+                "or remove it as that user)")
         os.fchmod(fd, PORTS_MODE)
     finally:
         os.close(fd)
