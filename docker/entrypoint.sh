@@ -4,7 +4,10 @@
 # 1. For `serve`, offers the LD_PRELOAD shim to client containers that share only the socket's
 #    directory: a copy goes to $(dirname $TSEMU_SOCKET)/libtsemu-shim.so, replaced atomically
 #    (a client that has the old one mapped keeps it). It is built against the image's glibc (Debian
-#    bookworm, 2.36): clients need glibc 2.36 or newer, not musl.
+#    bookworm, 2.36): clients need glibc 2.36 or newer, not musl. The seccomp supervisor goes
+#    there too, as $(dirname $TSEMU_SOCKET)/tsemu-run: a static executable that needs nothing
+#    from the client's image (Alpine, distroless, scratch): `/run/tsemu/tsemu-run -- CLIENT`
+#    reaches Go and static clients as well.
 # 2. Runs `tsemu ARGS...`, or ARGS as a command when its first word is a program on PATH
 #    (`docker run -it IMAGE sh`).
 set -eu
@@ -13,24 +16,28 @@ prefix=$(cd "$(dirname "$0")/.." && pwd)
 socket=${TSEMU_SOCKET:-/run/tsemu/genl.sock}
 directory=$(dirname "$socket")
 
-offer_shim() {
+# offer NAME MODE: copy $prefix/NAME into the socket's directory, replaced atomically.
+offer() {
     mkdir -p "$directory" 2>/dev/null || true
     if ! [ -w "$directory" ]; then
-        echo "tsemu: note: $directory is not writable by uid $(id -u): the shim is not" \
+        echo "tsemu: note: $directory is not writable by uid $(id -u): $1 is not" \
              "offered there (and serve cannot bind $socket)" >&2
         return 0
     fi
-    partial="$directory/.libtsemu-shim.so.$$"
-    if cp "$prefix/libtsemu-shim.so" "$partial" && chmod 0644 "$partial"; then
-        mv -f "$partial" "$directory/libtsemu-shim.so"
+    partial="$directory/.$1.$$"
+    if cp "$prefix/$1" "$partial" && chmod "$2" "$partial"; then
+        mv -f "$partial" "$directory/$1"
     else
         rm -f "$partial"
-        echo "tsemu: note: could not copy the shim into $directory" >&2
+        echo "tsemu: note: could not copy $1 into $directory" >&2
     fi
 }
 
 if [ "${1:-}" = serve ] && [ -r "$prefix/libtsemu-shim.so" ]; then
-    offer_shim
+    offer libtsemu-shim.so 0644
+fi
+if [ "${1:-}" = serve ] && [ -x "$prefix/tsemu-run" ]; then
+    offer tsemu-run 0755
 fi
 
 if [ $# -gt 0 ] && command -v -- "$1" >/dev/null 2>&1; then
