@@ -24,11 +24,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import broadcast, capture_cost, codec, fixture, get, startup, tables
+from . import broadcast, capture_cost, codec, fixture, get, startup, supervisor, tables
 from .common import FAIL, Context, Placement, render, result
 from .common import Line as _Line
 
-BENCHMARKS: tuple[ModuleType, ...] = (get, broadcast, startup, tables, fixture, capture_cost)
+BENCHMARKS: tuple[ModuleType, ...] = (get, broadcast, startup, tables, fixture, capture_cost,
+                                      supervisor)
 
 
 def machine() -> dict[str, Any]:

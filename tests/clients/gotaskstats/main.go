@@ -6,7 +6,7 @@
 //	gotaskstats pid N|self        TASKSTATS_CMD_GET by pid
 //	gotaskstats tgid N|self       TASKSTATS_CMD_GET by tgid
 //	gotaskstats listen MASK N     register MASK for exits, print "ready", then N exits
-//	gotaskstats bench N [PID]     N GET round trips (about PID, default itself); ns per trip
+//	gotaskstats bench N [PID]     N GET round trips (about PID, default itself): JSON
 //	gotaskstats threads N         N goroutines each doing GETs on their own socket
 //
 // Each result is one line of key=value words; an error is "error=..." and exit status 1.
@@ -197,7 +197,9 @@ func main() {
 				fail(err)
 			}
 		}
-		fmt.Printf("ns_per_get=%d\n", time.Since(start).Nanoseconds()/int64(n))
+		ns := time.Since(start).Nanoseconds()
+		fmt.Printf("{\"gets\": %d, \"ns_per_get\": %d, \"rate\": %.1f}\n", n, ns/int64(n),
+			float64(n)*1e9/float64(ns))
 	case "threads":
 		n, _ := strconv.Atoi(os.Args[2])
 		var wg sync.WaitGroup
