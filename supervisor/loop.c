@@ -10,7 +10,10 @@
  * is opened the notification's id is checked again (SECCOMP_IOCTL_NOTIF_ID_VALID): had the
  * thread died meanwhile and its tid been reused, the id would no longer be valid.
  *
- * tsemu-run is the subreaper of the client's descendants, reaps them all, and returns when
+ * tsemu-run is the subreaper of the client's descendants. Before it reaps one it tells the
+ * server (control op EXITED from a socket bound in the ports directory, as the shim's wait
+ * wrappers and `tsemu run` do; up to 2 s for the answer), which reads the zombie's records
+ * and broadcasts its exit to the listeners, as the kernel would. It reaps them all, and returns when
  * the command has exited and no process uses the filter any longer (the listener polls
  * POLLHUP once the last one is reaped): descendants left running keep being answered.
  * SIGTERM and SIGHUP are passed on to the command; SIGINT and SIGQUIT, which a terminal sends
@@ -157,6 +160,54 @@ static void forward_signals(pid_t child, int alive)
     }
 }
 
+#define CTL_OP_ROOT 3
+#define CTL_OP_EXITED 4
+#define CTL_OP_SEEN 5
+
+/* Tell the server something of our own family (wire/control.py): ROOT (this process and its
+ * descendants are a client family: `tsemu run` does it when it starts us, so we do it only
+ * when nobody did, TSEMU_ROOT unset) or EXITED (our child `pid` has exited and is still a
+ * zombie: the server reads its /proc entry and broadcasts its exit), and wait up to 2 s for the
+ * answer. Nothing happens without a server. */
+static void tell_server(int what, pid_t pid)
+{
+    struct emu_sock es;
+    memset(&es, 0, sizeof es);
+    if (server_path_from_env(es.server, sizeof es.server))
+        return;
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return;
+    emu_client_tgid = 0; /* our own port: this process speaks for its child */
+    if (emu_autobind(&es, fd) != 0 || !es.bound) {
+        close(fd);
+        return;
+    }
+    unsigned char msg[CTL_SIZE] = {0, 0, 0, 0, 't', 's', 'E', 'M'};
+    uint16_t op = (uint16_t)what;
+    int64_t value = pid;
+    memcpy(msg + 8, &op, 2);
+    memcpy(msg + 16, &value, 8);
+    struct sockaddr_un to = {.sun_family = AF_UNIX};
+    snprintf(to.sun_path, sizeof to.sun_path, "%s", es.server);
+    if (sendto(fd, msg, sizeof msg, MSG_DONTWAIT, (struct sockaddr *)&to, sizeof to) ==
+        (ssize_t)sizeof msg) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        for (int waited = 0; waited < 2000 && poll(&p, 1, 100) >= 0; waited += 100) {
+            unsigned char reply[64];
+            ssize_t n = recv(fd, reply, sizeof reply, MSG_DONTWAIT);
+            int64_t about;
+            if (n == CTL_SIZE && !memcmp(reply + 4, "tsEM", 4) && reply[8] == CTL_OP_SEEN &&
+                (memcpy(&about, reply + 16, 8), about == pid))
+                break;
+        }
+    }
+    close(fd);
+    char path[sizeof to.sun_path];
+    if (port_path(path, sizeof path, es.server, es.port) == 0)
+        unlink(path);
+}
+
 static void handle_notification(void)
 {
     struct seccomp_notif notif;
@@ -183,6 +234,8 @@ int sv_loop(pid_t child, int child_pidfd)
     signal(SIGQUIT, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
     prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    if (!getenv("TSEMU_ROOT"))
+        tell_server(CTL_OP_ROOT, getpid());
     for (size_t i = 0; i < CALLERS; i++)
         callers[i].pidfd = -1;
 
@@ -192,8 +245,14 @@ int sv_loop(pid_t child, int child_pidfd)
     for (;;) {
         /* Reap whatever has exited: the command (its status is ours), and orphans. */
         for (;;) {
+            siginfo_t info;
+            memset(&info, 0, sizeof info);
+            if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT | __WALL) != 0 ||
+                info.si_pid <= 0)
+                break;
+            tell_server(CTL_OP_EXITED, info.si_pid);
             int st;
-            pid_t who = waitpid(-1, &st, WNOHANG | __WALL);
+            pid_t who = waitpid(info.si_pid, &st, WNOHANG | __WALL);
             if (who <= 0)
                 break;
             if (who == child) {

@@ -225,3 +225,23 @@ def test_run_via_seccomp(tsemu: TsemuHandle, go_clients: dict[str, Path]) -> Non
         done = subprocess.run([*argv, "--via", via, "--", str(go_clients["cgo0"]), "families"],
                               capture_output=True, text=True, timeout=60, check=False)
         assert done.stdout.splitlines() == ["family=nlctrl id=16", "family=TASKSTATS id=31"]
+
+
+@needs_supervisor
+def test_real_exits_of_supervised_processes_are_broadcast(
+        tsemu: TsemuHandle, go_clients: dict[str, Path]) -> None:
+    """tsemu-run alone (as in a client container: no Python, it registers its own family)
+    tells the server of each child's exit before reaping it: a listener sees it."""
+    listener = tsemu.popen([str(go_clients["cgo0"]), "listen", "0-1", "1"], via="seccomp",
+                           stdout=subprocess.PIPE, text=True)
+    assert listener.stdout is not None
+    assert listener.stdout.readline().strip() == "ready"
+    tsemu.wait_for_listener(cpus="0-1")
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "TSEMU_ROOT")}
+    true = shutil.which("true")
+    assert true is not None
+    done = subprocess.run([str(usable_supervisor()), "--socket", str(tsemu.socket_path), "--",
+                           true], env=env, timeout=30, check=False)
+    assert done.returncode == 0
+    out, _ = listener.communicate(timeout=20)
+    assert fields(out.splitlines()[0])["comm"] == "true", out
