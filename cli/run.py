@@ -248,7 +248,8 @@ def run_command(argv: list[str], socket_path: Path | None = None,
     if not preload:
         env = strip_shim(env)
     if supervisor is not None:
-        argv = [str(supervisor), "--socket", str(server), "--", *argv]
+        argv = [str(supervisor), "--socket", str(server),
+                *(["--proc", "host"] if proc == ProcMode.host else []), "--", *argv]
     problem = missing_view(server) if proc == "emulated" else None
     if problem:
         print(f"tsemu run: {problem}", file=sys.stderr)

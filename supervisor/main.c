@@ -45,10 +45,12 @@
 #endif
 
 static const char usage[] =
-    "usage: tsemu-run [--socket PATH] [--debug] -- CMD [ARGS...]\n"
+    "usage: tsemu-run [--socket PATH] [--proc emulated|host] [--debug] -- CMD [ARGS...]\n"
     "Runs CMD with its generic-netlink sockets answered by the tsemu server at PATH\n"
     "(default: $TSEMU_SOCKET, else $XDG_RUNTIME_DIR/tsemu/genl.sock, else\n"
     "/tmp/tsemu-UID/genl.sock), whether CMD reaches the kernel through libc or not.\n"
+    "--proc emulated (the default): paths under /proc are answered from the server's\n"
+    "/proc view ($TSEMU_PROC_VIEW, else PATH.proc) when it publishes one.\n"
     "`tsemu-run --check` exits 0 when this kernel can run the supervisor.\n";
 
 #define TRAPPED_CALLS                                                                        \
@@ -58,13 +60,23 @@ static const char usage[] =
 #define LOAD(field) BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, field))
 #define RET(value) BPF_STMT(BPF_RET | BPF_K, value)
 
+/* The filter's program: the ABI check, socket() by its arguments, the socket calls, and with
+ * a /proc view the path calls that may name /proc (proc.c). */
 static int install_filter(unsigned int flags)
 {
     /* Argument words: the low 32 bits of args[i] (x86_64 is little-endian); socket()'s
      * arguments are ints, so the high half does not matter to the kernel either. */
     enum { ARG0 = offsetof(struct seccomp_data, args[0]),
            ARG2 = offsetof(struct seccomp_data, args[2]) };
-    struct sock_filter code[] = {
+    static const int trapped[] = {
+#define X(name) SYS_##name,
+        TRAPPED_CALLS
+#undef X
+    };
+    static const int path_calls[] = {SYS_open, SYS_openat, SYS_newfstatat};
+    struct sock_filter code[64];
+    unsigned short n = 0;
+    struct sock_filter head[] = {
         LOAD(arch),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
         RET(SECCOMP_RET_KILL_PROCESS),
@@ -77,13 +89,22 @@ static int install_filter(unsigned int flags)
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG2),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TSEMU_NETLINK_GENERIC, 1, 0),
         RET(SECCOMP_RET_ALLOW),
-#define X(name) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_##name, 0, 1), RET(SECCOMP_RET_USER_NOTIF),
         RET(SECCOMP_RET_USER_NOTIF),
-        TRAPPED_CALLS
-#undef X
-        RET(SECCOMP_RET_ALLOW),
     };
-    struct sock_fprog prog = {(unsigned short)(sizeof code / sizeof code[0]), code};
+    memcpy(code, head, sizeof head);
+    n = sizeof head / sizeof head[0];
+    for (size_t i = 0; i < sizeof trapped / sizeof trapped[0]; i++) {
+        code[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)trapped[i],
+                                                 0, 1);
+        code[n++] = (struct sock_filter)RET(SECCOMP_RET_USER_NOTIF);
+    }
+    for (size_t i = 0; sv_proc_enabled() && i < sizeof path_calls / sizeof path_calls[0]; i++) {
+        code[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K,
+                                                 (unsigned)path_calls[i], 0, 1);
+        code[n++] = (struct sock_filter)RET(SECCOMP_RET_USER_NOTIF);
+    }
+    code[n++] = (struct sock_filter)RET(SECCOMP_RET_ALLOW);
+    struct sock_fprog prog = {n, code};
     return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
 }
 
@@ -149,9 +170,25 @@ static void child(int report, int go, int failed, char **argv)
     _exit(err == ENOENT ? 127 : 126);
 }
 
+/* The /proc view to answer from: $TSEMU_PROC_VIEW, else the server's PATH.proc. */
+static void find_view(void)
+{
+    const char *named = getenv("TSEMU_PROC_VIEW");
+    if (named && *named) {
+        if (sv_proc_setup(named) != 0)
+            sv_say("TSEMU_PROC_VIEW=%s is not a tsemu /proc view: /proc stays the host's", named);
+        return;
+    }
+    char server[sizeof(((struct sockaddr_un *)0)->sun_path)], dir[sizeof server + 8];
+    if (server_path_from_env(server, sizeof server) == 0) {
+        snprintf(dir, sizeof dir, "%s.proc", server);
+        sv_proc_setup(dir);
+    }
+}
+
 int main(int argc, char **argv)
 {
-    int i = 1;
+    int i = 1, proc_host = 0;
     for (; i < argc; i++) {
         if (strcmp(argv[i], "--") == 0) {
             i++;
@@ -160,6 +197,8 @@ int main(int argc, char **argv)
             setenv("TSEMU_SOCKET", argv[++i], 1);
         } else if (strncmp(argv[i], "--socket=", 9) == 0) {
             setenv("TSEMU_SOCKET", argv[i] + 9, 1);
+        } else if (strcmp(argv[i], "--proc") == 0 && i + 1 < argc) {
+            proc_host = strcmp(argv[++i], "host") == 0;
         } else if (strcmp(argv[i], "--debug") == 0) {
             sv_debug = 1;
         } else if (strcmp(argv[i], "--check") == 0) {
@@ -185,6 +224,8 @@ int main(int argc, char **argv)
     if (getenv("TSEMU_DEBUG") && *getenv("TSEMU_DEBUG"))
         sv_debug = 1;
     char **command = argv + i;
+    if (!proc_host)
+        find_view();
 
     int report[2], go[2], failed[2];
     if (pipe2(report, O_CLOEXEC) || pipe2(go, O_CLOEXEC) || pipe2(failed, O_CLOEXEC)) {

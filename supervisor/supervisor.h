@@ -24,6 +24,9 @@
  * semantics of each call follow the shim's sockops.c and io.c (see README.md for what
  * differs).
  *
+ * With a /proc view, open, openat and newfstatat are trapped too, and paths under /proc of
+ * emulated pids are answered from the view (proc.c).
+ *
  * Files: main.c (arguments, the child, the filter, the listener's hand-over, waiting),
  * loop.c (the event loop: notifications, parked receives, signals), calls.c (the socket
  * calls on emulated sockets), glue.c (what shim/addr.c needs from the shim: libc's own
@@ -81,6 +84,11 @@ enum outcome sv_handle(struct caller *c, const struct seccomp_data *d);
 int sv_parked_fds(struct pollfd *fds, int max, int *timeout_ms);
 void sv_retry_parked(void);
 int sv_parked_count(void);
+
+/* ---- proc.c: /proc paths answered from the server's /proc view ---- */
+int sv_proc_setup(const char *view); /* 0 when `view` is a tsemu /proc view (marker checked) */
+int sv_proc_enabled(void);
+int sv_proc_handle(struct caller *c, const struct seccomp_data *d); /* 1: answered */
 
 /* ---- remote memory (calls.c) ---- */
 int rm_read(pid_t tid, void *to, uint64_t from, size_t len);        /* 0 or -EFAULT */

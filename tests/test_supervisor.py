@@ -4,6 +4,7 @@
   without cgo: the family list, GET by pid and by tgid, an exit listener, many goroutines;
 - static C clients (`gcc -static`): getdelays (tests/clients/getdelays.c) and a receive
   interrupted by signals (tests/clients/sigrecv.c);
+- /proc for them: a Go program listing /proc sees the scenario's processes (the /proc view);
 - `tsemu run` refusing a static or Go program where the supervisor cannot run.
 
 Each sees only the scenario: never the host kernel (whose family list is longer and whose
@@ -245,3 +246,34 @@ def test_real_exits_of_supervised_processes_are_broadcast(
     assert done.returncode == 0
     out, _ = listener.communicate(timeout=20)
     assert fields(out.splitlines()[0])["comm"] == "true", out
+
+
+@needs_supervisor
+def test_a_go_program_listing_proc_sees_the_scenario(tsemu: TsemuHandle,
+                                                     go_clients: dict[str, Path]) -> None:
+    """Go lists /proc with raw system calls (getdents64 on what openat gave it): under the
+    supervisor it lists the /proc view, reads each task's files there and asks taskstats
+    about exactly those pids."""
+    spawned = {tsemu.spawn(comm="svc", threads=2), tsemu.spawn(comm="worker")}
+    scenario = {t["pid"]: t["comm"] for t in tsemu.ps()
+                if not t["real"] and t["pid"] == t["tgid"]}
+    assert spawned <= set(scenario)
+    done = tsemu.run([str(go_clients["cgo0"]), "proclist"], via="seccomp",
+                     capture_output=True, text=True, timeout=60)
+    listed = {int(f["pid"]): f for f in map(fields, done.stdout.splitlines())}
+    assert set(listed) == set(scenario), done.stdout + done.stderr
+    for pid, f in listed.items():
+        assert f["comm"] == scenario[pid] and f["tgid"] == str(pid), f
+
+
+@needs_supervisor
+def test_proc_paths_of_other_host_processes_are_hidden(tsemu: TsemuHandle) -> None:
+    """A supervised program's opens under /proc follow the view's rules: an emulated pid is the
+    view's, its own is real, a host pid outside the client family does not exist."""
+    cat = shutil.which("cat")
+    assert cat is not None
+    outsider = os.getppid()  # pytest's parent: not a client process
+    done = tsemu.run([cat, "/proc/1/comm", "/proc/self/comm", f"/proc/{outsider}/comm"],
+                     via="seccomp", capture_output=True, text=True, timeout=30)
+    assert done.stdout.splitlines() == ["init", "cat"], done.stdout
+    assert f"/proc/{outsider}/comm: No such file or directory" in done.stderr

@@ -8,6 +8,8 @@
 //	gotaskstats listen MASK N     register MASK for exits, print "ready", then N exits
 //	gotaskstats bench N [PID]     N GET round trips (about PID, default itself): JSON
 //	gotaskstats threads N         N goroutines each doing GETs on their own socket
+//	gotaskstats proclist          list /proc as exporters do: each pid, its comm (read from
+//	                              /proc/PID/comm) and the tgid its TGID stats name
 //
 // Each result is one line of key=value words; an error is "error=..." and exit status 1.
 package main
@@ -106,6 +108,17 @@ func describe(data []byte) string {
 	}
 	if err := ad.Err(); err != nil {
 		return "error=" + err.Error()
+	}
+	return out
+}
+
+// fields splits "a=1 b=2 " into a map.
+func fields(line string) map[string]string {
+	out := map[string]string{}
+	for _, word := range bytes.Fields([]byte(line)) {
+		if i := bytes.IndexByte(word, '='); i > 0 {
+			out[string(word[:i])] = string(word[i+1:])
+		}
 	}
 	return out
 }
@@ -229,6 +242,30 @@ func main() {
 			fail(err)
 		}
 		fmt.Printf("threads=%d ok\n", n)
+	case "proclist":
+		c, f := dial()
+		entries, err := os.ReadDir("/proc")
+		if err != nil {
+			fail(err)
+		}
+		for _, e := range entries {
+			pid, err := strconv.ParseUint(e.Name(), 10, 32)
+			if err != nil {
+				continue
+			}
+			comm, err := os.ReadFile("/proc/" + e.Name() + "/comm")
+			if err != nil {
+				fmt.Printf("pid=%d error=%v\n", pid, err)
+				continue
+			}
+			out, err := get(c, f, attrTGID, uint32(pid))
+			if err != nil {
+				fmt.Printf("pid=%d comm=%s error=%v\n", pid, bytes.TrimSpace(comm), err)
+				continue
+			}
+			fmt.Printf("pid=%d comm=%s tgid=%s\n", pid, bytes.TrimSpace(comm),
+				fields(out)["tgid"])
+		}
 	default:
 		fail(fmt.Errorf("unknown command %q", os.Args[1]))
 	}
