@@ -277,3 +277,40 @@ def test_proc_paths_of_other_host_processes_are_hidden(tsemu: TsemuHandle) -> No
                      via="seccomp", capture_output=True, text=True, timeout=30)
     assert done.stdout.splitlines() == ["init", "cat"], done.stdout
     assert f"/proc/{outsider}/comm: No such file or directory" in done.stderr
+
+
+@needs_supervisor
+def test_a_non_root_user_is_supervised(short_tmp: Path, go_clients: dict[str, Path],
+                                       static_clients: dict[str, Path]) -> None:
+    """As uid 65534, against a server that counts every user as an administrator (as a kernel
+    counts root): the filter needs no privilege, pidfd_getfd and process_vm_* work on one's
+    own child, and the server hears the supervisor (which cannot claim the client's pid)."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv (util-linux) to become another user")
+    short_tmp.chmod(0o755)
+    tools = short_tmp / "bin"
+    tools.mkdir(mode=0o755)
+    for binary in (usable_supervisor(), go_clients["cgo0"], static_clients["getdelays"]):
+        shutil.copy(binary, tools / binary.name)
+    sock = short_tmp / "genl.sock"
+    server = subprocess.Popen([sys.executable, "-m", "tsemu", "serve", "--socket", str(sock),
+                               "--admin", "all"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stderr is not None
+        assert "listening" in server.stderr.readline()
+        nobody = [setpriv, "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                  str(tools / "tsemu-run"), "--socket", str(sock), "--"]
+        families = subprocess.run([*nobody, str(tools / "gotaskstats-cgo0"), "families"],
+                                  capture_output=True, text=True, timeout=30, check=False)
+        assert families.stdout.splitlines() == ["family=nlctrl id=16",
+                                                "family=TASKSTATS id=31"], families.stderr
+        pid = subprocess.run([*nobody, str(tools / "gotaskstats-cgo0"), "pid", "1"],
+                             capture_output=True, text=True, timeout=30, check=False)
+        assert fields(pid.stdout)["pid"] == "1", pid.stdout
+        static = subprocess.run([*nobody, str(tools / "getdelays"), "-p", "1"],
+                                capture_output=True, text=True, timeout=30, check=False)
+        assert "pid=1 " in static.stdout, static.stdout + static.stderr
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=20)
