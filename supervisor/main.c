@@ -81,7 +81,9 @@ static int install_filter(unsigned int flags)
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
         RET(SECCOMP_RET_KILL_PROCESS),
         LOAD(nr),
-        BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, __X32_SYSCALL_BIT, 0, 1),
+        BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, __X32_SYSCALL_BIT, 0, 3),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0xffffffffU, 0, 1), /* syscall(-1): ENOSYS */
+        RET(SECCOMP_RET_ALLOW),
         RET(SECCOMP_RET_KILL_PROCESS),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_socket, 0, 6), /* no: to the list */
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG0),

@@ -314,3 +314,36 @@ def test_a_non_root_user_is_supervised(short_tmp: Path, go_clients: dict[str, Pa
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=20)
+
+
+X32_PROBE = r"""
+#include <stdio.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+int main(int argc, char **argv) {
+    (void)argv;
+    printf("minus1=%ld\n", syscall(-1));
+    fflush(stdout);
+    if (argc > 1)
+        syscall(0x40000000 + SYS_getpid); /* the x32 ABI's getpid */
+    return 0;
+}
+"""
+
+
+@needs_supervisor
+def test_other_abis_are_refused(tmp_path: Path) -> None:
+    """A system call of the x32 (or i386) ABI would slip past the filter's rules: it kills the
+    process (SIGSYS). syscall(-1) stays ENOSYS."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler")
+    (tmp_path / "x32.c").write_text(X32_PROBE)
+    probe = tmp_path / "x32"
+    subprocess.run([compiler, "-o", str(probe), str(tmp_path / "x32.c")], check=True)
+    run = [str(usable_supervisor()), "--proc", "host", "--", str(probe)]
+    fine = subprocess.run(run, capture_output=True, text=True, timeout=30, check=False)
+    assert (fine.returncode, fine.stdout) == (0, "minus1=-1\n")
+    killed = subprocess.run([*run, "x32"], capture_output=True, text=True, timeout=30,
+                            check=False)
+    assert killed.returncode == 128 + signal.SIGSYS
