@@ -95,6 +95,20 @@ static int install_filter(unsigned int flags)
     };
     memcpy(code, head, sizeof head);
     n = sizeof head / sizeof head[0];
+    /* sendmsg/recvmsg with MSG_OOB: the kernel answers them alike on a Unix datagram socket
+     * and on a netlink one (the msghdr's checks, then EOPNOTSUPP, nothing sent or taken), so
+     * they need no round trip here. The shim makes such "dry runs" before each msghdr call:
+     * under `--via auto` they stay untrapped. */
+    struct sock_filter oob[] = {
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_sendmsg, 1, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_recvmsg, 0, 4),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG2),
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, MSG_OOB, 0, 1),
+        RET(SECCOMP_RET_ALLOW),
+        LOAD(nr), /* back to the number, for the list */
+    };
+    memcpy(code + n, oob, sizeof oob);
+    n += sizeof oob / sizeof oob[0];
     for (size_t i = 0; i < sizeof trapped / sizeof trapped[0]; i++) {
         code[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)trapped[i],
                                                  0, 1);
