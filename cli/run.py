@@ -93,9 +93,11 @@ AllowHostOption = Annotated[
 
 def plan_via(argv: list[str], via: Via | str, allow_host: bool,
              path: str | None = None, *,
-             frugal: bool = False) -> tuple[Path | None, bool, str | None]:
+             frugal: bool = False) -> tuple[Path | None, bool, str | None, str | None]:
     """How to reach `argv`: (the supervisor to run it under or None, whether to preload the
-    shim, a refusal or None). A refusal names what CMD is and why nothing reaches it.
+    shim, a refusal or None, a note or None). A refusal names what CMD is and why nothing
+    reaches it; the note, for "auto" where the supervisor cannot run, says what that leaves
+    unreached.
 
     `frugal` (the pytest fixture): "auto" adds the supervisor only when CMD itself is a
     program the shim cannot reach, so that a libc client stays the test's own child and
@@ -105,16 +107,17 @@ def plan_via(argv: list[str], via: Via | str, allow_host: bool,
     unavailable = ""
     kind = program_kind(argv[0], path)
     if via == Via.auto and frugal and kind is None:
-        return None, True, None
+        return None, True, None, None
     if via != Via.shim:
         try:
             supervisor = usable_supervisor()
         except SupervisorUnavailable as exc:
             unavailable = str(exc)
             if via == Via.seccomp:
-                return None, False, f"--via seccomp: the supervisor cannot run here: {exc}"
+                return (None, False,
+                        f"--via seccomp: the supervisor cannot run here: {exc}", None)
     if supervisor is not None:
-        return supervisor, via == Via.auto, None
+        return supervisor, via == Via.auto, None, None
     if kind is not None and not allow_host:
         why = (f"the seccomp supervisor cannot run here ({unavailable})" if unavailable
                else "--via shim does not use the seccomp supervisor")
@@ -122,8 +125,13 @@ def plan_via(argv: list[str], via: Via | str, allow_host: bool,
             f"{argv[0]} is a {kind} program: the LD_PRELOAD shim cannot reach it and {why}, so "
             "its netlink sockets would talk to the host kernel. Static and Go programs (and "
             "raw system calls of any program) stay unreached this way; pass --allow-host to "
-            "run it anyway")
-    return None, True, None
+            "run it anyway"), None
+    note = None
+    if unavailable:
+        note = (f"the seccomp supervisor cannot run here ({unavailable}): only the shim reaches "
+                "CMD, so static and Go programs it starts (and raw system calls) would talk to "
+                "the host kernel")
+    return None, True, None, note
 
 
 #: Signals passed on to the command rather than acted on by `tsemu run` itself.
@@ -241,10 +249,12 @@ def run_command(argv: list[str], socket_path: Path | None = None,
         print(f"tsemu run: {exc}", file=sys.stderr)
         return 1
     server = Path(env["TSEMU_SOCKET"])
-    supervisor, preload, refusal = plan_via(argv, via, allow_host, env.get("PATH"))
+    supervisor, preload, refusal, note = plan_via(argv, via, allow_host, env.get("PATH"))
     if refusal:
         print(f"tsemu run: {refusal}", file=sys.stderr)
         return 1
+    if note:
+        print(f"tsemu run: note: {note}", file=sys.stderr)
     if not preload:
         env = strip_shim(env)
     if supervisor is not None:

@@ -217,6 +217,11 @@ def test_run_refuses_what_nothing_reaches(tsemu: TsemuHandle,
                              capture_output=True, text=True, timeout=60, check=False)
     assert "is a static program" not in allowed.stderr
     assert allowed.stdout  # it ran (against the host kernel, as asked)
+    # a libc program is run through the shim, with a word on what stays unreached
+    noted = subprocess.run([*argv, "--proc", "host", "--", "true"], env=env,
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert noted.returncode == 0
+    assert "note: the seccomp supervisor cannot run here" in noted.stderr
 
 
 @needs_supervisor

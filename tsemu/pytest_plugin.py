@@ -93,7 +93,8 @@ class TsemuHandle:
         from tsemu.cli.run import plan_via, strip_shim
 
         env = dict(self.env if env is None else env)
-        supervisor, preload, refusal = plan_via(argv, via, False, env.get("PATH"), frugal=True)
+        supervisor, preload, refusal, _note = plan_via(argv, via, False, env.get("PATH"),
+                                                       frugal=True)
         if refusal:
             raise RuntimeError(refusal)
         if not preload:
