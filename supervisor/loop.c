@@ -33,6 +33,7 @@
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef PIDFD_THREAD
@@ -208,6 +209,20 @@ static void tell_server(int what, pid_t pid)
         unlink(path);
 }
 
+/* Before the child exists: a SIGTERM it sends us at once must be passed back to it, not
+ * kill us. (Caught signals are reset by exec; the ignored ones are set after the fork.) */
+void sv_catch_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = note_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    sa.sa_handler = on_child;
+    sa.sa_flags = SA_NOCLDSTOP;
+    sigaction(SIGCHLD, &sa, NULL);
+}
+
 static void handle_notification(void)
 {
     struct seccomp_notif notif;
@@ -222,17 +237,20 @@ static void handle_notification(void)
 
 int sv_loop(pid_t child, int child_pidfd)
 {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = note_signal;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
-    sa.sa_handler = on_child;
-    sa.sa_flags = SA_NOCLDSTOP;
-    sigaction(SIGCHLD, &sa, NULL);
     signal(SIGINT, SIG_IGN);
     signal(SIGQUIT, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
+    /* TERM, HUP and CHLD are taken only inside ppoll: none can slip in between the check of
+     * what arrived and the wait. */
+    sigset_t caught, open_mask;
+    sigemptyset(&caught);
+    sigaddset(&caught, SIGTERM);
+    sigaddset(&caught, SIGHUP);
+    sigaddset(&caught, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &caught, &open_mask);
+    sigdelset(&open_mask, SIGTERM);
+    sigdelset(&open_mask, SIGHUP);
+    sigdelset(&open_mask, SIGCHLD);
     prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     if (!getenv("TSEMU_ROOT"))
         tell_server(CTL_OP_ROOT, getpid());
@@ -273,7 +291,8 @@ int sv_loop(pid_t child, int child_pidfd)
         n += sv_parked_fds(fds + n, MAX_POLL - n, &timeout);
         if (child_done && timeout < 0)
             timeout = 200; /* orphans without SIGCHLD to us yet: look again */
-        int ready = poll(fds, (nfds_t)n, timeout);
+        struct timespec wait = {timeout / 1000, (long)(timeout % 1000) * 1000000L};
+        int ready = ppoll(fds, (nfds_t)n, timeout >= 0 ? &wait : NULL, &open_mask);
         if (ready < 0 && errno != EINTR)
             return status;
         if (ready < 0)

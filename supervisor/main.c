@@ -248,6 +248,7 @@ int main(int argc, char **argv)
         perror("tsemu-run: pipe");
         return 125;
     }
+    sv_catch_signals();
     pid_t pid = fork();
     if (pid < 0) {
         perror("tsemu-run: fork");

@@ -71,6 +71,7 @@ int sv_valid(uint64_t id);             /* the notification is still pending */
 int sv_reply(uint64_t id, int64_t val, int err);
 int sv_continue(uint64_t id);
 int sv_loop(pid_t child, int child_pidfd); /* returns the child's wait status */
+void sv_catch_signals(void);               /* before the fork: TERM, HUP, CHLD */
 struct caller *sv_caller(uint64_t id, pid_t tid, int fresh); /* fresh: reopen its pidfd */
 
 /* ---- calls.c ---- */
