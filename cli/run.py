@@ -175,6 +175,14 @@ def missing_view(server: Path, wait: float = VIEW_WAIT) -> str | None:
             "host's /proc")
 
 
+def supervised(supervisor: Path, server: Path, argv: list[str], host_proc: bool) -> list[str]:
+    """`argv` under the supervisor. With `host_proc` it leaves /proc alone: so it must where
+    the shim is preloaded too, whose own reads of the real /proc (its merged listing, the
+    family's parents) the supervisor's rules would send to the view."""
+    return [str(supervisor), "--socket", str(server),
+            *(["--proc", "host"] if host_proc else []), "--", *argv]
+
+
 def strip_shim(env: dict[str, str]) -> dict[str, str]:
     """`env` without the shim in LD_PRELOAD (the supervisor alone reaches the command)."""
     from tsemu.shim import shim_path
@@ -258,8 +266,7 @@ def run_command(argv: list[str], socket_path: Path | None = None,
     if not preload:
         env = strip_shim(env)
     if supervisor is not None:
-        argv = [str(supervisor), "--socket", str(server),
-                *(["--proc", "host"] if proc == ProcMode.host else []), "--", *argv]
+        argv = supervised(supervisor, server, argv, proc == ProcMode.host or preload)
     problem = missing_view(server) if proc == "emulated" else None
     if problem:
         print(f"tsemu run: {problem}", file=sys.stderr)

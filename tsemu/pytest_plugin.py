@@ -90,7 +90,7 @@ class TsemuHandle:
         supervisor only for a static or Go `argv[0]` (a libc client stays the test's own
         child); a program nothing can reach here (static or Go, without the supervisor)
         fails the test rather than meet the host."""
-        from tsemu.cli.run import plan_via, strip_shim
+        from tsemu.cli.run import plan_via, strip_shim, supervised
 
         env = dict(self.env if env is None else env)
         supervisor, preload, refusal, _note = plan_via(argv, via, False, env.get("PATH"),
@@ -100,7 +100,7 @@ class TsemuHandle:
         if not preload:
             env = strip_shim(env)
         if supervisor is not None:
-            argv = [str(supervisor), "--socket", str(self.socket_path), "--", *argv]
+            argv = supervised(supervisor, self.socket_path, argv, preload)
         return argv, env
 
     def run(self, argv: list[str], *, input: bytes | str | None = None, timeout: float = 60,
