@@ -18,7 +18,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# Debian packages the tests use: a C compiler for the shim and the test clients, iproute2
+# Debian packages the tests use: a C compiler for the shim and the test clients (and libc6-dev's
+# static libc for the seccomp supervisor, tsemu-run), Go and the mdlayher netlink packages for
+# the Go test clients (tests/clients/gotaskstats), iproute2
 # for `genl`, procps for `pgrep`, tshark to dissect captures (its question about
 # wireshark-common's setuid dumpcap answered "no" beforehand): installed when missing and
 # when we may (root, apt-get).
@@ -31,6 +33,10 @@ install: $(STAMP)
 system-deps:
 	@missing=""; \
 	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
+	test -e /usr/lib/x86_64-linux-gnu/libc.a || missing="$$missing libc6-dev"; \
+	command -v go >/dev/null 2>&1 || missing="$$missing golang-go"; \
+	test -d /usr/share/gocode/src/github.com/mdlayher/genetlink || \
+	  missing="$$missing golang-github-mdlayher-genetlink-dev golang-github-mdlayher-netlink-dev"; \
 	command -v genl >/dev/null 2>&1 || missing="$$missing iproute2"; \
 	command -v pgrep >/dev/null 2>&1 || missing="$$missing procps"; \
 	command -v iotop-c >/dev/null 2>&1 || missing="$$missing iotop-c"; \
@@ -46,7 +52,7 @@ system-deps:
 	  fi; \
 	fi
 
-$(STAMP): pyproject.toml setup.py $(wildcard shim/*.c shim/*.h)
+$(STAMP): pyproject.toml setup.py $(wildcard shim/*.c shim/*.h supervisor/*.c supervisor/*.h)
 	@$(MAKE) -s system-deps
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -127,7 +133,7 @@ test-vm: install
 	$(PY) -m pytest -m vm -p no:cacheprovider tests/test_golden_vm.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis tsemu/libtsemu-shim.so
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis tsemu/libtsemu-shim.so tsemu/tsemu-run
 	find wire emulator cli tsemu tests bench scripts -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # The differential fuzz against the host kernel (root and CONFIG_TASKSTATS): 10 seeds of 3,000

@@ -1,15 +1,23 @@
-"""Builds tsemu's LD_PRELOAD shim (shim/*.c) during a plain `pip install` / `pip install -e .`.
+"""Builds tsemu's LD_PRELOAD shim (shim/*.c) and its seccomp supervisor (supervisor/*.c, the
+static executable `tsemu-run`) during a plain `pip install` / `pip install -e .`.
 
 Everything else about the package is declared in pyproject.toml; this file only adds the C
 library. It is compiled as a setuptools extension so that pip's ordinary build runs the C
 compiler, but it is not a Python module: it is loaded with LD_PRELOAD, never imported, and it
 is named `tsemu/libtsemu-shim.so` (no Python ABI tag) so that `tsemu.shim.shim_path()` finds
 it under one name in both editable and regular installs.
+
+`tsemu-run` is linked `-static` so that it runs in client images with neither Python nor glibc;
+it shares the shim's addressing rules at source level (shim/addr.c is compiled into it). It is
+put beside the shim (`tsemu/tsemu-run`); `tsemu.supervisor.supervisor_path()` finds it. Where
+no static libc is installed (libc6-dev has it on Debian) the build says so and goes on without
+it: `tsemu run` then refuses the clients only the supervisor reaches.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -33,6 +41,37 @@ class BuildShim(build_ext):  # type: ignore[misc]  # setuptools is untyped here
     def get_export_symbols(self, ext: Extension) -> list[str]:
         return list(ext.export_symbols or [])
 
+    def run(self) -> None:
+        super().run()
+        self.build_supervisor()
+
+    def build_supervisor(self) -> None:
+        """Compile and link `tsemu-run` next to the shim, statically."""
+        target = os.path.join(os.path.dirname(self.get_ext_fullpath(SHIM_MODULE)),
+                              SUPERVISOR_FILE)
+        if not self.force and os.path.exists(target) and all(
+                os.path.getmtime(src) <= os.path.getmtime(target)
+                for src in SUPERVISOR_SOURCES + SUPERVISOR_DEPENDS):
+            return
+        objects_dir = os.path.join(self.build_temp, "supervisor")
+        try:
+            objects = self.compiler.compile(
+                SUPERVISOR_SOURCES, output_dir=objects_dir,
+                extra_postargs=["-std=gnu11", "-O2", "-Wall", "-Wextra"],
+                depends=SUPERVISOR_DEPENDS)
+            self.compiler.link_executable(objects, SUPERVISOR_FILE,
+                                          output_dir=os.path.dirname(target) or ".",
+                                          extra_postargs=["-static"])
+        except Exception as exc:  # no static libc: the shim still works, say why not this
+            print(f"warning: tsemu-run (the seccomp supervisor) was not built: {exc}",
+                  file=sys.stderr)
+
+
+SUPERVISOR_FILE = "tsemu-run"
+SUPERVISOR_SOURCES = sorted(os.path.join("supervisor", name) for name in os.listdir("supervisor")
+                            if name.endswith(".c")) + [os.path.join("shim", "addr.c")]
+SUPERVISOR_DEPENDS = sorted(os.path.join("supervisor", n) for n in os.listdir("supervisor")
+                            if n.endswith(".h")) + [os.path.join("shim", "shim.h")]
 
 shim = Extension(
     SHIM_MODULE,

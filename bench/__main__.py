@@ -24,12 +24,22 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import broadcast, capture_cost, codec, fixture, get, listen, startup, tables
+from . import (
+    broadcast,
+    capture_cost,
+    codec,
+    fixture,
+    get,
+    listen,
+    startup,
+    supervisor,
+    tables,
+)
 from .common import FAIL, Context, Placement, render, result
 from .common import Line as _Line
 
 BENCHMARKS: tuple[ModuleType, ...] = (get, broadcast, listen, startup, tables, fixture,
-                                      capture_cost)
+                                      capture_cost, supervisor)
 
 
 def machine() -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from tsemu.cli.common import SocketOption, fail, socket_path
-from tsemu.cli.run import ProcMode, ProcOption
+from tsemu.cli.run import AllowHostOption, ProcMode, ProcOption, Via, ViaOption
 
 app = typer.Typer(
     name="tsemu",
@@ -205,15 +205,19 @@ def run(
     ctx: typer.Context,
     socket: SocketOption = None,
     proc: ProcOption = ProcMode.emulated,
+    via: ViaOption = Via.auto,
+    allow_host: AllowHostOption = False,
 ) -> None:
-    """Run CMD with the shim, so its netlink taskstats calls reach tsemu and its /proc shows
-    the emulated machine; exits with CMD's status. Put `--` before CMD."""
+    """Run CMD with the shim (and, where the kernel allows it, the seccomp supervisor, which
+    reaches Go and static programs too), so its netlink taskstats calls reach tsemu and its
+    /proc shows the emulated machine; exits with CMD's status. Put `--` before CMD."""
     from tsemu.cli.run import run_command
 
     argv = list(ctx.args)
     if not argv:
         fail("run needs a command: tsemu run -- CMD [ARGS...]", 2)
-    raise typer.Exit(run_command(argv, socket_path(socket), proc, whole_process=True))
+    raise typer.Exit(run_command(argv, socket_path(socket), proc, whole_process=True, via=via,
+                                 allow_host=allow_host))
 
 
 # -- ctl ------------------------------------------------------------------------------------

@@ -1,5 +1,18 @@
-"""`tsemu run [--socket PATH] [--proc emulated|host] -- CMD [ARGS...]`: run an unmodified
-netlink client against tsemu.
+"""`tsemu run [--socket PATH] [--proc emulated|host] [--via auto|shim|seccomp] [--allow-host]
+-- CMD [ARGS...]`: run an unmodified netlink client against tsemu.
+
+How CMD is reached (`--via`):
+
+- `shim`: the LD_PRELOAD shim alone (below). It reaches programs that call libc; a static or
+  Go CMD (told from its ELF headers, `tsemu.supervisor.program_kind`) would talk to the host
+  kernel, so it is refused unless `--allow-host`;
+- `seccomp`: the seccomp supervisor `tsemu-run` alone (supervisor/README.md): every socket
+  call, whoever makes it; /proc is the host's for programs the shim does not reach;
+- `auto` (the default): both, where the supervisor can run: the shim answers what goes
+  through libc (and shows the /proc view), the supervisor catches whatever does not (Go,
+  static binaries, raw system calls, in CMD or anything it starts). Where the supervisor
+  cannot run, the shim alone, with `shim`'s refusal and a note of what stays unreached. No
+  generic-netlink socket of CMD reaches the host kernel by accident.
 
 CMD runs with the shim (`tsemu.shim`) in LD_PRELOAD and TSEMU_SOCKET naming the server, so
 its AF_NETLINK / NETLINK_GENERIC sockets talk to tsemu; its children inherit both. With
@@ -36,6 +49,7 @@ from tsemu.emulator.shell.addressing import (
     proc_view_dir,
 )
 from tsemu.shim import ShimNotBuilt, shim_environment
+from tsemu.supervisor import SupervisorUnavailable, program_kind, usable_supervisor
 
 
 class ProcMode(StrEnum):
@@ -52,6 +66,73 @@ ProcOption = Annotated[
                       "/proc view, PATH.proc, when the server publishes one), so ps, top and "
                       "iotop list them; host: CMD sees the host's /proc."),
 ]
+
+class Via(StrEnum):
+    """What reaches the command's netlink sockets."""
+
+    auto = "auto"
+    shim = "shim"
+    seccomp = "seccomp"
+
+
+ViaOption = Annotated[
+    Via,
+    typer.Option("--via", case_sensitive=False,
+                 help="auto: the shim and, where the kernel allows it, the seccomp supervisor "
+                      "(every client, Go and static ones included); shim: the LD_PRELOAD shim "
+                      "only (programs that call libc); seccomp: the supervisor only."),
+]
+
+AllowHostOption = Annotated[
+    bool,
+    typer.Option("--allow-host",
+                 help="Run a static or Go CMD even where nothing can reach it (it then talks "
+                      "to the host kernel)."),
+]
+
+
+def plan_via(argv: list[str], via: Via | str, allow_host: bool,
+             path: str | None = None, *,
+             frugal: bool = False) -> tuple[Path | None, bool, str | None, str | None]:
+    """How to reach `argv`: (the supervisor to run it under or None, whether to preload the
+    shim, a refusal or None, a note or None). A refusal names what CMD is and why nothing
+    reaches it; the note, for "auto" where the supervisor cannot run, says what that leaves
+    unreached.
+
+    `frugal` (the pytest fixture): "auto" adds the supervisor only when CMD itself is a
+    program the shim cannot reach, so that a libc client stays the test's own child and
+    pays no trapped calls (what it execs later is then not watched)."""
+    via = Via(via)
+    supervisor: Path | None = None
+    unavailable = ""
+    kind = program_kind(argv[0], path)
+    if via == Via.auto and frugal and kind is None:
+        return None, True, None, None
+    if via != Via.shim:
+        try:
+            supervisor = usable_supervisor()
+        except SupervisorUnavailable as exc:
+            unavailable = str(exc)
+            if via == Via.seccomp:
+                return (None, False,
+                        f"--via seccomp: the supervisor cannot run here: {exc}", None)
+    if supervisor is not None:
+        return supervisor, via == Via.auto, None, None
+    if kind is not None and not allow_host:
+        why = (f"the seccomp supervisor cannot run here ({unavailable})" if unavailable
+               else "--via shim does not use the seccomp supervisor")
+        return None, True, (
+            f"{argv[0]} is a {kind} program: the LD_PRELOAD shim cannot reach it and {why}, so "
+            "its netlink sockets would talk to the host kernel. Static and Go programs (and "
+            "raw system calls of any program) stay unreached this way; pass --allow-host to "
+            "run it anyway"), None
+    note = None
+    if unavailable:
+        note = (f"the seccomp supervisor cannot run here ({unavailable}): only the shim reaches "
+                "CMD, so static and Go programs it starts (and raw system calls) would talk to "
+                "the host kernel")
+    return None, True, None, note
+
 
 #: Signals passed on to the command rather than acted on by `tsemu run` itself.
 FORWARDED = (signal.SIGTERM, signal.SIGHUP)
@@ -92,6 +173,27 @@ def missing_view(server: Path, wait: float = VIEW_WAIT) -> str | None:
     return (f"the server at {server} publishes no /proc view ({view}: it runs with "
             "--no-proc-view, or is an older tsemu); pass --proc host to run with the "
             "host's /proc")
+
+
+def supervised(supervisor: Path, server: Path, argv: list[str], host_proc: bool) -> list[str]:
+    """`argv` under the supervisor. With `host_proc` it leaves /proc alone: so it must where
+    the shim is preloaded too, whose own reads of the real /proc (its merged listing, the
+    family's parents) the supervisor's rules would send to the view."""
+    return [str(supervisor), "--socket", str(server),
+            *(["--proc", "host"] if host_proc else []), "--", *argv]
+
+
+def strip_shim(env: dict[str, str]) -> dict[str, str]:
+    """`env` without the shim in LD_PRELOAD (the supervisor alone reaches the command)."""
+    from tsemu.shim import shim_path
+
+    library = str(shim_path())
+    preload = [p for p in env.get("LD_PRELOAD", "").split() if p != library]
+    if preload:
+        env["LD_PRELOAD"] = " ".join(preload)
+    else:
+        env.pop("LD_PRELOAD", None)
+    return env
 
 
 def exit_status(returncode: int) -> int:
@@ -135,14 +237,16 @@ class _Forwarder:
 
 def run_command(argv: list[str], socket_path: Path | None = None,
                 proc: ProcMode | str = ProcMode.emulated, *,
-                whole_process: bool = False) -> int:
+                whole_process: bool = False, via: Via | str = Via.auto,
+                allow_host: bool = False) -> int:
     """Run `argv` with the shim against the server at `socket_path` (default: TSEMU_SOCKET's
     rule), seeing the emulated machine's /proc (`proc` "emulated") or the host's; return its
     exit status. Problems before CMD starts are reported on stderr.
 
     With `whole_process` (the `tsemu run` command, a process of its own), this process also
     becomes the subreaper of CMD's descendants and reports and reaps every child; otherwise
-    (called from a program with children of its own) only CMD is reaped."""
+    (called from a program with children of its own) only CMD is reaped. `via` and
+    `allow_host`: see the module's docstring."""
     if not argv:
         print("tsemu run: no command given (usage: tsemu run [--socket PATH] -- CMD [ARGS...])",
               file=sys.stderr)
@@ -153,6 +257,16 @@ def run_command(argv: list[str], socket_path: Path | None = None,
         print(f"tsemu run: {exc}", file=sys.stderr)
         return 1
     server = Path(env["TSEMU_SOCKET"])
+    supervisor, preload, refusal, note = plan_via(argv, via, allow_host, env.get("PATH"))
+    if refusal:
+        print(f"tsemu run: {refusal}", file=sys.stderr)
+        return 1
+    if note:
+        print(f"tsemu run: note: {note}", file=sys.stderr)
+    if not preload:
+        env = strip_shim(env)
+    if supervisor is not None:
+        argv = supervised(supervisor, server, argv, proc == ProcMode.host or preload)
     problem = missing_view(server) if proc == "emulated" else None
     if problem:
         print(f"tsemu run: {problem}", file=sys.stderr)

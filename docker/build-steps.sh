@@ -55,10 +55,10 @@ fi
 #    stand in for the one this build compiles.
 stage=$(mktemp -d "${TMPDIR:-/tmp}/tsemu-build.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
-for item in pyproject.toml setup.py README.md tsemu wire emulator cli shim; do
+for item in pyproject.toml setup.py README.md tsemu wire emulator cli shim supervisor; do
     cp -R "$source_dir/$item" "$stage/$item"
 done
-rm -f "$stage/tsemu/libtsemu-shim.so"
+rm -f "$stage/tsemu/libtsemu-shim.so" "$stage/tsemu/tsemu-run"
 find "$stage" -name __pycache__ -prune -exec rm -rf {} +
 
 # 3. The install: a venv of its own at PREFIX, the package built from the copy (the shim is
@@ -77,6 +77,13 @@ case "$(head -c 4 "$shim" | od -An -c | tr -d ' ')" in
     *) say "the shim at $shim is not an ELF library"; exit 1 ;;
 esac
 ln -sf "$shim" "$prefix/libtsemu-shim.so"
+# The seccomp supervisor, a static executable (built where libc6-dev's libc.a is installed).
+supervisor=$(dirname "$shim")/tsemu-run
+if [ -x "$supervisor" ]; then
+    ln -sf "$supervisor" "$prefix/tsemu-run"
+else
+    say "note: tsemu-run (the seccomp supervisor) was not built: no static libc?"
+fi
 
 # 5. The extras: entry point, health check (C: it runs every second), example scenarios.
 cp "$source_dir/docker/entrypoint.sh" "$prefix/bin/tsemu-entrypoint"

@@ -5,8 +5,10 @@
 #    directory: a copy goes to the socket's directory (`serve --socket PATH`, else
 #    $TSEMU_SOCKET) as libtsemu-shim.so, replaced atomically (a client that has the old one
 #    mapped keeps it). It is built against the image's glibc (Debian bookworm, 2.36): clients
-#    need glibc 2.36 or newer, not musl. A directory it cannot write is left to `serve`, which
-#    says in one line why it cannot use it.
+#    need glibc 2.36 or newer, not musl. The seccomp supervisor goes there too, as tsemu-run:
+#    a static executable that needs nothing from the client's image (Alpine, distroless,
+#    scratch): `/run/tsemu/tsemu-run -- CLIENT` reaches Go and static clients as well. A
+#    directory it cannot write is left to `serve`, which says in one line why it cannot use it.
 # 2. Runs `tsemu ARGS...`, or ARGS as a command when its first word is a program on PATH
 #    (`docker run -it IMAGE sh`).
 set -eu
@@ -24,20 +26,24 @@ if [ "${1:-}" = serve ]; then
 fi
 directory=$(dirname "$socket")
 
-offer_shim() {
+# offer NAME MODE: copy $prefix/NAME into the socket's directory, replaced atomically.
+offer() {
     mkdir -p "$directory" 2>/dev/null || return 0
     [ -w "$directory" ] || return 0
-    partial="$directory/.libtsemu-shim.so.$$"
-    if cp "$prefix/libtsemu-shim.so" "$partial" 2>/dev/null && chmod 0644 "$partial"; then
-        mv -f "$partial" "$directory/libtsemu-shim.so"
+    partial="$directory/.$1.$$"
+    if cp "$prefix/$1" "$partial" 2>/dev/null && chmod "$2" "$partial"; then
+        mv -f "$partial" "$directory/$1"
     else
         rm -f "$partial"
-        echo "tsemu: note: could not copy the shim into $directory" >&2
+        echo "tsemu: note: could not copy $1 into $directory" >&2
     fi
 }
 
 if [ "${1:-}" = serve ] && [ -r "$prefix/libtsemu-shim.so" ]; then
-    offer_shim
+    offer libtsemu-shim.so 0644
+fi
+if [ "${1:-}" = serve ] && [ -x "$prefix/tsemu-run" ]; then
+    offer tsemu-run 0755
 fi
 
 if [ $# -gt 0 ] && command -v -- "$1" >/dev/null 2>&1; then

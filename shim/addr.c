@@ -274,9 +274,13 @@ int emu_bind_port(struct emu_sock *es, int fd, uint32_t port)
     return 0;
 }
 
+/* Whose tgid autobind tries first: 0 is this process (the shim); the supervisor
+ * (supervisor/) sets it to the client process it is answering for. */
+pid_t emu_client_tgid;
+
 int emu_autobind(struct emu_sock *es, int fd)
 {
-    int32_t candidate = (int32_t)getpid();
+    int32_t candidate = (int32_t)(emu_client_tgid ? emu_client_tgid : getpid());
     for (int i = 0; i < AUTOBIND_TRIES; i++) {
         if (i > 0)
             candidate = AUTOBIND_START - (i - 1);

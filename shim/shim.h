@@ -164,6 +164,7 @@ int port_path(char *out, size_t size, const char *server, uint32_t port);
 int port_from_path(const char *path, char *server, size_t size, uint32_t *port);
 int emu_bind_port(struct emu_sock *es, int fd, uint32_t port); /* caller holds es->lock */
 int emu_autobind(struct emu_sock *es, int fd);                 /* caller holds es->lock */
+extern pid_t emu_client_tgid; /* autobind's first candidate when set (supervisor/); else getpid() */
 int emu_ensure_bound(struct emu_sock *es, int fd);             /* caller holds es->lock */
 void emu_learn_server(struct emu_sock *es);                    /* caller holds es->lock */
 void emu_send_control(struct emu_sock *es, int fd, int option, int64_t value);

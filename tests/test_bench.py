@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from bench import broadcast, fixture, get, startup, tables
+from bench import broadcast, fixture, get, startup, supervisor, tables
 from bench.common import Context, Line, render
 from bench.profiling import Capture
 
-MODULES = (get, broadcast, startup, tables, fixture)
+MODULES = (get, broadcast, startup, tables, fixture, supervisor)
 VERDICTS = {"PASS", "FAIL", "SKIP", "INFO"}
 LINE_KEYS = {"key", "name", "measured", "unit", "target", "op", "reference", "reference_value",
              "note", "verdict", "ratio"}

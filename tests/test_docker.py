@@ -218,6 +218,11 @@ def test_the_image_command_serves_and_passes_its_healthcheck(
     offered = socket.parent / "libtsemu-shim.so"
     assert offered.read_bytes() == (prefix / "libtsemu-shim.so").read_bytes()
     assert oct(offered.stat().st_mode & 0o777) == "0o644"
+    supervisor = prefix / "tsemu-run"
+    if supervisor.exists():  # built where a static libc is installed
+        offered = socket.parent / "tsemu-run"
+        assert offered.read_bytes() == supervisor.read_bytes()
+        assert oct(offered.stat().st_mode & 0o777) == "0o755"
     # `tsemu ctl` needs no flag: TSEMU_SOCKET names the socket, as in the image.
     ps = subprocess.run(["tsemu", "ctl", "ps"], env=image_environment(prefix, socket),
                         capture_output=True, text=True, timeout=60, cwd="/")
@@ -257,6 +262,30 @@ def test_a_client_container_needs_only_the_socket_directory(
            "LD_PRELOAD": str(socket.parent / "libtsemu-shim.so")}
     result = subprocess.run([genl, "ctrl", "get", "name", "TASKSTATS"], env=env,
                             capture_output=True, text=True, timeout=60, cwd="/")
+    assert result.returncode == 0, result.stderr
+    assert "Name: TASKSTATS" in result.stdout and "ID: 0x1f" in result.stdout
+
+
+def test_a_client_container_without_glibc_uses_the_offered_supervisor(
+        prefix: Path, container: tuple[Path, subprocess.Popen[str]]) -> None:
+    """The static supervisor offered in the socket's directory reaches a client that nothing
+    is preloaded into (here genl, without LD_PRELOAD)."""
+    genl = shutil.which("genl")
+    if genl is None:
+        pytest.skip("client container recipe: no `genl` (iproute2) to run")
+    if not (prefix / "tsemu-run").exists():
+        pytest.skip("tsemu-run was not built (no static libc in the build)")
+    from tsemu.supervisor import SupervisorUnavailable, usable_supervisor
+
+    try:
+        usable_supervisor()
+    except SupervisorUnavailable as exc:
+        pytest.skip(f"the supervisor cannot run here: {exc}")
+    socket, _ = container
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TSEMU_SOCKET": str(socket)}
+    result = subprocess.run([str(socket.parent / "tsemu-run"), "--", genl, "ctrl", "get", "name",
+                             "TASKSTATS"], env=env, capture_output=True, text=True, timeout=60,
+                            cwd="/")
     assert result.returncode == 0, result.stderr
     assert "Name: TASKSTATS" in result.stdout and "ID: 0x1f" in result.stdout
 

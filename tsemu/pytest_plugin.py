@@ -83,13 +83,34 @@ class TsemuHandle:
 
     # -- clients ---------------------------------------------------------------------------
 
+    def reach(self, argv: list[str], via: str = "auto",
+              env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+        """The command line and environment that run `argv` reached `via` "auto", "shim" or
+        "seccomp", as `tsemu run --via` does (cli/run.py), except that "auto" adds the
+        supervisor only for a static or Go `argv[0]` (a libc client stays the test's own
+        child); a program nothing can reach here (static or Go, without the supervisor)
+        fails the test rather than meet the host."""
+        from tsemu.cli.run import plan_via, strip_shim, supervised
+
+        env = dict(self.env if env is None else env)
+        supervisor, preload, refusal, _note = plan_via(argv, via, False, env.get("PATH"),
+                                                       frugal=True)
+        if refusal:
+            raise RuntimeError(refusal)
+        if not preload:
+            env = strip_shim(env)
+        if supervisor is not None:
+            argv = supervised(supervisor, self.socket_path, argv, preload)
+        return argv, env
+
     def run(self, argv: list[str], *, input: bytes | str | None = None, timeout: float = 60,
-            capture_output: bool = False, check: bool = False,
+            capture_output: bool = False, check: bool = False, via: str = "auto",
             **kwargs: Any) -> subprocess.CompletedProcess[Any]:
-        """Run a client to completion through the shim, as subprocess.run does (Popen's
+        """Run a client to completion through the shim (and, `via` "auto" where the kernel
+        allows it, the seccomp supervisor: see `reach`), as subprocess.run does (Popen's
         keywords, `input`, `timeout`, `capture_output`, `check`); its exit is reported to
         the machine's listeners, as the kernel reports a real process's."""
-        kwargs.setdefault("env", self.env)
+        argv, kwargs["env"] = self.reach(argv, via, kwargs.get("env"))
         if capture_output:
             kwargs["stdout"] = kwargs["stderr"] = subprocess.PIPE
         if input is not None:
@@ -141,9 +162,11 @@ class TsemuHandle:
             proc.returncode = os.waitstatus_to_exitcode(reap_child(proc.pid, self._family))
         return proc.returncode
 
-    def popen(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        """Start a client through the shim; the test stops it (or the fixture does)."""
-        kwargs.setdefault("env", self.env)
+    def popen(self, argv: list[str], *, via: str = "auto",
+              **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start a client through the shim (and the supervisor: `reach`); the test stops it
+        (or the fixture does)."""
+        argv, kwargs["env"] = self.reach(argv, via, kwargs.get("env"))
         proc = subprocess.Popen(argv, **kwargs)
         self._children.append(proc)
         return proc

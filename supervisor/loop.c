@@ -1,0 +1,311 @@
+/*
+ * The event loop: one thread, one poll over the seccomp listener and the sockets of parked
+ * receives (a blocking receive with nothing queued is answered when data comes, never by
+ * blocking this process). Notifications are read one per readiness of the listener (a
+ * RECV blocks when there is none).
+ *
+ * A notification names the calling thread (its tid), not its process. Each thread's pidfd
+ * and tgid are cached; a cached pidfd of a thread that has died (and whose tid a new thread
+ * may have) fails pidfd_getfd with ESRCH, and is then opened again (calls.c). After a pidfd
+ * is opened the notification's id is checked again (SECCOMP_IOCTL_NOTIF_ID_VALID): had the
+ * thread died meanwhile and its tid been reused, the id would no longer be valid.
+ *
+ * tsemu-run is the subreaper of the client's descendants. Before it reaps one it tells the
+ * server (control op EXITED from a socket bound in the ports directory, as the shim's wait
+ * wrappers and `tsemu run` do; up to 2 s for the answer), which reads the zombie's records
+ * and broadcasts its exit to the listeners, as the kernel would. It reaps them all, and returns when
+ * the command has exited and no process uses the filter any longer (the listener polls
+ * POLLHUP once the last one is reaped): descendants left running keep being answered.
+ * SIGTERM and SIGHUP are passed on to the command; SIGINT and SIGQUIT, which a terminal sends
+ * to the whole foreground group, are left to it.
+ */
+#include "supervisor.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef PIDFD_THREAD
+#define PIDFD_THREAD O_EXCL
+#endif
+
+int sv_listener = -1;
+int sv_debug;
+
+void sv_say(const char *fmt, ...)
+{
+    if (!sv_debug)
+        return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n > sizeof line - 2)
+        n = sizeof line - 2;
+    line[n++] = '\n';
+    ssize_t ignored = write(2, "tsemu-run: ", 11);
+    ignored = write(2, line, (size_t)n);
+    (void)ignored;
+}
+
+int sv_valid(uint64_t id)
+{
+    return ioctl(sv_listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) == 0;
+}
+
+int sv_reply(uint64_t id, int64_t val, int err)
+{
+    struct seccomp_notif_resp resp;
+    memset(&resp, 0, sizeof resp);
+    resp.id = id;
+    resp.val = err ? 0 : val;
+    resp.error = err ? -err : 0;
+    return ioctl(sv_listener, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+}
+
+int sv_continue(uint64_t id)
+{
+    struct seccomp_notif_resp resp;
+    memset(&resp, 0, sizeof resp);
+    resp.id = id;
+    resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+    return ioctl(sv_listener, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+}
+
+/* ---- the callers: each thread's pidfd and tgid ---- */
+
+#define CALLERS 256
+static struct caller callers[CALLERS];
+
+static pid_t tgid_of(pid_t tid)
+{
+    char path[64], text[4096];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return tid;
+    ssize_t n = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (n <= 0)
+        return tid;
+    text[n] = '\0';
+    char *at = strstr(text, "\nTgid:");
+    return at ? (pid_t)strtol(at + 6, NULL, 10) : tid;
+}
+
+/* The caller of notification `id` from thread `tid`, its pidfd opened (or refreshed with
+ * `fresh`); NULL when the thread is gone. */
+struct caller *sv_caller(uint64_t id, pid_t tid, int fresh)
+{
+    struct caller *c = &callers[(unsigned)tid % CALLERS];
+    if (c->tid == tid && c->pidfd >= 0 && !fresh) {
+        c->id = id;
+        return c;
+    }
+    if (c->pidfd >= 0)
+        close(c->pidfd);
+    c->tid = tid;
+    c->id = id;
+    c->pidfd = (int)syscall(SYS_pidfd_open, tid, PIDFD_THREAD);
+    if (c->pidfd < 0)
+        c->pidfd = (int)syscall(SYS_pidfd_open, tid, 0); /* before 6.9: leaders only */
+    c->tgid = tgid_of(tid);
+    if (c->pidfd < 0 || !sv_valid(id)) {
+        if (c->pidfd >= 0)
+            close(c->pidfd);
+        c->pidfd = -1;
+        c->tid = 0;
+        return NULL;
+    }
+    return c;
+}
+
+/* ---- signals ---- */
+
+static volatile sig_atomic_t pending[65];
+
+static void note_signal(int sig)
+{
+    pending[sig] = 1;
+}
+
+static void on_child(int sig)
+{
+    (void)sig; /* only interrupts poll: the loop reaps */
+}
+
+static void forward_signals(pid_t child, int alive)
+{
+    static const int forwarded[] = {SIGTERM, SIGHUP};
+    for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++) {
+        int sig = forwarded[i];
+        if (pending[sig]) {
+            pending[sig] = 0;
+            if (alive)
+                kill(child, sig);
+        }
+    }
+}
+
+#define CTL_OP_ROOT 3
+#define CTL_OP_EXITED 4
+#define CTL_OP_SEEN 5
+
+/* Tell the server something of our own family (wire/control.py): ROOT (this process and its
+ * descendants are a client family: `tsemu run` does it when it starts us, so we do it only
+ * when nobody did, TSEMU_ROOT unset) or EXITED (our child `pid` has exited and is still a
+ * zombie: the server reads its /proc entry and broadcasts its exit), and wait up to 2 s for the
+ * answer. Nothing happens without a server. */
+static void tell_server(int what, pid_t pid)
+{
+    struct emu_sock es;
+    memset(&es, 0, sizeof es);
+    if (server_path_from_env(es.server, sizeof es.server))
+        return;
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return;
+    emu_client_tgid = 0; /* our own port: this process speaks for its child */
+    if (emu_autobind(&es, fd) != 0 || !es.bound) {
+        close(fd);
+        return;
+    }
+    unsigned char msg[CTL_SIZE] = {0, 0, 0, 0, 't', 's', 'E', 'M'};
+    uint16_t op = (uint16_t)what;
+    int64_t value = pid;
+    memcpy(msg + 8, &op, 2);
+    memcpy(msg + 16, &value, 8);
+    struct sockaddr_un to = {.sun_family = AF_UNIX};
+    snprintf(to.sun_path, sizeof to.sun_path, "%s", es.server);
+    if (sendto(fd, msg, sizeof msg, MSG_DONTWAIT, (struct sockaddr *)&to, sizeof to) ==
+        (ssize_t)sizeof msg) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        for (int waited = 0; waited < 2000 && poll(&p, 1, 100) >= 0; waited += 100) {
+            unsigned char reply[64];
+            ssize_t n = recv(fd, reply, sizeof reply, MSG_DONTWAIT);
+            int64_t about;
+            if (n == CTL_SIZE && !memcmp(reply + 4, "tsEM", 4) && reply[8] == CTL_OP_SEEN &&
+                (memcpy(&about, reply + 16, 8), about == pid))
+                break;
+        }
+    }
+    close(fd);
+    char path[sizeof to.sun_path];
+    if (port_path(path, sizeof path, es.server, es.port) == 0)
+        unlink(path);
+}
+
+/* Before the child exists: a SIGTERM it sends us at once must be passed back to it, not
+ * kill us. (Caught signals are reset by exec; the ignored ones are set after the fork.) */
+void sv_catch_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = note_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    sa.sa_handler = on_child;
+    sa.sa_flags = SA_NOCLDSTOP;
+    sigaction(SIGCHLD, &sa, NULL);
+}
+
+static void handle_notification(void)
+{
+    struct seccomp_notif notif;
+    memset(&notif, 0, sizeof notif);
+    if (ioctl(sv_listener, SECCOMP_IOCTL_NOTIF_RECV, &notif) != 0)
+        return; /* ENOENT: the caller was interrupted before we read it */
+    struct caller *c = sv_caller(notif.id, (pid_t)notif.pid, 0);
+    if (!c)
+        return; /* the thread is gone: its notification with it */
+    sv_handle(c, &notif.data);
+}
+
+int sv_loop(pid_t child, int child_pidfd)
+{
+    signal(SIGINT, SIG_IGN);
+    signal(SIGQUIT, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    /* TERM, HUP and CHLD are taken only inside ppoll: none can slip in between the check of
+     * what arrived and the wait. */
+    sigset_t caught, open_mask;
+    sigemptyset(&caught);
+    sigaddset(&caught, SIGTERM);
+    sigaddset(&caught, SIGHUP);
+    sigaddset(&caught, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &caught, &open_mask);
+    sigdelset(&open_mask, SIGTERM);
+    sigdelset(&open_mask, SIGHUP);
+    sigdelset(&open_mask, SIGCHLD);
+    prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    if (!getenv("TSEMU_ROOT"))
+        tell_server(CTL_OP_ROOT, getpid());
+    for (size_t i = 0; i < CALLERS; i++)
+        callers[i].pidfd = -1;
+
+    int status = 0, child_done = 0;
+    enum { MAX_POLL = 1024 };
+    static struct pollfd fds[MAX_POLL];
+    for (;;) {
+        /* Reap whatever has exited: the command (its status is ours), and orphans. */
+        for (;;) {
+            siginfo_t info;
+            memset(&info, 0, sizeof info);
+            if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT | __WALL) != 0 ||
+                info.si_pid <= 0)
+                break;
+            tell_server(CTL_OP_EXITED, info.si_pid);
+            int st;
+            pid_t who = waitpid(info.si_pid, &st, WNOHANG | __WALL);
+            if (who <= 0)
+                break;
+            if (who == child) {
+                status = st;
+                child_done = 1;
+            }
+        }
+        forward_signals(child, !child_done);
+        if (child_done && sv_listener < 0)
+            return status;
+
+        int n = 0, timeout = -1;
+        if (sv_listener >= 0)
+            fds[n++] = (struct pollfd){.fd = sv_listener, .events = POLLIN};
+        if (child_pidfd >= 0 && !child_done)
+            fds[n++] = (struct pollfd){.fd = child_pidfd, .events = POLLIN};
+        int first_parked = n;
+        n += sv_parked_fds(fds + n, MAX_POLL - n, &timeout);
+        if (child_done && timeout < 0)
+            timeout = 200; /* orphans without SIGCHLD to us yet: look again */
+        struct timespec wait = {timeout / 1000, (long)(timeout % 1000) * 1000000L};
+        int ready = ppoll(fds, (nfds_t)n, timeout >= 0 ? &wait : NULL, &open_mask);
+        if (ready < 0 && errno != EINTR)
+            return status;
+        if (ready < 0)
+            continue;
+        if (sv_listener >= 0 && (fds[0].revents & POLLIN))
+            handle_notification();
+        else if (sv_listener >= 0 && (fds[0].revents & (POLLHUP | POLLERR))) {
+            if (child_done) { /* no process uses the filter any more */
+                close(sv_listener);
+                sv_listener = -1;
+            }
+        }
+        if (sv_parked_count() && (n > first_parked || timeout >= 0))
+            sv_retry_parked();
+    }
+}
