@@ -324,6 +324,9 @@ class Target:
         except FileNotFoundError:
             raise Failure(f"no tsemu server at {self.socket} (start one with `tsemu serve`, "
                           f"or name its socket with --socket or $TSEMU_SOCKET)") from None
+        except ConnectionRefusedError:  # (the client's first datagram, at connect)
+            raise Failure(f"no tsemu server is listening on {self.socket} (a stale socket? "
+                          f"start one with `tsemu serve`)") from None
         except OSError as exc:
             raise Failure(f"cannot reach the tsemu server at {self.socket}: "
                           f"{exc.strerror or exc}") from None
