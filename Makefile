@@ -10,7 +10,7 @@
 #   make test-vm  the optional test that boots a kernel under QEMU (slow)
 #   make image  the container image (tsemu:latest); with no registry reachable, on a base made
 #               from the Debian mirror (BASE=local, the default when root; docker/make-base-image.sh)
-#   make test-docker  the tests that build and run the image (pytest -m docker; starts dockerd
+#   make test-docker  only the tests that build and run the image (pytest -m docker; starts dockerd
 #               when root and it is not running)
 #   make clean  remove the venv and build leftovers
 
@@ -69,8 +69,14 @@ bytecode: install
 run: install bytecode
 	$(VENV)/bin/tsemu serve
 
-test: install
-	$(PY) -m pytest
+# The docker tests run when an engine answers: docker-deps starts one as root (and the test
+# target stops it again when it did).
+test: install docker-deps
+	@rc=0; $(PY) -m pytest || rc=$$?; \
+	if [ -f build/dockerd.pid ]; then kill "$$(cat build/dockerd.pid)" 2>/dev/null; \
+	  for i in $$(seq 50); do kill -0 "$$(cat build/dockerd.pid)" 2>/dev/null || break; sleep 0.2; done; \
+	  rm -f build/dockerd.pid; fi; \
+	exit $$rc
 
 # The benchmarks' extras (matplotlib for the chart, py-spy for profiles) stay out of `make test`.
 BENCH_STAMP := $(VENV)/.installed-bench
@@ -167,7 +173,7 @@ docker-deps:
 	fi
 	@if ! docker info >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v dockerd >/dev/null 2>&1; then \
 	  mkdir -p build; echo "starting dockerd (log: build/dockerd.log)"; \
-	  nohup dockerd >build/dockerd.log 2>&1 & \
+	  nohup dockerd >build/dockerd.log 2>&1 & echo $$! > build/dockerd.pid; \
 	  for i in $$(seq 100); do docker info >/dev/null 2>&1 && break; sleep 0.2; done; \
 	fi
 
