@@ -579,25 +579,20 @@ class Server:
         client = self.clients.get(port)
         if client is None:
             return 0
-        faultless = self.kernel.faults.empty
-        if faultless and self.capture is None:
-            return client.outbox.offer_many(events)
-        offer = client.outbox.offer if faultless else self._faulty(client, "events", cpu)
-        if self.capture is None:
-            return next((n for n, data in enumerate(events) if not offer(data)), len(events))
-        # Captured as nlmon sees them: only what reaches the socket, so not the events an
-        # overrun dropped (ENOBUFS) while the run was offered.
         outbox = client.outbox
-        reached: list[bytes] = []
-        taken = len(events)
-        for n, data in enumerate(events):
-            dropped = outbox.dropped
-            if not offer(data):
-                taken = n
-                break
-            if outbox.dropped == dropped:
-                reached.append(data)
-        self.capture.outbound_events(reached, len(reached))
+        dropped = outbox.dropped
+        if self.kernel.faults.empty:
+            taken = outbox.offer_many(events)
+        else:
+            offer = self._faulty(client, "events", cpu)
+            taken = next((n for n, data in enumerate(events) if not offer(data)), len(events))
+        if self.capture is not None:
+            # Captured as nlmon sees them: only what reaches the socket, not the events an
+            # overrun dropped (ENOBUFS). Those are the run's last ones: once the buffer is
+            # full it stays full for the rest of a run (unless the reader empties its queue
+            # meanwhile, when the capture names the wrong few).
+            reached = taken - (outbox.dropped - dropped)
+            self.capture.outbound_events(events, reached)
         return taken
 
     # -- faults (model.faults: which message a fault hits; here: what it does) --------------
