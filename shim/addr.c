@@ -42,25 +42,30 @@
 /* Room for "<server>.ports/-2147483648". */
 #define PORT_NAME_ROOM (sizeof PORTS_SUFFIX - 1 + 1 + 11)
 
-void shim_hint(const char *fmt, ...)
+void emu_say_line(const char *prefix, const char *fmt, va_list ap)
 {
-    const char *debug = getenv("TSEMU_DEBUG");
-    if (!debug || !*debug)
-        return;
     char line[512];
-    va_list ap;
-    va_start(ap, fmt);
     int n = vsnprintf(line, sizeof line - 1, fmt, ap);
-    va_end(ap);
     if (n < 0)
         return;
     if ((size_t)n > sizeof line - 2)
         n = sizeof line - 2;
     line[n++] = '\n';
     /* write(2) directly: stdio may be mid-use in the program, and this must stay one line. */
-    ssize_t ignored = real_write(2, "tsemu-shim: ", 12);
+    ssize_t ignored = real_write(2, prefix, strlen(prefix));
     ignored = real_write(2, line, (size_t)n);
     (void)ignored;
+}
+
+void shim_hint(const char *fmt, ...)
+{
+    const char *debug = getenv("TSEMU_DEBUG");
+    if (!debug || !*debug)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    emu_say_line("tsemu-shim: ", fmt, ap);
+    va_end(ap);
 }
 
 /* The hint for a missing server, once per process: a client retrying would repeat it. */

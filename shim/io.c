@@ -769,27 +769,12 @@ static enum attempt try_receive(struct emu_sock *es, int fd, struct nl_in *in, i
  * takes nothing, silently. */
 static void put_cmsg(struct nl_in *in, int level, int type, const void *data, size_t len)
 {
-    size_t cmlen = CMSG_LEN(len);
-    if (!in->ucontrol || in->ucontrollen < sizeof(struct cmsghdr)) {
-        in->msg_flags |= MSG_CTRUNC;
+    unsigned char cm[NL_CMSG_MAX];
+    size_t step;
+    size_t n = nl_cmsg_build(cm, in->ucontrol ? in->ucontrollen : 0, level, type, data, len,
+                             &in->msg_flags, &step);
+    if (n == 0 || um_write(in->ucontrol, cm, n))
         return;
-    }
-    if (in->ucontrollen < cmlen) {
-        in->msg_flags |= MSG_CTRUNC;
-        cmlen = in->ucontrollen;
-    }
-    union {
-        struct cmsghdr h;
-        unsigned char buf[CMSG_SPACE(16)];
-    } c;
-    memset(&c, 0, sizeof c);
-    c.h.cmsg_len = cmlen;
-    c.h.cmsg_level = level;
-    c.h.cmsg_type = type;
-    memcpy(CMSG_DATA(&c.h), data, len);
-    if (um_write(in->ucontrol, c.buf, cmlen))
-        return;
-    size_t step = CMSG_SPACE(len) < in->ucontrollen ? CMSG_SPACE(len) : in->ucontrollen;
     in->ucontrol = (char *)in->ucontrol + step;
     in->ucontrollen -= step;
     in->controlled += step;

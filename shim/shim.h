@@ -27,6 +27,7 @@
 
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -158,6 +159,14 @@ void emu_forget(int fd, struct emu_sock *expect); /* fd was closed; expect: its 
 void emu_forget_range(unsigned int first, unsigned int last);
 int emu_owns_port(uint32_t port);                  /* a socket of ours uses that port */
 
+/* ---- cmsg.c: put_cmsg()'s arithmetic (shared with the supervisor) ---- */
+#define NL_CMSG_MAX CMSG_SPACE(16) /* the longest control message a netlink receive gives */
+/* One control message of `len` (at most 16) bytes for a buffer of `room` bytes (0: none):
+ * its bytes in `out`, how many to write (0: none fits; MSG_CTRUNC set in *msg_flags when it
+ * is cut or dropped) and, in *step, how far the buffer moves on once they are written. */
+size_t nl_cmsg_build(unsigned char out[NL_CMSG_MAX], size_t room, int level, int type,
+                     const void *data, size_t len, int *msg_flags, size_t *step);
+
 /* ---- addr.c: paths, binding, the server's side channel ---- */
 int server_path_from_env(char *out, size_t size);
 int port_path(char *out, size_t size, const char *server, uint32_t port);
@@ -171,6 +180,9 @@ void emu_send_control(struct emu_sock *es, int fd, int option, int64_t value);
 void emu_send_options(struct emu_sock *es, int fd);
 void emu_release_port(const char *server, uint32_t port);
 void shim_hint(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* TSEMU_DEBUG */
+/* One line on stderr, `prefix` first, cut to 510 bytes, written with two write(2)s. */
+void emu_say_line(const char *prefix, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
 void shim_no_server(const char *server);
 void shim_foreign(uid_t uid, pid_t pid, uid_t server_uid); /* a datagram dropped: not the server's */
 void shim_report(void);                                     /* at exit: what was dropped */

@@ -541,30 +541,16 @@ struct in {
     int msg_flags;
 };
 
+/* put_cmsg() (shim/cmsg.c) into the caller's buffer, written through the kernel. */
 static void put_cmsg(pid_t tid, struct in *in, int level, int type, const void *data,
                      size_t len)
 {
-    size_t cmlen = CMSG_LEN(len);
-    if (!in->ucontrol || in->ucontrollen < sizeof(struct cmsghdr)) {
-        in->msg_flags |= MSG_CTRUNC;
+    unsigned char cm[NL_CMSG_MAX];
+    size_t step;
+    size_t n = nl_cmsg_build(cm, in->ucontrol ? in->ucontrollen : 0, level, type, data, len,
+                             &in->msg_flags, &step);
+    if (n == 0 || rm_write(tid, in->ucontrol, cm, n))
         return;
-    }
-    if (in->ucontrollen < cmlen) {
-        in->msg_flags |= MSG_CTRUNC;
-        cmlen = in->ucontrollen;
-    }
-    union {
-        struct cmsghdr h;
-        unsigned char buf[CMSG_SPACE(16)];
-    } cm;
-    memset(&cm, 0, sizeof cm);
-    cm.h.cmsg_len = cmlen;
-    cm.h.cmsg_level = level;
-    cm.h.cmsg_type = type;
-    memcpy(CMSG_DATA(&cm.h), data, len);
-    if (rm_write(tid, in->ucontrol, cm.buf, cmlen))
-        return;
-    size_t step = CMSG_SPACE(len) < in->ucontrollen ? CMSG_SPACE(len) : in->ucontrollen;
     in->ucontrol += step;
     in->ucontrollen -= step;
     in->controlled += step;

@@ -47,19 +47,10 @@ void sv_say(const char *fmt, ...)
 {
     if (!sv_debug)
         return;
-    char line[512];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof line - 1, fmt, ap);
+    emu_say_line("tsemu-run: ", fmt, ap);
     va_end(ap);
-    if (n < 0)
-        return;
-    if ((size_t)n > sizeof line - 2)
-        n = sizeof line - 2;
-    line[n++] = '\n';
-    ssize_t ignored = write(2, "tsemu-run: ", 11);
-    ignored = write(2, line, (size_t)n);
-    (void)ignored;
 }
 
 int sv_valid(uint64_t id)
