@@ -338,16 +338,57 @@ int emu_ensure_bound(struct emu_sock *es, int fd)
     return rc;
 }
 
+void emu_control_encode(unsigned char msg[CTL_SIZE], int op, int option, int64_t value)
+{
+    static const unsigned char head[8] = {0, 0, 0, 0, 't', 's', 'E', 'M'};
+    uint16_t op16 = (uint16_t)op, opt16 = (uint16_t)option;
+    memset(msg, 0, CTL_SIZE);
+    memcpy(msg, head, sizeof head);
+    memcpy(msg + 8, &op16, 2); /* little-endian: x86_64 and every other Linux target tsemu
+                                  runs on; the server decodes little-endian */
+    memcpy(msg + 10, &opt16, 2);
+    memcpy(msg + 16, &value, 8);
+}
+
+int emu_seen_from_server(int fd, const char *server, int64_t about)
+{
+    unsigned char reply[CTL_SIZE];
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(struct ucred))];
+    } control;
+    struct iovec iov = {reply, sizeof reply};
+    struct msghdr in = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                        .msg_controllen = sizeof control.buf};
+    if (real_recvmsg(fd, &in, MSG_DONTWAIT) != CTL_SIZE)
+        return 0;
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&in);
+    struct ucred cred;
+    if (!cm || cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_CREDENTIALS ||
+        cm->cmsg_len < CMSG_LEN(sizeof cred))
+        return 0;
+    memcpy(&cred, CMSG_DATA(cm), sizeof cred);
+    unsigned char expected[CTL_SIZE];
+    emu_control_encode(expected, CTL_OP_SEEN, 0, about);
+    uint16_t option;
+    memcpy(&option, reply + 10, 2);
+    /* The header, the op and the value must be the SEEN's (its option says what was taken). */
+    if (memcmp(reply, expected, 10) != 0 || memcmp(reply + 16, expected + 16, 8) != 0)
+        return 0;
+    struct stat st;
+    if (lstat(server, &st) != 0)
+        return 0;
+    if (S_ISLNK(st.st_mode) && stat(server, &st) != 0)
+        return 0;
+    return S_ISSOCK(st.st_mode) && cred.uid == st.st_uid;
+}
+
 void emu_send_control(struct emu_sock *es, int fd, int option, int64_t value)
 {
     if (!es->bound)
         return; /* sent by emu_send_options once bound: the server only hears named ports */
-    unsigned char msg[CTL_SIZE] = {0, 0, 0, 0, 't', 's', 'E', 'M'};
-    uint16_t op = CTL_OP_SETOPT, opt = (uint16_t)option;
-    memcpy(msg + 8, &op, 2); /* little-endian: x86_64 and every other Linux target tsemu
-                                runs on; the server decodes little-endian */
-    memcpy(msg + 10, &opt, 2);
-    memcpy(msg + 16, &value, 8);
+    unsigned char msg[CTL_SIZE];
+    emu_control_encode(msg, CTL_OP_SETOPT, option, value);
     struct sockaddr_un sun;
     if (unix_address(&sun, es->server))
         return;

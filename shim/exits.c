@@ -32,15 +32,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-#define CTL_OP_EXITED 4
-#define CTL_OP_SEEN 5
-#define CTL_OP_THREADED 6
 /* How long a notice waits for the server's answer before the wait goes on without it. */
 #define NOTICE_TIMEOUT_MS 2000
 
@@ -98,47 +94,6 @@ static char *put_int(char *out, long value)
     return out;
 }
 
-/* Whether credentials the kernel attached are the server's user: the owner of the server's
- * socket file (a link followed, as requests follow it). lstat and stat only, as a SIGCHLD
- * handler may call. */
-static int from_server_user(const struct ucred *cred)
-{
-    struct stat st;
-    if (lstat(family_server, &st) != 0)
-        return 0;
-    if (S_ISLNK(st.st_mode) && stat(family_server, &st) != 0)
-        return 0;
-    return S_ISSOCK(st.st_mode) && cred->uid == st.st_uid;
-}
-
-/* One datagram from the notice socket: the SEEN about `about` from the server's user? */
-static int seen_from_server(int fd, const unsigned char *msg, long about)
-{
-    unsigned char reply[CTL_SIZE];
-    union {
-        struct cmsghdr align;
-        char buf[CMSG_SPACE(sizeof(struct ucred))];
-    } control;
-    struct iovec iov = {reply, sizeof reply};
-    struct msghdr in = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
-                        .msg_controllen = sizeof control.buf};
-    ssize_t got = real_recvmsg(fd, &in, MSG_DONTWAIT);
-    if (got != CTL_SIZE)
-        return 0;
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&in);
-    struct ucred cred;
-    if (!cm || cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_CREDENTIALS ||
-        cm->cmsg_len < CMSG_LEN(sizeof cred))
-        return 0;
-    memcpy(&cred, CMSG_DATA(cm), sizeof cred);
-    uint16_t reply_op;
-    int64_t reply_value;
-    memcpy(&reply_op, reply + 8, 2);
-    memcpy(&reply_value, reply + 16, 8);
-    return memcmp(reply, msg, 8) == 0 && reply_op == CTL_OP_SEEN && reply_value == about &&
-           from_server_user(&cred);
-}
-
 /* Send one control datagram and wait for the server's SEEN about `about`; 0 when it came. */
 static int tell_server(int op, long about)
 {
@@ -176,11 +131,8 @@ static int tell_server(int op, long about)
     }
     int result = -1;
     if (bound == 0) {
-        unsigned char msg[CTL_SIZE] = {0, 0, 0, 0, 't', 's', 'E', 'M'};
-        uint16_t op16 = (uint16_t)op;
-        int64_t value = about;
-        memcpy(msg + 8, &op16, 2);
-        memcpy(msg + 16, &value, 8);
+        unsigned char msg[CTL_SIZE];
+        emu_control_encode(msg, op, 0, about);
         struct sockaddr_un server = {.sun_family = AF_UNIX};
         memcpy(server.sun_path, family_server, base);
         if (real_sendto(fd, msg, sizeof msg, 0, (struct sockaddr *)&server, sizeof server) ==
@@ -195,7 +147,7 @@ static int tell_server(int op, long about)
                 struct pollfd p = {.fd = fd, .events = POLLIN};
                 if (left <= 0 || poll(&p, 1, (int)left) <= 0)
                     break;
-                if (seen_from_server(fd, msg, about)) {
+                if (emu_seen_from_server(fd, family_server, about)) {
                     result = 0;
                     break;
                 }

@@ -58,6 +58,10 @@
 #define CTL_SIZE 24
 #define CTL_OP_SETOPT 1
 #define CTL_OP_ENOBUFS 2
+#define CTL_OP_ROOT 3     /* client -> server: this process is a client family's root */
+#define CTL_OP_EXITED 4   /* client -> server: my child (a zombie still) has exited */
+#define CTL_OP_SEEN 5     /* server -> client: the answer to ROOT, EXITED, THREADED */
+#define CTL_OP_THREADED 6 /* client -> server: this process started a second thread */
 #define CTL_OPT_RCVBUF 1
 #define CTL_OPT_CAP_ACK 2
 #define CTL_OPT_EXT_ACK 3
@@ -177,6 +181,12 @@ extern pid_t emu_client_tgid; /* autobind's first candidate when set (supervisor
 int emu_ensure_bound(struct emu_sock *es, int fd);             /* caller holds es->lock */
 void emu_learn_server(struct emu_sock *es);                    /* caller holds es->lock */
 void emu_send_control(struct emu_sock *es, int fd, int option, int64_t value);
+/* A control datagram's bytes (memcpy only: a signal handler may call it). */
+void emu_control_encode(unsigned char msg[CTL_SIZE], int op, int option, int64_t value);
+/* Take one datagram from `fd` (SO_PASSCRED on): whether it is the SEEN about `about` from the
+ * user owning the socket file `server` (a link followed). System calls only (recvmsg, lstat,
+ * stat): a signal handler may call it. */
+int emu_seen_from_server(int fd, const char *server, int64_t about);
 void emu_send_options(struct emu_sock *es, int fd);
 void emu_release_port(const char *server, uint32_t port);
 void shim_hint(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* TSEMU_DEBUG */

@@ -18,6 +18,7 @@ int (*real_close)(int) = close;
 ssize_t (*real_write)(int, const void *, size_t) = write;
 ssize_t (*real_sendto)(int, const void *, size_t, int, const struct sockaddr *,
                        socklen_t) = sendto;
+ssize_t (*real_recvmsg)(int, struct msghdr *, int) = recvmsg;
 
 #define BUCKETS 1024
 static struct sv_sock *table[BUCKETS];

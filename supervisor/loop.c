@@ -152,10 +152,6 @@ static void forward_signals(pid_t child, int alive)
     }
 }
 
-#define CTL_OP_ROOT 3
-#define CTL_OP_EXITED 4
-#define CTL_OP_SEEN 5
-
 /* Tell the server something of our own family (wire/control.py): ROOT (this process and its
  * descendants are a client family: `tsemu run` does it when it starts us, so we do it only
  * when nobody did, TSEMU_ROOT unset) or EXITED (our child `pid` has exited and is still a
@@ -168,31 +164,27 @@ static void tell_server(int what, pid_t pid)
     if (server_path_from_env(es.server, sizeof es.server))
         return;
     int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0) {
+        if (fd >= 0)
+            close(fd);
         return;
+    }
     emu_client_tgid = 0; /* our own port: this process speaks for its child */
     if (emu_autobind(&es, fd) != 0 || !es.bound) {
         close(fd);
         return;
     }
-    unsigned char msg[CTL_SIZE] = {0, 0, 0, 0, 't', 's', 'E', 'M'};
-    uint16_t op = (uint16_t)what;
-    int64_t value = pid;
-    memcpy(msg + 8, &op, 2);
-    memcpy(msg + 16, &value, 8);
+    unsigned char msg[CTL_SIZE];
+    emu_control_encode(msg, what, 0, pid);
     struct sockaddr_un to = {.sun_family = AF_UNIX};
     snprintf(to.sun_path, sizeof to.sun_path, "%s", es.server);
     if (sendto(fd, msg, sizeof msg, MSG_DONTWAIT, (struct sockaddr *)&to, sizeof to) ==
         (ssize_t)sizeof msg) {
         struct pollfd p = {.fd = fd, .events = POLLIN};
-        for (int waited = 0; waited < 2000 && poll(&p, 1, 100) >= 0; waited += 100) {
-            unsigned char reply[64];
-            ssize_t n = recv(fd, reply, sizeof reply, MSG_DONTWAIT);
-            int64_t about;
-            if (n == CTL_SIZE && !memcmp(reply + 4, "tsEM", 4) && reply[8] == CTL_OP_SEEN &&
-                (memcpy(&about, reply + 16, 8), about == pid))
+        for (int waited = 0; waited < 2000 && poll(&p, 1, 100) >= 0; waited += 100)
+            if (emu_seen_from_server(fd, es.server, pid))
                 break;
-        }
     }
     close(fd);
     char path[sizeof to.sun_path];
