@@ -19,11 +19,12 @@ import pytest
 import trio
 
 from tsemu.client import Client
-from tsemu.emulator.scenario import parse_scenario
 from tsemu.emulator.shell.listeners import BATCH, CpuListeners, ListenerTable
 from tsemu.emulator.shell.outbox import Outbox, truesize
-from tsemu.emulator.shell.runner import STORM_CHUNK, Emulator
+from tsemu.emulator.shell.runner import STORM_CHUNK
 from tsemu.wire.control import ENOBUFS_NOTICE
+
+from .emulating import emulator, listen
 
 SIZE = 596  # an exit event: 1280 bytes of truesize
 BUDGET = 212992  # rmem_default: 166 events fit
@@ -390,24 +391,6 @@ async def test_submit_is_all_or_nothing_when_cancelled_waiting_for_room() -> Non
 
 
 # -- the whole path: Emulator.storm to real clients ----------------------------------------
-
-SCENARIO = '[machine]\ncpus = 2\nclock = "virtual"\n'
-
-
-@asynccontextmanager
-async def emulator(tmp: Path) -> AsyncIterator[Emulator]:
-    emu = Emulator(parse_scenario(SCENARIO), tmp / "genl.sock")
-    async with trio.open_nursery() as nursery:
-        await nursery.start(emu.run)
-        yield emu
-        nursery.cancel_scope.cancel()
-
-
-async def listen(emu: Emulator, cpus: str) -> Client:
-    client = await Client.connect(emu.socket_path)
-    await client.register(cpus)
-    emu.server.clients[client.port].outbox.budget = 1 << 26  # a Python reader is slow
-    return client
 
 
 async def read_events(client: Client, count: int) -> list[tuple[int, int]]:

@@ -7,8 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -18,28 +16,12 @@ from tsemu.client import Client
 from tsemu.emulator.model.clock import NSEC_PER_SEC
 from tsemu.emulator.scenario import ScenarioError, parse_scenario
 from tsemu.emulator.shell.control import answer
-from tsemu.emulator.shell.runner import Emulator
 from tsemu.wire import TaskstatsReply
+
+from .emulating import emulator, listen
 
 VIRTUAL = '[machine]\ncpus = 2\nclock = "virtual"\n'
 REAL = '[machine]\ncpus = 2\nclock = "real"\n'
-
-
-@asynccontextmanager
-async def emulator(tmp: Path, text: str) -> AsyncIterator[Emulator]:
-    emu = Emulator(parse_scenario(text), tmp / "genl.sock")
-    async with trio.open_nursery() as nursery:
-        await nursery.start(emu.run)
-        yield emu
-        nursery.cancel_scope.cancel()
-
-
-async def listen(emu: Emulator, cpus: str) -> Client:
-    client = await Client.connect(emu.socket_path)
-    await client.register(cpus)
-    emu.server.clients[client.port].outbox.budget = 1 << 26  # a Python reader is slow
-    return client
-
 
 async def events(client: Client, count: int, timeout: float = 30) -> list[TaskstatsReply]:
     got = []
