@@ -202,18 +202,8 @@ static void do_socket(struct caller *c, const struct seccomp_data *d)
         return;
     }
     emu_learn_server(&s->es);
-    struct seccomp_notif_addfd add;
-    memset(&add, 0, sizeof add);
-    add.id = c->id;
-    add.flags = SECCOMP_ADDFD_FLAG_SEND;
-    add.srcfd = (uint32_t)fd;
-    add.newfd_flags = (type & SOCK_CLOEXEC) ? O_CLOEXEC : 0;
-    int got = ioctl(sv_listener, SECCOMP_IOCTL_NOTIF_ADDFD, &add);
-    int err = errno;
-    close(fd);
-    if (got < 0 && err != ENOENT) /* ENOENT: the caller is gone */
-        sv_reply(c->id, 0, err);
-    else
+    int got = sv_inject(c->id, fd, type & SOCK_CLOEXEC);
+    if (got >= 0)
         sv_say("socket: fd %d for pid %d (tid %d)", got, (int)c->tgid, (int)c->tid);
 }
 
@@ -1009,16 +999,9 @@ int sv_parked_fds(struct pollfd *fds, int max, int *timeout_ms)
 /* Whether a signal the thread does not block is pending for it or its process. */
 static int signal_pending(pid_t tid)
 {
-    char path[64], text[4096];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)tid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    char text[4096];
+    if (sv_read_proc((unsigned long)tid, "status", text, sizeof text) < 0)
         return 0;
-    ssize_t n = read(fd, text, sizeof text - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    text[n] = '\0';
     unsigned long long pnd = 0, shd = 0, blk = 0;
     char *at;
     if ((at = strstr(text, "\nSigPnd:")))

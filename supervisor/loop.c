@@ -68,6 +68,22 @@ int sv_reply(uint64_t id, int64_t val, int err)
     return ioctl(sv_listener, SECCOMP_IOCTL_NOTIF_SEND, &resp);
 }
 
+int sv_inject(uint64_t id, int fd, int cloexec)
+{
+    struct seccomp_notif_addfd add;
+    memset(&add, 0, sizeof add);
+    add.id = id;
+    add.flags = SECCOMP_ADDFD_FLAG_SEND;
+    add.srcfd = (uint32_t)fd;
+    add.newfd_flags = cloexec ? O_CLOEXEC : 0;
+    int got = ioctl(sv_listener, SECCOMP_IOCTL_NOTIF_ADDFD, &add);
+    int err = errno;
+    close(fd);
+    if (got < 0 && err != ENOENT) /* ENOENT: the caller is gone */
+        sv_reply(id, 0, err);
+    return got;
+}
+
 int sv_continue(uint64_t id)
 {
     struct seccomp_notif_resp resp;
@@ -82,18 +98,26 @@ int sv_continue(uint64_t id)
 #define CALLERS 256
 static struct caller callers[CALLERS];
 
-static pid_t tgid_of(pid_t tid)
+ssize_t sv_read_proc(unsigned long id, const char *name, char *text, size_t size)
 {
-    char path[64], text[4096];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)tid);
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%lu/%s", id, name);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return tid;
-    ssize_t n = read(fd, text, sizeof text - 1);
+        return -1;
+    ssize_t n = read(fd, text, size - 1);
     close(fd);
     if (n <= 0)
-        return tid;
+        return -1;
     text[n] = '\0';
+    return n;
+}
+
+static pid_t tgid_of(pid_t tid)
+{
+    char text[4096];
+    if (sv_read_proc((unsigned long)tid, "status", text, sizeof text) < 0)
+        return tid;
     char *at = strstr(text, "\nTgid:");
     return at ? (pid_t)strtol(at + 6, NULL, 10) : tid;
 }

@@ -82,16 +82,9 @@ static int read_string(pid_t tid, uint64_t at, char *out, size_t size)
 
 static unsigned long parent_of(unsigned long pid)
 {
-    char path[64], text[512];
-    snprintf(path, sizeof path, "/proc/%lu/stat", pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    char text[512];
+    if (sv_read_proc(pid, "stat", text, sizeof text) < 0)
         return 0;
-    ssize_t n = read(fd, text, sizeof text - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    text[n] = '\0';
     char *close_paren = strrchr(text, ')');
     if (!close_paren)
         return 0;
@@ -199,17 +192,7 @@ static int do_open(struct caller *c, uint64_t upath, int flags)
         sv_reply(c->id, 0, errno);
         return 1;
     }
-    struct seccomp_notif_addfd add;
-    memset(&add, 0, sizeof add);
-    add.id = c->id;
-    add.flags = SECCOMP_ADDFD_FLAG_SEND;
-    add.srcfd = (uint32_t)fd;
-    add.newfd_flags = flags & O_CLOEXEC;
-    int got = ioctl(sv_listener, SECCOMP_IOCTL_NOTIF_ADDFD, &add);
-    err = errno;
-    close(fd);
-    if (got < 0 && err != ENOENT)
-        sv_reply(c->id, 0, err);
+    sv_inject(c->id, fd, flags & O_CLOEXEC);
     return 1;
 }
 

@@ -67,8 +67,15 @@ struct caller {
 extern int sv_listener;
 extern int sv_debug;
 void sv_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* /proc/ID/NAME (status, stat) read whole into `text` (NUL-terminated, cut at size - 1):
+ * its length, or -1 when it cannot be read (the task is gone). */
+ssize_t sv_read_proc(unsigned long id, const char *name, char *text, size_t size);
 int sv_valid(uint64_t id);             /* the notification is still pending */
 int sv_reply(uint64_t id, int64_t val, int err);
+/* Answer the call with a copy of our `fd` at the caller's lowest free descriptor (ADDFD with
+ * SEND, as the call's own result; O_CLOEXEC if `cloexec`); `fd` is closed. The descriptor
+ * number, or -1 (the call then answered with the error, unless the caller is gone). */
+int sv_inject(uint64_t id, int fd, int cloexec);
 int sv_continue(uint64_t id);
 int sv_loop(pid_t child, int child_pidfd); /* returns the child's wait status */
 void sv_catch_signals(void);               /* before the fork: TERM, HUP, CHLD */
