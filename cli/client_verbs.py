@@ -325,11 +325,15 @@ class Target:
             raise Failure(f"no tsemu server at {self.socket} (start one with `tsemu serve`, "
                           f"or name its socket with --socket or $TSEMU_SOCKET)") from None
         except ConnectionRefusedError:  # (the client's first datagram, at connect)
-            raise Failure(f"no tsemu server is listening on {self.socket} (a stale socket? "
-                          f"start one with `tsemu serve`)") from None
+            raise self.not_listening() from None
         except OSError as exc:
             raise Failure(f"cannot reach the tsemu server at {self.socket}: "
                           f"{exc.strerror or exc}") from None
+
+    def not_listening(self) -> Failure:
+        """A socket file with no server behind it (a server that died, or was killed)."""
+        return Failure(f"no tsemu server is listening on {self.socket} (a stale socket? "
+                       f"start one with `tsemu serve`)")
 
     async def ask(self, request: Awaitable[T]) -> T:
         """`request`'s result; its failures as `Failure`s (netlink errors left to the caller)."""
@@ -345,8 +349,7 @@ class Target:
         except NetlinkError:
             raise
         except (ConnectionRefusedError, FileNotFoundError):
-            raise Failure(f"no tsemu server is listening on {self.socket} (a stale socket? "
-                          f"start one with `tsemu serve`)") from None
+            raise self.not_listening() from None
         except OSError as exc:
             raise Failure(f"talking to {self.where()}: {exc.strerror or exc}") from None
 
