@@ -188,6 +188,19 @@ class Outbox:
             return charged == 0 or charged + size <= self.budget
         return charged <= self.budget
 
+    def _takes_when_tight(self, size: int) -> bool:
+        """The slow half of admitting a message of truesize `size` (the fast half, nothing
+        congested and room by the charges known, is inline in `offer` and `offer_many`): what
+        the client has read since is taken into account; a congested buffer takes nothing until
+        the client has read all of it, as netlink's; a refusal is an overrun (ENOBUFS)."""
+        self._reconcile()
+        if self.congested and self._charged() == 0:
+            self.congested = False
+        if self.congested or not self._fits(size):
+            self._overrun()
+            return False
+        return True
+
     def offer(self, data: bytes) -> bool:
         """Accept `data` if the emulated receive buffer takes it (sending it at once when
         nothing is held here and the client's socket has room). False when the client is
@@ -199,11 +212,7 @@ class Outbox:
         if self.congested or not (
                 (charged == 0 or charged + size <= self.budget) if self.check_after_add
                 else charged <= self.budget):
-            self._reconcile()
-            if self.congested and self._charged() == 0:
-                self.congested = False
-            if self.congested or not self._fits(size):
-                self._overrun()
+            if not self._takes_when_tight(size):
                 return True
         if not self._queue:
             try:
@@ -259,11 +268,7 @@ class Outbox:
             if self.congested or not (
                     (charged == 0 or charged + size <= budget) if after_add
                     else charged <= budget):
-                self._reconcile()
-                if self.congested and self._charged() == 0:
-                    self.congested = False
-                if self.congested or not self._fits(size):
-                    self._overrun()
+                if not self._takes_when_tight(size):
                     continue
             queue.append(data)
             self._queued += size
