@@ -58,8 +58,8 @@ static atomic_int taskstats_family;
 
 static const unsigned char control_magic[8] = {0, 0, 0, 0, 't', 's', 'E', 'M'};
 
-/* ---- helpers on scattered buffers (the shim's own copies of the application's iovecs, whose
- * pieces the kernel has just written: safe to read) ---- */
+/* ---- helpers on scattered buffers (our copies of the caller's iovecs, whose pieces are the
+ * caller's memory: read through usermem.c) ---- */
 
 static size_t iov_total(const struct iovec *iov, size_t n)
 {
@@ -69,16 +69,32 @@ static size_t iov_total(const struct iovec *iov, size_t n)
     return total;
 }
 
-/* Copy up to `size` leading bytes of the `len` bytes held in `iov` into `out`. */
-static size_t iov_gather(const struct iovec *iov, size_t n, size_t len, void *out, size_t size)
+/* Copy up to `size` leading bytes of the `len` bytes the kernel has just written into the
+ * caller's pieces `iov` into `out`: how many. */
+static size_t iov_gather(const struct caller_mem *who, const struct iovec *iov, size_t n,
+                         size_t len, void *out, size_t size)
 {
-    size_t want = len < size ? len : size, done = 0;
-    for (size_t i = 0; i < n && done < want; i++) {
-        size_t part = iov[i].iov_len < want - done ? iov[i].iov_len : want - done;
-        memcpy((char *)out + done, iov[i].iov_base, part);
-        done += part;
-    }
-    return done;
+    struct iovec local = {out, len < size ? len : size};
+    ssize_t got = um_readv(who, &local, 1, iov, n);
+    return got > 0 ? (size_t)got : 0;
+}
+
+/* Zeros over the first `len` bytes of the caller's pieces `iov` (a stranger's datagram: rare,
+ * so a page of zeros at a time). */
+static void iov_wipe(const struct caller_mem *who, const struct iovec *iov, size_t n, size_t len)
+{
+    static const unsigned char zeros[4096];
+    for (size_t i = 0; i < n && len; i++)
+        for (size_t off = 0; off < iov[i].iov_len && len;) {
+            size_t step = iov[i].iov_len - off;
+            if (step > sizeof zeros)
+                step = sizeof zeros;
+            if (step > len)
+                step = len;
+            um_write(who, (char *)iov[i].iov_base + off, zeros, step);
+            off += step;
+            len -= step;
+        }
 }
 
 static int is_control(const unsigned char *head, size_t len)
@@ -273,8 +289,10 @@ static int fd_attr(uint16_t type, const unsigned char *data, size_t size, void *
 
 /* The descriptors to pass with an outgoing datagram: one per CGROUPSTATS_CMD_GET request
  * (as the server counts them: REQUEST set, not a dump, TASKSTATS' family, command 4) whose
- * FD attribute names a descriptor open here. Returns how many were put in `fds`. */
-static int cgroupstats_fds(const unsigned char *buf, size_t len, int *fds)
+ * FD attribute names a descriptor the caller has open (ours for it: who->fd_of). Returns how
+ * many were put in `fds`. */
+static int cgroupstats_fds(const struct caller_mem *who, const unsigned char *buf, size_t len,
+                           int *fds)
 {
     int count = 0, family = atomic_load(&taskstats_family);
     size_t off = 0;
@@ -292,7 +310,7 @@ static int cgroupstats_fds(const unsigned char *buf, size_t len, int *fds)
                       &fd);
             /* A descriptor that is not open travels as nothing: the kernel answers such a
              * request with nothing either. */
-            if (fd >= 0 && real_fcntl(fd, F_GETFD) != -1)
+            if (fd >= 0 && (fd = who->fd_of(who, fd)) >= 0)
                 fds[count++] = fd;
         }
         off += ALIGN4(hdr.nlmsg_len);
@@ -311,8 +329,11 @@ static int cgroupstats_fds(const unsigned char *buf, size_t len, int *fds)
  * capabilities to claim others'; a pid that exists) the kernel says: they are offered alone on
  * the Unix socket with MSG_OOB, which fails with EOPNOTSUPP only once they passed scm_send.
  * They go no further: the kernel's genetlink never looks at them, and the server judges a
- * request by the credentials the kernel attaches to it. 0, or an errno. */
-static int check_control(int fd, const unsigned char *control, size_t len)
+ * request by the credentials the kernel attaches to it. That dry run judges by our rights, so
+ * only where they are the caller's (who->judge_creds: the shim, not the supervisor). 0, or
+ * an errno. */
+static int check_control(const struct caller_mem *who, int fd, const unsigned char *control,
+                         size_t len)
 {
     size_t off = 0;
     while (len - off >= sizeof(struct cmsghdr)) {
@@ -323,6 +344,8 @@ static int check_control(int fd, const unsigned char *control, size_t len)
         if (c.cmsg_level == SOL_SOCKET) {
             if (c.cmsg_type != SCM_CREDENTIALS || c.cmsg_len != CMSG_LEN(sizeof(struct ucred)))
                 return EINVAL;
+        }
+        if (c.cmsg_level == SOL_SOCKET && who->judge_creds) {
             union {
                 struct cmsghdr align;
                 unsigned char buf[CMSG_SPACE(sizeof(struct ucred))];
@@ -341,7 +364,11 @@ static int check_control(int fd, const unsigned char *control, size_t len)
     return 0;
 }
 
-ssize_t emu_send(struct emu_sock *es, int fd, const struct nl_out *o, int flags)
+/* Whether sends may still claim who->speak_for's pid (the kernel refused it once: never). */
+static atomic_int claim_refused;
+
+ssize_t emu_send(const struct caller_mem *who, struct emu_sock *es, int fd,
+                 const struct nl_out *o, int flags)
 {
     pthread_mutex_lock(&es->lock);
     size_t limit = es->sndbuf > 32 ? (size_t)es->sndbuf - 32 : 0;
@@ -366,7 +393,7 @@ ssize_t emu_send(struct emu_sock *es, int fd, const struct nl_out *o, int flags)
             local[1].iov_len = o->len;
             remote[1] = o->iov[0];
         }
-        ssize_t got = um_readv(local, 2, remote, 2);
+        ssize_t got = um_readv(who, local, 2, remote, 2);
         name_ok = o->namelen == 0 || got >= (ssize_t)o->namelen;
         data_ok = want_data && got == (ssize_t)(o->namelen + o->len);
     } else {
@@ -374,7 +401,7 @@ ssize_t emu_send(struct emu_sock *es, int fd, const struct nl_out *o, int flags)
             memcpy(&name, o->name, o->namelen);
         if (want_data) {
             struct iovec local = {flat, o->len};
-            data_ok = um_readv(&local, 1, o->iov, o->iovlen) == (ssize_t)o->len;
+            data_ok = um_readv(who, &local, 1, o->iov, o->iovlen) == (ssize_t)o->len;
         }
     }
 
@@ -386,7 +413,7 @@ ssize_t emu_send(struct emu_sock *es, int fd, const struct nl_out *o, int flags)
         err = EOPNOTSUPP;
     } else if (o->len == 0) {
         err = ENODATA; /* the kernel: "Zero length message leads to an empty skb" */
-    } else if (o->controllen && (err = check_control(fd, o->control, o->controllen))) {
+    } else if (o->controllen && (err = check_control(who, fd, o->control, o->controllen))) {
         /* err set */
     } else if (o->namelen) {
         struct sockaddr_nl nl;
@@ -432,11 +459,12 @@ ssize_t emu_send(struct emu_sock *es, int fd, const struct nl_out *o, int flags)
     }
 
     int fds[MAX_PASSED_FDS];
-    int nfds = cgroupstats_fds(flat, o->len, fds);
+    int nfds = cgroupstats_fds(who, flat, o->len, fds);
     union {
         struct cmsghdr align;
-        char buf[CMSG_SPACE(sizeof(int) * MAX_PASSED_FDS)];
+        char buf[CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(sizeof(int) * MAX_PASSED_FDS)];
     } control;
+    memset(&control, 0, sizeof control);
     struct iovec data = {flat, o->len};
     struct msghdr out = {
         .msg_name = &to,
@@ -444,26 +472,55 @@ ssize_t emu_send(struct emu_sock *es, int fd, const struct nl_out *o, int flags)
         .msg_iov = &data,
         .msg_iovlen = 1,
     };
+    size_t creds = 0, used = 0;
+    if (who->speak_for && !atomic_load_explicit(&claim_refused, memory_order_relaxed)) {
+        /* The server hears the caller's pid rather than ours (a privileged sender may). */
+        struct cmsghdr *cm = (struct cmsghdr *)control.buf;
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_CREDENTIALS;
+        cm->cmsg_len = CMSG_LEN(sizeof(struct ucred));
+        struct ucred claim = {who->speak_for, getuid(), getgid()};
+        memcpy(CMSG_DATA(cm), &claim, sizeof claim);
+        used = creds = CMSG_SPACE(sizeof(struct ucred));
+    }
     if (nfds) {
-        memset(&control, 0, sizeof control);
-        out.msg_control = control.buf;
-        out.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&out);
+        struct cmsghdr *cm = (struct cmsghdr *)(control.buf + used);
         cm->cmsg_level = SOL_SOCKET;
         cm->cmsg_type = SCM_RIGHTS;
         cm->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
         memcpy(CMSG_DATA(cm), fds, sizeof(int) * (size_t)nfds);
+        used += CMSG_SPACE(sizeof(int) * (size_t)nfds);
     }
+    out.msg_control = used ? control.buf : NULL;
+    out.msg_controllen = used;
     ssize_t n;
-    while ((n = real_sendmsg(fd, &out, (flags & MSG_DONTWAIT) | MSG_NOSIGNAL)) < 0 && dst == 0 &&
-           (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        /* The kernel takes a message for itself at once, blocking socket or not; tsemu reads
-         * its queue (net.unix.max_dgram_qlen datagrams) as fast as it can: wait for room.
-         * (A Unix socket cannot poll for room at an address it is not connected to.) */
-        struct timespec pause = {0, 200 * 1000};
-        nanosleep(&pause, NULL);
+    for (;;) {
+        n = real_sendmsg(fd, &out, (flags & MSG_DONTWAIT) | MSG_NOSIGNAL);
+        if (n < 0 && errno == EPERM && creds) {
+            /* Not privileged to speak for the caller: the server hears us, from now on. */
+            atomic_store(&claim_refused, 1);
+            memmove(control.buf, control.buf + creds, used - creds);
+            used -= creds;
+            creds = 0;
+            out.msg_control = used ? control.buf : NULL;
+            out.msg_controllen = used;
+            continue;
+        }
+        if (n < 0 && dst == 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            /* The kernel takes a message for itself at once, blocking socket or not; tsemu
+             * reads its queue (net.unix.max_dgram_qlen datagrams) as fast as it can: wait for
+             * room. (A Unix socket cannot poll for room at an address it is not connected
+             * to.) */
+            struct timespec pause = {0, 200 * 1000};
+            nanosleep(&pause, NULL);
+            continue;
+        }
+        break;
     }
     err = errno;
+    if (who->fd_copies)
+        for (int i = 0; i < nfds; i++)
+            real_close(fds[i]);
     if (flat != stack)
         free(flat);
     if (n < 0 && (err == ENOENT || err == ENOTDIR || err == ECONNREFUSED)) {
@@ -546,6 +603,18 @@ static void kernel_credentials(struct ucred *creds)
 
 enum sender { FROM_SERVER, FROM_PEER, FROM_STRANGER };
 
+/* Descriptors a stranger attached (SCM_RIGHTS), installed by the receive: closed unseen. */
+static void close_rights(struct msghdr *real)
+{
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(real); c; c = CMSG_NXTHDR(real, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+            for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+                int fd;
+                memcpy(&fd, CMSG_DATA(c) + i * sizeof fd, sizeof fd);
+                real_close(fd);
+            }
+}
+
 /* Who sent a datagram the Unix socket gave us (es->lock held): someone of the server's user
  * (the uid in the credentials the kernel attached), or a stranger, whose datagram no one must
  * see. Of the server's user, a port file is another client (a unicast, reported from that
@@ -556,6 +625,7 @@ static enum sender judge(struct emu_sock *es, struct msghdr *real, struct ucred 
 {
     const struct sockaddr_un *from = real->msg_name;
     int found = 0;
+    close_rights(real);
     for (struct cmsghdr *c = CMSG_FIRSTHDR(real); c; c = CMSG_NXTHDR(real, c))
         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS &&
             c->cmsg_len >= CMSG_LEN(sizeof *creds)) {
@@ -599,8 +669,9 @@ static void drop_head(int fd)
 
 /* Hand out the next message of the batch at the head of the queue (es->lock held): one
  * peek at its offset, into the caller's buffers trimmed to the message. */
-static enum attempt batch_receive(struct emu_sock *es, int fd, struct nl_in *in, int flags,
-                                  ssize_t *result, struct ucred *creds)
+static enum attempt batch_receive(const struct caller_mem *who, struct emu_sock *es, int fd,
+                                  struct nl_in *in, int flags, ssize_t *result,
+                                  struct ucred *creds)
 {
     size_t len = es->batch_len[es->batch_next];
     size_t room = iov_total(in->iov, in->iovlen);
@@ -625,7 +696,7 @@ static enum attempt batch_receive(struct emu_sock *es, int fd, struct nl_in *in,
     struct msghdr real = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = trim,
                           .msg_iovlen = pieces, .msg_control = ours.buf,
                           .msg_controllen = sizeof ours.buf};
-    ssize_t n = real_recvmsg(fd, &real, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
+    ssize_t n = um_recvmsg(who, fd, &real, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     int err = errno;
     if (trim != stack)
         free(trim);
@@ -636,6 +707,8 @@ static enum attempt batch_receive(struct emu_sock *es, int fd, struct nl_in *in,
         errno = err;
         return err == EAGAIN || err == EWOULDBLOCK ? GOT_NOTHING : GOT_ERROR;
     }
+    if (n >= 0 && (size_t)n != es->batch_total - es->batch_off)
+        close_rights(&real);
     if (n >= 0 && ((size_t)n != es->batch_total - es->batch_off ||
                    judge(es, &real, creds, &port) != FROM_SERVER)) {
         batch_forget(es, fd); /* not the batch we were handing out: look again */
@@ -667,8 +740,9 @@ static enum attempt batch_receive(struct emu_sock *es, int fd, struct nl_in *in,
 }
 
 /* One non-blocking attempt (es->lock held). */
-static enum attempt try_receive(struct emu_sock *es, int fd, struct nl_in *in, int flags,
-                                ssize_t *result, struct ucred *creds)
+static enum attempt try_receive(const struct caller_mem *who, struct emu_sock *es, int fd,
+                                struct nl_in *in, int flags, ssize_t *result,
+                                struct ucred *creds)
 {
     struct sockaddr_un from;
     union {
@@ -680,30 +754,31 @@ static enum attempt try_receive(struct emu_sock *es, int fd, struct nl_in *in, i
     uint32_t port = 0;
 
     if (es->batch_count)
-        return batch_receive(es, fd, in, flags, result, creds);
+        return batch_receive(who, es, fd, in, flags, result, creds);
     if ((flags & MSG_PEEK) || room < CTL_SIZE || es->batching > 0) {
         /* The caller's buffer cannot show us the head, or must not consume it: peek first. */
         struct iovec h = {head, sizeof head};
         struct msghdr peek = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = &h,
                               .msg_iovlen = 1, .msg_control = ours.buf,
                               .msg_controllen = sizeof ours.buf};
-        ssize_t n = real_recvmsg(fd, &peek, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
+        ssize_t n = real_recvmsg(fd, &peek,
+                                 MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
         if (n < 0)
             return errno == EAGAIN || errno == EWOULDBLOCK ? GOT_NOTHING : GOT_ERROR;
-        enum sender who = judge(es, &peek, creds, &port);
-        if (who == FROM_STRANGER) {
+        enum sender heard = judge(es, &peek, creds, &port);
+        if (heard == FROM_STRANGER) {
             drop_head(fd);
             return GOT_RETRY;
         }
-        if (who == FROM_SERVER && is_batch_head(head, (size_t)n)) {
+        if (heard == FROM_SERVER && is_batch_head(head, (size_t)n)) {
             if (batch_begin(es, head, (size_t)n) || set_peek_off(fd, BATCH_HDR)) {
                 es->batch_count = 0;
                 drop_head(fd); /* malformed: meant for no one */
                 return GOT_RETRY;
             }
-            return batch_receive(es, fd, in, flags, result, creds);
+            return batch_receive(who, es, fd, in, flags, result, creds);
         }
-        if (who == FROM_SERVER && is_control(head, (size_t)n)) {
+        if (heard == FROM_SERVER && is_control(head, (size_t)n)) {
             drop_head(fd);
             return control_op(head) == CTL_OP_ENOBUFS ? GOT_ENOBUFS : GOT_RETRY;
         }
@@ -711,25 +786,21 @@ static enum attempt try_receive(struct emu_sock *es, int fd, struct nl_in *in, i
     struct msghdr real = {.msg_name = &from, .msg_namelen = sizeof from,
                           .msg_iov = (struct iovec *)in->iov, .msg_iovlen = in->iovlen,
                           .msg_control = ours.buf, .msg_controllen = sizeof ours.buf};
-    ssize_t n = real_recvmsg(fd, &real, (flags & ~MSG_CMSG_COMPAT) | MSG_DONTWAIT);
+    ssize_t n = um_recvmsg(who, fd, &real,
+                           (flags & ~MSG_CMSG_COMPAT) | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     if (n < 0)
         return errno == EAGAIN || errno == EWOULDBLOCK ? GOT_NOTHING : GOT_ERROR;
-    enum sender who = judge(es, &real, creds, &port);
-    if (who == FROM_STRANGER) {
+    enum sender heard = judge(es, &real, creds, &port);
+    if (heard == FROM_STRANGER) {
         /* Not even its bytes stay behind in the caller's buffers (which the kernel has just
          * written, so they can be written again). */
-        size_t wrote = (size_t)n < room ? (size_t)n : room;
-        for (size_t i = 0; i < in->iovlen && wrote; i++) {
-            size_t part = in->iov[i].iov_len < wrote ? in->iov[i].iov_len : wrote;
-            memset(in->iov[i].iov_base, 0, part);
-            wrote -= part;
-        }
+        iov_wipe(who, in->iov, in->iovlen, (size_t)n < room ? (size_t)n : room);
         if (flags & MSG_PEEK)
             drop_head(fd);
         return GOT_RETRY;
     }
-    if (who == FROM_SERVER && !(flags & MSG_PEEK) && room >= CTL_SIZE && (size_t)n == CTL_SIZE) {
-        iov_gather(in->iov, in->iovlen, CTL_SIZE, head, sizeof head);
+    if (heard == FROM_SERVER && !(flags & MSG_PEEK) && room >= CTL_SIZE && (size_t)n == CTL_SIZE) {
+        iov_gather(who, in->iov, in->iovlen, CTL_SIZE, head, sizeof head);
         if (is_control(head, CTL_SIZE))
             return control_op(head) == CTL_OP_ENOBUFS ? GOT_ENOBUFS : GOT_RETRY;
     }
@@ -737,27 +808,20 @@ static enum attempt try_receive(struct emu_sock *es, int fd, struct nl_in *in, i
     memset(&in->name, 0, sizeof in->name);
     in->name.nl_family = AF_NETLINK;
     in->name.nl_pid = port;
-    if (who == FROM_SERVER)
+    if (heard == FROM_SERVER)
         kernel_credentials(creds);
 
     /* nlctrl replies teach us TASKSTATS' family id (for CGROUPSTATS sends). */
     size_t have = (size_t)n < room ? (size_t)n : room;
     if (have >= NLMSG_HDRLEN + 4) {
         unsigned char first[NLMSG_HDRLEN] = {0};
-        iov_gather(in->iov, in->iovlen, have, first, sizeof first);
-        uint16_t type;
-        memcpy(&type, first + 4, 2);
-        if (type == NLCTRL_ID) {
-            if (in->iovlen == 1) {
-                learn_family(in->iov[0].iov_base, have);
-            } else {
-                unsigned char *whole = malloc(have);
-                if (whole) {
-                    iov_gather(in->iov, in->iovlen, have, whole, have);
-                    learn_family(whole, have);
-                    free(whole);
-                }
-            }
+        uint16_t type = 0;
+        if (iov_gather(who, in->iov, in->iovlen, have, first, sizeof first) == sizeof first)
+            memcpy(&type, first + 4, 2);
+        unsigned char *whole = type == NLCTRL_ID ? malloc(have) : NULL;
+        if (whole) {
+            learn_family(whole, iov_gather(who, in->iov, in->iovlen, have, whole, have));
+            free(whole);
         }
     }
     *result = n;
@@ -767,20 +831,22 @@ static enum attempt try_receive(struct emu_sock *es, int fd, struct nl_in *in, i
 /* put_cmsg(): one control message into the caller's buffer, as much of it as fits (MSG_CTRUNC
  * when it does not all fit, or when there is no buffer); a buffer the kernel cannot write to
  * takes nothing, silently. */
-static void put_cmsg(struct nl_in *in, int level, int type, const void *data, size_t len)
+static void put_cmsg(const struct caller_mem *who, struct nl_in *in, int level, int type,
+                     const void *data, size_t len)
 {
     unsigned char cm[NL_CMSG_MAX];
     size_t step;
     size_t n = nl_cmsg_build(cm, in->ucontrol ? in->ucontrollen : 0, level, type, data, len,
                              &in->msg_flags, &step);
-    if (n == 0 || um_write(in->ucontrol, cm, n))
+    if (n == 0 || um_write(who, in->ucontrol, cm, n))
         return;
     in->ucontrol = (char *)in->ucontrol + step;
     in->ucontrollen -= step;
     in->controlled += step;
 }
 
-ssize_t emu_recv(struct emu_sock *es, int fd, struct nl_in *in, int flags)
+ssize_t emu_recv(const struct caller_mem *who, struct emu_sock *es, int fd, struct nl_in *in,
+                 int flags)
 {
     in->controlled = 0;
     in->msg_flags = 0;
@@ -799,7 +865,7 @@ ssize_t emu_recv(struct emu_sock *es, int fd, struct nl_in *in, int flags)
             es->sk_err = 0;
             got = GOT_ERROR;
         } else {
-            got = try_receive(es, fd, in, flags, &n, &creds);
+            got = try_receive(who, es, fd, in, flags, &n, &creds);
             err = errno;
         }
         int pktinfo = es->pktinfo, passcred = es->passcred;
@@ -809,10 +875,10 @@ ssize_t emu_recv(struct emu_sock *es, int fd, struct nl_in *in, int flags)
             /* netlink_recvmsg's control messages, in its order */
             if (pktinfo) {
                 uint32_t group = 0; /* struct nl_pktinfo: unicast */
-                put_cmsg(in, SOL_NETLINK, NLO_PKTINFO, &group, sizeof group);
+                put_cmsg(who, in, SOL_NETLINK, NLO_PKTINFO, &group, sizeof group);
             }
             if (passcred)
-                put_cmsg(in, SOL_SOCKET, SCM_CREDENTIALS, &creds, sizeof creds);
+                put_cmsg(who, in, SOL_SOCKET, SCM_CREDENTIALS, &creds, sizeof creds);
             return n;
         case GOT_ENOBUFS:
             errno = ENOBUFS;

@@ -198,15 +198,38 @@ void shim_foreign(uid_t uid, pid_t pid, uid_t server_uid); /* a datagram dropped
 void shim_report(void);                                     /* at exit: what was dropped */
 int shim_capable(int cap);                                  /* cap is in our effective set */
 
-/* ---- usermem.c: the application's memory, through the kernel (never dereferenced) ---- */
-int um_read(void *to, const void *from, size_t len);  /* 0, or -1 with errno EFAULT */
-int um_write(void *to, const void *from, size_t len); /* 0, or -1 with errno EFAULT */
-/* Scattered copies: the bytes copied, short where a remote (application) piece faults. */
-ssize_t um_readv(const struct iovec *local, size_t nlocal, const struct iovec *remote,
-                 size_t nremote);
-ssize_t um_writev(const struct iovec *local, size_t nlocal, const struct iovec *remote,
-                  size_t nremote);
-int um_access_ok(const void *addr, size_t len); /* the kernel's access_ok(): 1 or 0 */
+/* ---- usermem.c: the caller's memory, through the kernel (never dereferenced) ---- */
+
+/* Whose call the rules below serve. The shim serves its own process; the supervisor
+ * (supervisor/) a thread it traces. Everything that differs between the two hosts is a field
+ * here, so io.c, naming.c and options.c hold one implementation of each rule for both. */
+struct caller_mem {
+    pid_t pid;       /* whose memory: 0 this process, else that thread's (process_vm_*) */
+    pid_t speak_for; /* sends claim this pid in SCM_CREDENTIALS while the kernel lets us
+                      * (a privileged supervisor speaking for its client); 0: never */
+    int judge_creds; /* SCM_CREDENTIALS a client sends are judged by a dry run on our own
+                      * socket: only where our rights are the caller's (the shim) */
+    /* Our descriptor for the caller's descriptor `theirs` (a CGROUPSTATS request names
+     * one), or -1 when it has none; when `fd_copies`, a copy the send closes afterwards. */
+    int (*fd_of)(const struct caller_mem *who, int theirs);
+    int fd_copies;
+    void *host; /* the host's own (supervisor: its struct caller) */
+};
+extern const struct caller_mem um_self; /* the shim's: this process */
+
+int um_read(const struct caller_mem *who, void *to, const void *from, size_t len);
+int um_write(const struct caller_mem *who, void *to, const void *from, size_t len);
+/* Scattered copies: the bytes copied, short where a remote (caller's) piece faults. */
+ssize_t um_readv(const struct caller_mem *who, const struct iovec *local, size_t nlocal,
+                 const struct iovec *remote, size_t nremote);
+ssize_t um_writev(const struct caller_mem *who, const struct iovec *local, size_t nlocal,
+                  const struct iovec *remote, size_t nremote);
+/* recvmsg(2) on our socket `fd` into the caller's pieces (msg->msg_iov; the name and control
+ * buffers are ours): the kernel writes them directly for this process, through a buffer of
+ * ours and process_vm_writev for another (EFAULT when that fails: the datagram is taken,
+ * unless MSG_PEEK, as the kernel takes it). */
+ssize_t um_recvmsg(const struct caller_mem *who, int fd, struct msghdr *msg, int flags);
+int um_access_ok(const void *addr, size_t len); /* this process: the kernel's access_ok() */
 
 /* The kernel's limits on what one call moves (MAX_RW_COUNT) and on its pieces (UIO_MAXIOV),
  * and the largest address a sockaddr may have (sizeof(struct sockaddr_storage)). */
@@ -216,33 +239,60 @@ int um_access_ok(const void *addr, size_t len); /* the kernel's access_ok(): 1 o
 
 /* ---- io.c: send and receive, as netlink_sendmsg and netlink_recvmsg do them ---- */
 
-/* A datagram to send, past the system call layer's checks (sockops.c): its pieces are the
- * application's memory, within access_ok() but not read yet. */
+/* A datagram to send, past the system call layer's checks (sockops.c; supervisor/calls.c):
+ * its pieces are the caller's memory, within access_ok() but not read yet. */
 struct nl_out {
     const struct iovec *iov;
     size_t iovlen;
     size_t len;            /* their total, at most MAX_RW_COUNT */
-    const void *uname;     /* an address still in the application's memory (sendto), or NULL */
-    const void *name;      /* ... or one already copied (sendmsg) */
+    const void *uname;     /* an address still in the caller's memory (sendto), or NULL */
+    const void *name;      /* ... or one readable here (sendmsg) */
     size_t namelen;        /* 0: none (the connected destination); at most MAX_ADDRLEN */
-    const void *control;   /* sendmsg's control messages, readable (checked by the kernel) */
+    const void *control;   /* sendmsg's control messages, readable here */
     size_t controllen;
 };
-ssize_t emu_send(struct emu_sock *es, int fd, const struct nl_out *out, int flags);
+ssize_t emu_send(const struct caller_mem *who, struct emu_sock *es, int fd,
+                 const struct nl_out *out, int flags);
 
-/* A receive, past the system call layer's checks: the pieces are within access_ok(); what the
- * kernel would write besides the data comes back in the structure. */
+/* A receive, past the system call layer's checks: the pieces (the caller's) are within
+ * access_ok(); what the kernel would write besides the data comes back in the structure.
+ * It waits for a datagram unless `flags` has MSG_DONTWAIT (the supervisor always sets it:
+ * it parks a waiting call instead, supervisor/calls.c). */
 struct nl_in {
     const struct iovec *iov;
     size_t iovlen;
-    void *ucontrol;           /* the application's control buffer (recvmsg), or NULL */
+    void *ucontrol;           /* the caller's control buffer (recvmsg), or NULL */
     size_t ucontrollen;
     struct sockaddr_nl name;  /* out: the sender */
     size_t controlled;        /* out: bytes of control messages written at ucontrol */
     int msg_flags;            /* out */
 };
-ssize_t emu_recv(struct emu_sock *es, int fd, struct nl_in *in, int flags);
+ssize_t emu_recv(const struct caller_mem *who, struct emu_sock *es, int fd, struct nl_in *in,
+                 int flags);
 /* A socket inherited across exec: it may be in the middle of a batch (caller holds es->lock). */
 void emu_batch_adopt(struct emu_sock *es, int fd);
+
+/* ---- naming.c and options.c: the other socket calls' rules, past the system call layer ----
+ * Each returns 0, a positive errno, or EMU_PASS: not netlink's business, the Unix socket
+ * does the call with the caller's own arguments (the shim calls libc; the supervisor lets
+ * the trapped call CONTINUE). Pointers are the caller's, read and written through `who`. */
+#define EMU_PASS (-1)
+/* move_addr_to_kernel(): len as an int, negative or longer than MAX_ADDRLEN is EINVAL. */
+int emu_take_address(const struct caller_mem *who, const void *uaddr, socklen_t len,
+                     struct sockaddr_storage *out);
+/* move_addr_to_user(): `klen` bytes cut to *ulen's room, then the full length into *ulen. */
+int emu_give_address(const struct caller_mem *who, const void *kaddr, int klen, void *uaddr,
+                     socklen_t *ulen);
+int emu_bind(const struct caller_mem *who, struct emu_sock *es, int fd, const void *uaddr,
+             socklen_t len);
+int emu_connect(const struct caller_mem *who, struct emu_sock *es, int fd, const void *uaddr,
+                socklen_t len);
+/* getsockname (peer 0) and getpeername (peer 1). */
+int emu_getname(const struct caller_mem *who, struct emu_sock *es, int peer, void *uaddr,
+                socklen_t *ulen);
+int emu_setsockopt(const struct caller_mem *who, struct emu_sock *es, int fd, int level,
+                   int opt, const void *value, socklen_t len);
+int emu_getsockopt(const struct caller_mem *who, struct emu_sock *es, int level, int opt,
+                   void *value, socklen_t *len);
 
 #endif

@@ -29,7 +29,6 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
-#include <linux/capability.h>
 #include <linux/netlink.h>
 
 #ifndef CLOSE_RANGE_CLOEXEC
@@ -91,32 +90,6 @@ static void drop_iovs(struct iovs *iovs)
         free(iovs->v);
 }
 
-/* move_addr_to_kernel(): the caller's address (len as an int: negative or longer than a
- * sockaddr_storage is EINVAL; 0 copies nothing). 0 or an errno. */
-static int take_address(const void *uaddr, socklen_t len, struct sockaddr_storage *out)
-{
-    memset(out, 0, sizeof *out);
-    if ((int)len < 0 || len > MAX_ADDRLEN)
-        return EINVAL;
-    return len && um_read(out, uaddr, len) ? EFAULT : 0;
-}
-
-/* move_addr_to_user(): `klen` bytes of address for the caller, cut to the room *ulen says
- * (read after the fact, as the kernel reads it), then the full length into *ulen. */
-static int give_address(const void *kaddr, int klen, void *uaddr, socklen_t *ulen)
-{
-    int len;
-    if (um_read(&len, ulen, sizeof len))
-        return EFAULT;
-    if (len > klen)
-        len = klen;
-    if (len < 0)
-        return EINVAL;
-    struct iovec local[2] = {{(void *)kaddr, (size_t)len}, {&klen, sizeof klen}};
-    struct iovec remote[2] = {{uaddr, (size_t)len}, {ulen, sizeof klen}};
-    return um_writev(local, 2, remote, 2) == (ssize_t)(len + sizeof klen) ? 0 : EFAULT;
-}
-
 /* ---- creating, naming, connecting ---- */
 
 int socket(int domain, int type, int protocol)
@@ -158,35 +131,8 @@ int bind(int fd, const struct sockaddr *addr, socklen_t len)
     struct emu_sock *es = emu_get(fd);
     if (!es)
         return real_bind(fd, addr, len);
-    struct sockaddr_storage ss;
-    struct sockaddr_nl nl;
-    int err = take_address(addr, len, &ss);
-    if (err)
-        return fail(err);
-    memcpy(&nl, &ss, sizeof nl);
-    if (len < sizeof nl || nl.nl_family != AF_NETLINK)
-        return fail(EINVAL);
-    pthread_mutex_lock(&es->lock);
-    int rc = 0;
-    if (es->port) {
-        /* Bound already (perhaps only on paper, while there is no server): the kernel
-         * accepts the same port again and nothing else. */
-        if (nl.nl_pid != es->port) {
-            errno = EINVAL;
-            rc = -1;
-        }
-    } else if (nl.nl_pid) {
-        rc = emu_bind_port(es, fd, nl.nl_pid);
-    } else {
-        rc = emu_autobind(es, fd);
-    }
-    if (rc == 0) {
-        es->groups = nl.nl_groups;
-        if (nl.nl_groups)
-            es->groups_allocated = 1;
-    }
-    pthread_mutex_unlock(&es->lock);
-    return rc;
+    int err = emu_bind(&um_self, es, fd, addr, len);
+    return err ? fail(err) : 0;
 }
 
 int connect(int fd, const struct sockaddr *addr, socklen_t len)
@@ -195,42 +141,7 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len)
     struct emu_sock *es = emu_get(fd);
     if (!es)
         return real_connect(fd, addr, len);
-    struct sockaddr_storage ss;
-    struct sockaddr_nl nl;
-    int err = take_address(addr, len, &ss);
-    if (err)
-        return fail(err);
-    memcpy(&nl, &ss, sizeof nl);
-    if (len < sizeof(sa_family_t))
-        return fail(EINVAL);
-    if (nl.nl_family == AF_UNSPEC) { /* disconnect: sends go to the kernel again */
-        pthread_mutex_lock(&es->lock);
-        es->dst_pid = es->dst_groups = 0;
-        pthread_mutex_unlock(&es->lock);
-        return 0;
-    }
-    if (nl.nl_family != AF_NETLINK || len < sizeof nl)
-        return fail(EINVAL);
-    if ((nl.nl_pid || nl.nl_groups) && !shim_capable(CAP_NET_ADMIN))
-        return fail(EPERM); /* genetlink lets only CAP_NET_ADMIN talk to other sockets */
-    pthread_mutex_lock(&es->lock);
-    int rc = es->port ? 0 : emu_autobind(es, fd);
-    if (rc == 0) {
-        es->dst_pid = nl.nl_pid;
-        es->dst_groups = nl.nl_groups ? (uint32_t)__builtin_ffs((int)nl.nl_groups) : 0;
-    }
-    pthread_mutex_unlock(&es->lock);
-    return rc;
-}
-
-static int give_name(uint32_t pid, uint32_t groups, struct sockaddr *addr, socklen_t *len)
-{
-    struct sockaddr_nl nl;
-    memset(&nl, 0, sizeof nl);
-    nl.nl_family = AF_NETLINK;
-    nl.nl_pid = pid;
-    nl.nl_groups = groups;
-    int err = give_address(&nl, sizeof nl, addr, len);
+    int err = emu_connect(&um_self, es, fd, addr, len);
     return err ? fail(err) : 0;
 }
 
@@ -240,10 +151,8 @@ int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
     struct emu_sock *es = emu_get(fd);
     if (!es)
         return real_getsockname(fd, addr, len);
-    pthread_mutex_lock(&es->lock);
-    uint32_t port = es->port, groups = es->groups;
-    pthread_mutex_unlock(&es->lock);
-    return give_name(port, groups, addr, len);
+    int err = emu_getname(&um_self, es, 0, addr, len);
+    return err ? fail(err) : 0;
 }
 
 int getpeername(int fd, struct sockaddr *addr, socklen_t *len)
@@ -252,10 +161,8 @@ int getpeername(int fd, struct sockaddr *addr, socklen_t *len)
     struct emu_sock *es = emu_get(fd);
     if (!es)
         return real_getpeername(fd, addr, len);
-    pthread_mutex_lock(&es->lock);
-    uint32_t pid = es->dst_pid, group = es->dst_groups;
-    pthread_mutex_unlock(&es->lock);
-    return give_name(pid, group ? 1u << (group - 1) : 0, addr, len);
+    int err = emu_getname(&um_self, es, 1, addr, len);
+    return err ? fail(err) : 0;
 }
 
 /* ---- sending ---- */
@@ -269,7 +176,8 @@ static ssize_t user_sendmsg(struct emu_sock *es, int fd, const struct msghdr *um
          * refuses bad ones with EBADF): judge the rest without them. What the control
          * messages are worth to netlink emu_send says, at the point netlink would. */
         struct msghdr m;
-        if (err == EFAULT || err == ENOBUFS || um_read(&m, umsg, sizeof m) || !m.msg_controllen)
+        if (err == EFAULT || err == ENOBUFS || um_read(&um_self, &m, umsg, sizeof m) ||
+            !m.msg_controllen)
             return fail(err);
         m.msg_control = NULL;
         m.msg_controllen = 0;
@@ -291,7 +199,7 @@ static ssize_t user_sendmsg(struct emu_sock *es, int fd, const struct msghdr *um
         .control = m.msg_control,
         .controllen = m.msg_controllen,
     };
-    ssize_t n = emu_send(es, fd, &out, flags);
+    ssize_t n = emu_send(&um_self, es, fd, &out, flags);
     err = errno;
     drop_iovs(&iovs);
     errno = err;
@@ -324,7 +232,7 @@ static ssize_t send_buffer(struct emu_sock *es, int fd, const void *buf, size_t 
     struct iovec iov = {(void *)buf, len};
     struct nl_out out = {.iov = &iov, .iovlen = 1, .len = len,
                          .uname = namelen ? addr : NULL, .namelen = namelen};
-    return emu_send(es, fd, &out, flags);
+    return emu_send(&um_self, es, fd, &out, flags);
 }
 
 ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *addr,
@@ -373,7 +281,7 @@ ssize_t writev(int fd, const struct iovec *iov, int count)
     ssize_t n = 0;
     if (iovs.total) {
         struct nl_out out = {.iov = iovs.v, .iovlen = iovs.n, .len = iovs.total};
-        n = emu_send(es, fd, &out, 0);
+        n = emu_send(&um_self, es, fd, &out, 0);
         err = errno;
     }
     drop_iovs(&iovs);
@@ -402,7 +310,7 @@ int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
             break;
         }
         unsigned int len = (unsigned int)n;
-        if (um_write(&vec[sent].msg_len, &len, sizeof len)) {
+        if (um_write(&um_self, &vec[sent].msg_len, &len, sizeof len)) {
             err = EFAULT;
             break;
         }
@@ -429,7 +337,7 @@ static ssize_t user_recvmsg(struct emu_sock *es, int fd, struct msghdr *umsg, in
         return fail(err);
     struct nl_in in = {.iov = iovs.v, .iovlen = iovs.n, .ucontrol = m.msg_control,
                        .ucontrollen = m.msg_controllen};
-    ssize_t n = emu_recv(es, fd, &in, flags);
+    ssize_t n = emu_recv(&um_self, es, fd, &in, flags);
     err = errno;
     drop_iovs(&iovs);
     if (n < 0)
@@ -452,7 +360,7 @@ static ssize_t user_recvmsg(struct emu_sock *es, int fd, struct msghdr *umsg, in
     size_t want = 0;
     for (size_t i = 0; i < k; i++)
         want += local[i].iov_len;
-    if (um_writev(local, k, remote, k) != (ssize_t)want)
+    if (um_writev(&um_self, local, k, remote, k) != (ssize_t)want)
         return fail(EFAULT); /* the datagram is gone, as on the kernel */
     return n;
 }
@@ -479,9 +387,9 @@ static ssize_t recv_buffer(struct emu_sock *es, int fd, void *buf, size_t len, i
         return 0;
     struct iovec iov = {buf, len};
     struct nl_in in = {.iov = &iov, .iovlen = 1};
-    ssize_t n = emu_recv(es, fd, &in, flags);
+    ssize_t n = emu_recv(&um_self, es, fd, &in, flags);
     if (n >= 0 && addr) {
-        int err = give_address(&in.name, sizeof in.name, addr, alen);
+        int err = emu_give_address(&um_self, &in.name, sizeof in.name, addr, alen);
         if (err)
             return fail(err);
     }
@@ -533,7 +441,7 @@ ssize_t readv(int fd, const struct iovec *iov, int count)
     ssize_t n = 0;
     if (iovs.total) {
         struct nl_in in = {.iov = iovs.v, .iovlen = iovs.n};
-        n = emu_recv(es, fd, &in, 0);
+        n = emu_recv(&um_self, es, fd, &in, 0);
         err = errno;
     }
     drop_iovs(&iovs);
@@ -562,7 +470,7 @@ int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags, struct t
     struct timespec limit, now;
     int64_t end = 0, left = 0;
     if (timeout) {
-        if (um_read(&limit, timeout, sizeof limit))
+        if (um_read(&um_self, &limit, timeout, sizeof limit))
             return fail(EFAULT);
         if (limit.tv_sec < 0 || (unsigned long)limit.tv_nsec >= 1000000000UL)
             return fail(EINVAL);
@@ -584,7 +492,7 @@ int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags, struct t
             break;
         }
         unsigned int len = (unsigned int)n;
-        if (um_write(&vec[got].msg_len, &len, sizeof len)) {
+        if (um_write(&um_self, &vec[got].msg_len, &len, sizeof len)) {
             err = EFAULT;
             break;
         }
@@ -610,7 +518,7 @@ int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags, struct t
     if (timeout && got) {
         limit.tv_sec = (time_t)(left / 1000000000);
         limit.tv_nsec = (long)(left % 1000000000);
-        if (um_write(timeout, &limit, sizeof limit))
+        if (um_write(&um_self, timeout, &limit, sizeof limit))
             return fail(EFAULT);
     }
     return (int)got;
@@ -652,137 +560,7 @@ ssize_t __read_chk(int fd, void *buf, size_t len, size_t buflen)
     return recv_buffer(es, fd, buf, len, 0, NULL, NULL, 1);
 }
 
-/* ---- socket options ---- */
-
-/* sk_setsockopt's reading of an int: fewer bytes than an int is EINVAL. */
-static int int_option(const void *value, socklen_t len, int *out)
-{
-    if (len < sizeof(int))
-        return EINVAL;
-    return um_read(out, value, sizeof *out) ? EFAULT : 0;
-}
-
-/* sock_setsockopt's buffer arithmetic: the value is doubled (room for sk_buff overhead),
- * at least the floor, at most INT_MAX; without FORCE first capped at the sysctl maximum. */
-static int buffer_size(int requested, int force, int sysctl_max, int floor)
-{
-    long long val;
-    if (force)
-        val = requested < 0 ? 0 : requested;
-    else /* min_t(u32, ...): a negative request counts as huge */
-        val = (unsigned)requested < (unsigned)sysctl_max ? (long long)(unsigned)requested
-                                                         : (long long)sysctl_max;
-    if (val > INT_MAX / 2)
-        val = INT_MAX / 2;
-    return val * 2 > floor ? (int)(val * 2) : floor;
-}
-
-static int set_socket_level(struct emu_sock *es, int fd, int opt, const void *value,
-                            socklen_t len)
-{
-    int val, err;
-    switch (opt) {
-    case SO_RCVBUF:
-    case SO_RCVBUFFORCE:
-    case SO_SNDBUF:
-    case SO_SNDBUFFORCE:
-    case SO_DOMAIN:
-    case SO_TYPE:
-    case SO_PROTOCOL:
-    case SO_PASSCRED:
-    case SO_PEEK_OFF:
-        if ((err = int_option(value, len, &val)))
-            return fail(err);
-        break;
-    default: /* timeouts, filters...: the Unix socket does them, with the kernel's checks */
-        return real_setsockopt(fd, SOL_SOCKET, opt, value, len);
-    }
-    switch (opt) {
-    case SO_PEEK_OFF:
-        return fail(EOPNOTSUPP); /* netlink has no peek offset (the shim uses the Unix one's) */
-    case SO_RCVBUF:
-    case SO_RCVBUFFORCE:
-        /* FORCE needs CAP_NET_ADMIN: let the kernel judge, on the Unix socket. */
-        if (opt == SO_RCVBUFFORCE && real_setsockopt(fd, SOL_SOCKET, opt, &val, sizeof val))
-            return -1;
-        pthread_mutex_lock(&es->lock);
-        es->rcvbuf = buffer_size(val, opt == SO_RCVBUFFORCE, EMU_RMEM_MAX, EMU_MIN_RCVBUF);
-        es->rcvbuf_set = 1;
-        emu_send_control(es, fd, CTL_OPT_RCVBUF, es->rcvbuf);
-        pthread_mutex_unlock(&es->lock);
-        return 0;
-    case SO_SNDBUF:
-    case SO_SNDBUFFORCE:
-        if (opt == SO_SNDBUFFORCE && real_setsockopt(fd, SOL_SOCKET, opt, &val, sizeof val))
-            return -1;
-        pthread_mutex_lock(&es->lock);
-        es->sndbuf = buffer_size(val, opt == SO_SNDBUFFORCE, EMU_WMEM_MAX, EMU_MIN_SNDBUF);
-        pthread_mutex_unlock(&es->lock);
-        return 0;
-    case SO_PASSCRED:
-        /* Netlink's credentials are what the application asked for; the Unix socket's stay
-         * on, for the shim (io.c). */
-        pthread_mutex_lock(&es->lock);
-        es->passcred = !!val;
-        pthread_mutex_unlock(&es->lock);
-        return 0;
-    default: /* SO_DOMAIN, SO_TYPE, SO_PROTOCOL: read-only */
-        return fail(ENOPROTOOPT);
-    }
-}
-
-static int set_netlink_level(struct emu_sock *es, int fd, int opt, const void *value,
-                             socklen_t len)
-{
-    /* netlink_setsockopt reads an int when there is room for one, else uses 0. */
-    int val = 0;
-    if (len >= sizeof(int) && um_read(&val, value, sizeof val))
-        return fail(EFAULT);
-    int rc = 0;
-    pthread_mutex_lock(&es->lock);
-    switch (opt) {
-    case NLO_ADD_MEMBERSHIP:
-    case NLO_DROP_MEMBERSHIP:
-        es->groups_allocated = 1;
-        if (val <= 0) {
-            errno = EINVAL;
-            rc = -1;
-        } else if (val <= 32) {
-            uint32_t bit = 1u << (val - 1);
-            es->groups = opt == NLO_ADD_MEMBERSHIP ? es->groups | bit : es->groups & ~bit;
-        }
-        break;
-    case NLO_PKTINFO:
-        es->pktinfo = !!val;
-        break;
-    case NLO_BROADCAST_ERROR:
-        es->broadcast_error = !!val;
-        break;
-    case NLO_LISTEN_ALL_NSID:
-        es->listen_all_nsid = !!val;
-        break;
-    case NLO_GET_STRICT_CHK:
-        es->strict_chk = !!val;
-        break;
-    case NLO_NO_ENOBUFS:
-        es->no_enobufs = !!val;
-        emu_send_control(es, fd, CTL_OPT_NO_ENOBUFS, es->no_enobufs);
-        break;
-    case NLO_CAP_ACK:
-        es->cap_ack = !!val;
-        emu_send_control(es, fd, CTL_OPT_CAP_ACK, es->cap_ack);
-        break;
-    case NLO_EXT_ACK:
-        es->ext_ack = !!val;
-        emu_send_control(es, fd, CTL_OPT_EXT_ACK, es->ext_ack);
-        break;
-    default:
-        errno = ENOPROTOOPT;
-        rc = -1;
-    }
-    pthread_mutex_unlock(&es->lock);
-    return rc;
-}
+/* ---- socket options (the rules: options.c) ---- */
 
 int setsockopt(int fd, int level, int opt, const void *value, socklen_t len)
 {
@@ -790,82 +568,10 @@ int setsockopt(int fd, int level, int opt, const void *value, socklen_t len)
     struct emu_sock *es = emu_get(fd);
     if (!es)
         return real_setsockopt(fd, level, opt, value, len);
-    if ((int)len < 0)
-        return fail(EINVAL);
-    if (level == SOL_SOCKET)
-        return set_socket_level(es, fd, opt, value, len);
-    if (level == SOL_NETLINK)
-        return set_netlink_level(es, fd, opt, value, len);
-    return fail(ENOPROTOOPT);
-}
-
-/* sk_getsockopt's answer with an int: *len read (negative is EINVAL), the value cut to it,
- * then the length written back. */
-static int socket_int(void *value, socklen_t *len, int val)
-{
-    int room;
-    if (um_read(&room, len, sizeof room))
-        return fail(EFAULT);
-    if (room < 0)
-        return fail(EINVAL);
-    if (room > (int)sizeof val)
-        room = sizeof val;
-    struct iovec local[2] = {{&val, (size_t)room}, {&room, sizeof room}};
-    struct iovec remote[2] = {{value, (size_t)room}, {len, sizeof room}};
-    if (um_writev(local, 2, remote, 2) != (ssize_t)(room + sizeof room))
-        return fail(EFAULT);
-    return 0;
-}
-
-/* netlink_getsockopt: *len read, the option known, room for a whole int, then the length and
- * the value written. */
-static int netlink_options(struct emu_sock *now, int opt, void *value, socklen_t *len)
-{
-    int room, val;
-    if (um_read(&room, len, sizeof room))
-        return fail(EFAULT);
-    if (room < 0)
-        return fail(EINVAL);
-    switch (opt) {
-    case NLO_PKTINFO:
-        val = now->pktinfo;
-        break;
-    case NLO_BROADCAST_ERROR:
-        val = now->broadcast_error;
-        break;
-    case NLO_NO_ENOBUFS:
-        val = now->no_enobufs;
-        break;
-    case NLO_CAP_ACK:
-        val = now->cap_ack;
-        break;
-    case NLO_EXT_ACK:
-        val = now->ext_ack;
-        break;
-    case NLO_GET_STRICT_CHK:
-        val = now->strict_chk;
-        break;
-    case NLO_LIST_MEMBERSHIPS: {
-        /* The groups' bitmap, 32 bits a word, as far as there is room for whole words; then
-         * the bitmap's size, which is nothing until a membership was first asked for. */
-        int err = 0, size = now->groups_allocated ? (int)sizeof(uint32_t) : 0;
-        if (size && room >= size && um_write(value, &now->groups, sizeof now->groups))
-            err = EFAULT;
-        if (um_write(len, &size, sizeof size))
-            err = EFAULT;
-        return err ? fail(err) : 0;
-    }
-    default:
-        return fail(ENOPROTOOPT);
-    }
-    if (room < (int)sizeof(int))
-        return fail(EINVAL);
-    room = sizeof(int);
-    struct iovec local[2] = {{&room, sizeof room}, {&val, sizeof val}};
-    struct iovec remote[2] = {{len, sizeof room}, {value, sizeof val}};
-    if (um_writev(local, 2, remote, 2) != (ssize_t)(sizeof room + sizeof val))
-        return fail(EFAULT);
-    return 0;
+    int err = emu_setsockopt(&um_self, es, fd, level, opt, value, len);
+    if (err == EMU_PASS)
+        return real_setsockopt(fd, level, opt, value, len);
+    return err ? fail(err) : 0;
 }
 
 int getsockopt(int fd, int level, int opt, void *value, socklen_t *len)
@@ -874,48 +580,10 @@ int getsockopt(int fd, int level, int opt, void *value, socklen_t *len)
     struct emu_sock *es = emu_get(fd);
     if (!es)
         return real_getsockopt(fd, level, opt, value, len);
-    pthread_mutex_lock(&es->lock);
-    struct emu_sock now = *es; /* a consistent snapshot of the fields */
-    pthread_mutex_unlock(&es->lock);
-    if (level == SOL_SOCKET) {
-        switch (opt) {
-        case SO_DOMAIN:
-            return socket_int(value, len, AF_NETLINK);
-        case SO_TYPE:
-            return socket_int(value, len, now.type);
-        case SO_PROTOCOL:
-            return socket_int(value, len, TSEMU_NETLINK_GENERIC);
-        case SO_RCVBUF:
-            return socket_int(value, len, now.rcvbuf);
-        case SO_SNDBUF:
-            return socket_int(value, len, now.sndbuf);
-        case SO_PASSCRED:
-            return socket_int(value, len, now.passcred);
-        case SO_PEEK_OFF: { /* sk_getsockopt: the length read and checked, then refused */
-            int room;
-            if (um_read(&room, len, sizeof room))
-                return fail(EFAULT);
-            return fail(room < 0 ? EINVAL : EOPNOTSUPP);
-        }
-        case SO_ERROR:
-            if (now.sk_err) { /* the error an earlier recvmmsg left, reported (and gone) */
-                int room;
-                if (um_read(&room, len, sizeof room))
-                    return fail(EFAULT);
-                pthread_mutex_lock(&es->lock);
-                int err = es->sk_err;
-                es->sk_err = 0;
-                pthread_mutex_unlock(&es->lock);
-                return socket_int(value, len, err);
-            }
-            return real_getsockopt(fd, level, opt, value, len);
-        default:
-            return real_getsockopt(fd, level, opt, value, len);
-        }
-    }
-    if (level != SOL_NETLINK)
-        return fail(ENOPROTOOPT);
-    return netlink_options(&now, opt, value, len);
+    int err = emu_getsockopt(&um_self, es, level, opt, value, len);
+    if (err == EMU_PASS)
+        return real_getsockopt(fd, level, opt, value, len);
+    return err ? fail(err) : 0;
 }
 
 /* ---- descriptors: close and duplicate ---- */

@@ -10,6 +10,11 @@
  * oneself, whatever ptrace_scope says). Where a seccomp filter refuses those (EPERM, ENOSYS),
  * the copies go through a private pipe instead: write(2) reads the source and read(2) writes
  * the destination, each with the kernel's fault handling.
+ *
+ * The same rules serve the supervisor (supervisor/), whose caller is a thread of another
+ * process: there `who->pid` names it, the copies are process_vm_readv / process_vm_writev on
+ * that thread, and a receive lands in a buffer of ours before it is copied out (um_recvmsg).
+ * The shim passes &um_self.
  */
 #include "shim.h"
 
@@ -17,6 +22,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -114,21 +120,32 @@ static int pipe_copy(void *dst, const void *src, size_t len)
     return rc;
 }
 
-/* ---- process_vm_readv / process_vm_writev on ourselves ---- */
+/* ---- process_vm_readv / process_vm_writev ---- */
 
-/* Copy between `local` and `remote` (the application's) pieces; returns the bytes copied, which
- * stop short where a remote piece faults, or -1 (EFAULT) when nothing could be copied. */
-static ssize_t vm_copy(int to_app, const struct iovec *local, size_t nlocal,
-                       const struct iovec *remote, size_t nremote)
+static int self_fd_of(const struct caller_mem *who, int theirs)
 {
-    if (!atomic_load_explicit(&use_pipe, memory_order_relaxed) && nremote <= UIO_MAX &&
-        nlocal <= UIO_MAX) {
-        pid_t self = getpid();
-        ssize_t n = to_app ? process_vm_writev(self, local, nlocal, remote, nremote, 0)
-                           : process_vm_readv(self, local, nlocal, remote, nremote, 0);
+    (void)who;
+    return real_fcntl(theirs, F_GETFD) != -1 ? theirs : -1;
+}
+
+const struct caller_mem um_self = {.pid = 0, .speak_for = 0, .judge_creds = 1,
+                                   .fd_of = self_fd_of, .fd_copies = 0, .host = NULL};
+
+/* Copy between `local` and `remote` (the caller's) pieces; returns the bytes copied, which
+ * stop short where a remote piece faults, or -1 (EFAULT) when nothing could be copied.
+ * Another process's memory has no pipe to fall back on: a refusal there is EFAULT. */
+static ssize_t vm_copy(const struct caller_mem *who, int to_app, const struct iovec *local,
+                       size_t nlocal, const struct iovec *remote, size_t nremote)
+{
+    int self = who->pid == 0;
+    if ((!self || !atomic_load_explicit(&use_pipe, memory_order_relaxed)) &&
+        nremote <= UIO_MAX && nlocal <= UIO_MAX) {
+        pid_t pid = self ? getpid() : who->pid;
+        ssize_t n = to_app ? process_vm_writev(pid, local, nlocal, remote, nremote, 0)
+                           : process_vm_readv(pid, local, nlocal, remote, nremote, 0);
         if (n >= 0 || errno == EFAULT)
             return n;
-        if (errno != EPERM && errno != ENOSYS) {
+        if (!self || (errno != EPERM && errno != ENOSYS)) {
             errno = EFAULT;
             return -1;
         }
@@ -151,12 +168,13 @@ static ssize_t vm_copy(int to_app, const struct iovec *local, size_t nlocal,
             char *l = (char *)local[li].iov_base + loff;
             char *r = (char *)remote[ri].iov_base + roff;
             int rc;
-            if (atomic_load_explicit(&use_pipe, memory_order_relaxed)) {
+            if (self && atomic_load_explicit(&use_pipe, memory_order_relaxed)) {
                 rc = to_app ? pipe_copy(r, l, n) : pipe_copy(l, r, n);
             } else {
+                pid_t pid = self ? getpid() : who->pid;
                 struct iovec lv = {l, n}, rv = {r, n};
-                ssize_t got = to_app ? process_vm_writev(getpid(), &lv, 1, &rv, 1, 0)
-                                     : process_vm_readv(getpid(), &lv, 1, &rv, 1, 0);
+                ssize_t got = to_app ? process_vm_writev(pid, &lv, 1, &rv, 1, 0)
+                                     : process_vm_readv(pid, &lv, 1, &rv, 1, 0);
                 rc = got == (ssize_t)n ? 0 : -1;
             }
             if (rc) {
@@ -171,38 +189,84 @@ static ssize_t vm_copy(int to_app, const struct iovec *local, size_t nlocal,
     return copied;
 }
 
-int um_read(void *to, const void *from, size_t len)
+int um_read(const struct caller_mem *who, void *to, const void *from, size_t len)
 {
     if (!len)
         return 0;
     struct iovec l = {to, len}, r = {(void *)from, len};
-    if (vm_copy(0, &l, 1, &r, 1) == (ssize_t)len)
+    if (vm_copy(who, 0, &l, 1, &r, 1) == (ssize_t)len)
         return 0;
     errno = EFAULT;
     return -1;
 }
 
-int um_write(void *to, const void *from, size_t len)
+int um_write(const struct caller_mem *who, void *to, const void *from, size_t len)
 {
     if (!len)
         return 0;
     struct iovec l = {(void *)from, len}, r = {to, len};
-    if (vm_copy(1, &l, 1, &r, 1) == (ssize_t)len)
+    if (vm_copy(who, 1, &l, 1, &r, 1) == (ssize_t)len)
         return 0;
     errno = EFAULT;
     return -1;
 }
 
-ssize_t um_readv(const struct iovec *local, size_t nlocal, const struct iovec *remote,
-                 size_t nremote)
+ssize_t um_readv(const struct caller_mem *who, const struct iovec *local, size_t nlocal,
+                 const struct iovec *remote, size_t nremote)
 {
-    return vm_copy(0, local, nlocal, remote, nremote);
+    return vm_copy(who, 0, local, nlocal, remote, nremote);
 }
 
-ssize_t um_writev(const struct iovec *local, size_t nlocal, const struct iovec *remote,
-                  size_t nremote)
+ssize_t um_writev(const struct caller_mem *who, const struct iovec *local, size_t nlocal,
+                  const struct iovec *remote, size_t nremote)
 {
-    return vm_copy(1, local, nlocal, remote, nremote);
+    return vm_copy(who, 1, local, nlocal, remote, nremote);
+}
+
+/* ---- receiving into the caller's buffers ---- */
+
+#define RECV_ROOM (256 * 1024) /* more than any Unix datagram a server sends */
+
+static pthread_mutex_t bounce_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned char *bounce; /* another process's receives land here first */
+
+ssize_t um_recvmsg(const struct caller_mem *who, int fd, struct msghdr *msg, int flags)
+{
+    if (who->pid == 0)
+        return real_recvmsg(fd, msg, flags);
+    /* As much room as the caller's pieces have (up to more than any datagram), so that the
+     * kernel's MSG_TRUNC and returned length are what the caller's buffers would give. */
+    size_t room = 0;
+    for (size_t i = 0; i < msg->msg_iovlen && room < RECV_ROOM; i++)
+        room += msg->msg_iov[i].iov_len < RECV_ROOM ? msg->msg_iov[i].iov_len : RECV_ROOM;
+    if (room > RECV_ROOM)
+        room = RECV_ROOM;
+    pthread_mutex_lock(&bounce_lock);
+    if (!bounce && !(bounce = malloc(RECV_ROOM))) {
+        pthread_mutex_unlock(&bounce_lock);
+        errno = ENOBUFS;
+        return -1;
+    }
+    struct iovec *theirs = msg->msg_iov;
+    size_t ntheirs = msg->msg_iovlen;
+    struct iovec ours = {bounce, room};
+    msg->msg_iov = &ours;
+    msg->msg_iovlen = 1;
+    ssize_t n = real_recvmsg(fd, msg, flags);
+    int err = errno;
+    msg->msg_iov = theirs;
+    msg->msg_iovlen = ntheirs;
+    if (n > 0) {
+        size_t have = (size_t)n < room ? (size_t)n : room;
+        ours.iov_len = have;
+        if (have && vm_copy(who, 1, &ours, 1, theirs, ntheirs) != (ssize_t)have) {
+            n = -1;
+            err = EFAULT;
+        }
+    }
+    pthread_mutex_unlock(&bounce_lock);
+    errno = err;
+    return n;
 }
 
 int um_access_ok(const void *addr, size_t len)
