@@ -804,7 +804,9 @@ static enum attempt try_receive(const struct caller_mem *who, struct emu_sock *e
         if (is_control(head, CTL_SIZE))
             return control_op(head) == CTL_OP_ENOBUFS ? GOT_ENOBUFS : GOT_RETRY;
     }
-    in->msg_flags = real.msg_flags & ~MSG_CTRUNC; /* our control buffer's, not the caller's */
+    /* MSG_CTRUNC is our control buffer's, not the caller's; MSG_CMSG_CLOEXEC ours unless the
+     * caller asked for it too (the kernel reports it back). */
+    in->msg_flags = real.msg_flags & ~MSG_CTRUNC & ~(MSG_CMSG_CLOEXEC & ~flags);
     memset(&in->name, 0, sizeof in->name);
     in->name.nl_family = AF_NETLINK;
     in->name.nl_pid = port;
@@ -901,4 +903,29 @@ ssize_t emu_recv(const struct caller_mem *who, struct emu_sock *es, int fd, stru
         if (real_recv(fd, &byte, 0, MSG_PEEK) < 0)
             return -1;
     }
+}
+
+int emu_recvmsg_result(const struct caller_mem *who, struct msghdr *umsg, const struct msghdr *m,
+                       const struct nl_in *in)
+{
+    int klen = sizeof in->name, msg_flags = in->msg_flags;
+    size_t controllen = in->controlled, k = 0;
+    struct iovec local[4], remote[4];
+    if (m->msg_name) {
+        int room = (int)m->msg_namelen < klen ? (int)m->msg_namelen : klen;
+        if (room < 0)
+            room = 0;
+        local[k] = (struct iovec){(void *)&in->name, (size_t)room};
+        remote[k++] = (struct iovec){m->msg_name, (size_t)room};
+        local[k] = (struct iovec){&klen, sizeof klen};
+        remote[k++] = (struct iovec){&umsg->msg_namelen, sizeof klen};
+    }
+    local[k] = (struct iovec){&msg_flags, sizeof msg_flags};
+    remote[k++] = (struct iovec){&umsg->msg_flags, sizeof msg_flags};
+    local[k] = (struct iovec){&controllen, sizeof controllen};
+    remote[k++] = (struct iovec){&umsg->msg_controllen, sizeof controllen};
+    size_t want = 0;
+    for (size_t i = 0; i < k; i++)
+        want += local[i].iov_len;
+    return um_writev(who, local, k, remote, k) == (ssize_t)want ? 0 : EFAULT;
 }

@@ -269,6 +269,11 @@ struct nl_in {
 };
 ssize_t emu_recv(const struct caller_mem *who, struct emu_sock *es, int fd, struct nl_in *in,
                  int flags);
+/* ____sys_recvmsg's write-back into the caller's msghdr `umsg` (`m`: its fields as read): the
+ * sender's address cut to msg_namelen, which becomes its full length, then msg_flags and
+ * msg_controllen. 0, or EFAULT (the datagram is gone all the same, as on the kernel). */
+int emu_recvmsg_result(const struct caller_mem *who, struct msghdr *umsg, const struct msghdr *m,
+                       const struct nl_in *in);
 /* A socket inherited across exec: it may be in the middle of a batch (caller holds es->lock). */
 void emu_batch_adopt(struct emu_sock *es, int fd);
 

@@ -343,24 +343,7 @@ static ssize_t user_recvmsg(struct emu_sock *es, int fd, struct msghdr *umsg, in
     if (n < 0)
         return fail(err);
 
-    int klen = sizeof in.name, msg_flags = in.msg_flags;
-    size_t controllen = in.controlled, k = 0;
-    struct iovec local[4], remote[4];
-    if (m.msg_name) {
-        int room = (int)m.msg_namelen < klen ? (int)m.msg_namelen : klen;
-        local[k] = (struct iovec){&in.name, (size_t)room};
-        remote[k++] = (struct iovec){m.msg_name, (size_t)room};
-        local[k] = (struct iovec){&klen, sizeof klen};
-        remote[k++] = (struct iovec){&umsg->msg_namelen, sizeof klen};
-    }
-    local[k] = (struct iovec){&msg_flags, sizeof msg_flags};
-    remote[k++] = (struct iovec){&umsg->msg_flags, sizeof msg_flags};
-    local[k] = (struct iovec){&controllen, sizeof controllen};
-    remote[k++] = (struct iovec){&umsg->msg_controllen, sizeof controllen};
-    size_t want = 0;
-    for (size_t i = 0; i < k; i++)
-        want += local[i].iov_len;
-    if (um_writev(&um_self, local, k, remote, k) != (ssize_t)want)
+    if (emu_recvmsg_result(&um_self, umsg, &m, &in))
         return fail(EFAULT); /* the datagram is gone, as on the kernel */
     return n;
 }

@@ -64,13 +64,13 @@ int sv_proc_enabled(void)
 
 /* A NUL-terminated string from the caller, read page by page (it may end just before an
  * unmapped page). 0, or -EFAULT, or -ENAMETOOLONG. */
-static int read_string(pid_t tid, uint64_t at, char *out, size_t size)
+static int read_string(const struct caller_mem *cm, uint64_t at, char *out, size_t size)
 {
     size_t have = 0;
     while (have < size) {
         size_t page_left = 4096 - ((at + have) & 4095);
         size_t want = size - have < page_left ? size - have : page_left;
-        if (rm_read(tid, out + have, at + have, want))
+        if (um_read(cm, out + have, (void *)(uintptr_t)(at + have), want))
             return -EFAULT;
         void *nul = memchr(out + have, 0, want);
         if (nul)
@@ -172,7 +172,8 @@ static int route(struct caller *c, const char *path, char *out, size_t size)
 static int do_open(struct caller *c, uint64_t upath, int flags)
 {
     char path[4096], target[1400];
-    int err = read_string(c->tid, upath, path, sizeof path);
+    struct caller_mem cm = sv_mem(c);
+    int err = read_string(&cm, upath, path, sizeof path);
     if (err)
         return 0; /* the kernel says EFAULT or ENAMETOOLONG itself */
     int where = route(c, path, target, sizeof target);
@@ -199,7 +200,8 @@ static int do_open(struct caller *c, uint64_t upath, int flags)
 static int do_fstatat(struct caller *c, const struct seccomp_data *d)
 {
     char path[4096], target[1400];
-    if (read_string(c->tid, d->args[1], path, sizeof path))
+    struct caller_mem cm = sv_mem(c);
+    if (read_string(&cm, d->args[1], path, sizeof path))
         return 0;
     int where = route(c, path, target, sizeof target);
     if (where == 0)
@@ -214,7 +216,7 @@ static int do_fstatat(struct caller *c, const struct seccomp_data *d)
         sv_reply(c->id, 0, errno);
         return 1;
     }
-    sv_reply(c->id, 0, rm_write(c->tid, d->args[2], &st, sizeof st) ? EFAULT : 0);
+    sv_reply(c->id, 0, um_write(&cm, (void *)(uintptr_t)d->args[2], &st, sizeof st) ? EFAULT : 0);
     return 1;
 }
 

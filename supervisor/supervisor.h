@@ -98,8 +98,9 @@ int sv_proc_setup(const char *view); /* 0 when `view` is a tsemu /proc view (mar
 int sv_proc_enabled(void);
 int sv_proc_handle(struct caller *c, const struct seccomp_data *d); /* 1: answered */
 
-/* ---- remote memory (calls.c) ---- */
-int rm_read(pid_t tid, void *to, uint64_t from, size_t len);        /* 0 or -EFAULT */
-int rm_write(pid_t tid, uint64_t to, const void *from, size_t len); /* 0 or -EFAULT */
+/* The caller as the shim's rules (shim/io.c, naming.c, options.c) see it: its memory (the
+ * thread's, through process_vm_readv/writev), its descriptors (copied with pidfd_getfd), the
+ * pid its sends claim (calls.c). */
+struct caller_mem sv_mem(struct caller *c);
 
 #endif
