@@ -696,7 +696,9 @@ static enum attempt batch_receive(const struct caller_mem *who, struct emu_sock 
     struct msghdr real = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = trim,
                           .msg_iovlen = pieces, .msg_control = ours.buf,
                           .msg_controllen = sizeof ours.buf};
-    ssize_t n = um_recvmsg(who, fd, &real, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    size_t none = 0;
+    ssize_t n = um_recvmsg(who, fd, &real, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT | MSG_CMSG_CLOEXEC,
+                           NULL, &none);
     int err = errno;
     if (trim != stack)
         free(trim);
@@ -786,8 +788,11 @@ static enum attempt try_receive(const struct caller_mem *who, struct emu_sock *e
     struct msghdr real = {.msg_name = &from, .msg_namelen = sizeof from,
                           .msg_iov = (struct iovec *)in->iov, .msg_iovlen = in->iovlen,
                           .msg_control = ours.buf, .msg_controllen = sizeof ours.buf};
+    unsigned char lead[CTL_SIZE]; /* the datagram's first bytes, as received */
+    size_t leadlen = sizeof lead;
     ssize_t n = um_recvmsg(who, fd, &real,
-                           (flags & ~MSG_CMSG_COMPAT) | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+                           (flags & ~MSG_CMSG_COMPAT) | MSG_DONTWAIT | MSG_CMSG_CLOEXEC, lead,
+                           &leadlen);
     if (n < 0)
         return errno == EAGAIN || errno == EWOULDBLOCK ? GOT_NOTHING : GOT_ERROR;
     enum sender heard = judge(es, &real, creds, &port);
@@ -799,11 +804,9 @@ static enum attempt try_receive(const struct caller_mem *who, struct emu_sock *e
             drop_head(fd);
         return GOT_RETRY;
     }
-    if (heard == FROM_SERVER && !(flags & MSG_PEEK) && room >= CTL_SIZE && (size_t)n == CTL_SIZE) {
-        iov_gather(who, in->iov, in->iovlen, CTL_SIZE, head, sizeof head);
-        if (is_control(head, CTL_SIZE))
-            return control_op(head) == CTL_OP_ENOBUFS ? GOT_ENOBUFS : GOT_RETRY;
-    }
+    if (heard == FROM_SERVER && !(flags & MSG_PEEK) && leadlen == CTL_SIZE &&
+        (size_t)n == CTL_SIZE && is_control(lead, CTL_SIZE))
+        return control_op(lead) == CTL_OP_ENOBUFS ? GOT_ENOBUFS : GOT_RETRY;
     /* MSG_CTRUNC is our control buffer's, not the caller's; MSG_CMSG_CLOEXEC ours unless the
      * caller asked for it too (the kernel reports it back). */
     in->msg_flags = real.msg_flags & ~MSG_CTRUNC & ~(MSG_CMSG_CLOEXEC & ~flags);
@@ -815,11 +818,9 @@ static enum attempt try_receive(const struct caller_mem *who, struct emu_sock *e
 
     /* nlctrl replies teach us TASKSTATS' family id (for CGROUPSTATS sends). */
     size_t have = (size_t)n < room ? (size_t)n : room;
-    if (have >= NLMSG_HDRLEN + 4) {
-        unsigned char first[NLMSG_HDRLEN] = {0};
-        uint16_t type = 0;
-        if (iov_gather(who, in->iov, in->iovlen, have, first, sizeof first) == sizeof first)
-            memcpy(&type, first + 4, 2);
+    if (have >= NLMSG_HDRLEN + 4 && leadlen >= NLMSG_HDRLEN) {
+        uint16_t type;
+        memcpy(&type, lead + 4, 2);
         unsigned char *whole = type == NLCTRL_ID ? malloc(have) : NULL;
         if (whole) {
             learn_family(whole, iov_gather(who, in->iov, in->iovlen, have, whole, have));

@@ -227,8 +227,10 @@ ssize_t um_writev(const struct caller_mem *who, const struct iovec *local, size_
 /* recvmsg(2) on our socket `fd` into the caller's pieces (msg->msg_iov; the name and control
  * buffers are ours): the kernel writes them directly for this process, through a buffer of
  * ours and process_vm_writev for another (EFAULT when that fails: the datagram is taken,
- * unless MSG_PEEK, as the kernel takes it). */
-ssize_t um_recvmsg(const struct caller_mem *who, int fd, struct msghdr *msg, int flags);
+ * unless MSG_PEEK, as the kernel takes it). The leading bytes received are also copied to
+ * `head`: at most *headlen, and *headlen becomes how many (no system call more). */
+ssize_t um_recvmsg(const struct caller_mem *who, int fd, struct msghdr *msg, int flags,
+                   void *head, size_t *headlen);
 int um_access_ok(const void *addr, size_t len); /* this process: the kernel's access_ok() */
 
 /* The kernel's limits on what one call moves (MAX_RW_COUNT) and on its pieces (UIO_MAXIOV),

@@ -230,10 +230,34 @@ ssize_t um_writev(const struct caller_mem *who, const struct iovec *local, size_
 static pthread_mutex_t bounce_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned char *bounce; /* another process's receives land here first */
 
-ssize_t um_recvmsg(const struct caller_mem *who, int fd, struct msghdr *msg, int flags)
+/* The first `size` bytes of the `have` the kernel just wrote into our pieces: readable. */
+static size_t gather_head(const struct iovec *iov, size_t n, size_t have, void *head, size_t size)
 {
-    if (who->pid == 0)
-        return real_recvmsg(fd, msg, flags);
+    size_t want = have < size ? have : size, done = 0;
+    for (size_t i = 0; i < n && done < want; i++) {
+        size_t part = iov[i].iov_len < want - done ? iov[i].iov_len : want - done;
+        memcpy((char *)head + done, iov[i].iov_base, part);
+        done += part;
+    }
+    return done;
+}
+
+ssize_t um_recvmsg(const struct caller_mem *who, int fd, struct msghdr *msg, int flags,
+                   void *head, size_t *headlen)
+{
+    size_t headroom = *headlen;
+    *headlen = 0;
+    if (who->pid == 0) {
+        ssize_t n = real_recvmsg(fd, msg, flags);
+        if (n > 0 && headroom) {
+            size_t room = 0;
+            for (size_t i = 0; i < msg->msg_iovlen && room < headroom; i++)
+                room += msg->msg_iov[i].iov_len;
+            *headlen = gather_head(msg->msg_iov, msg->msg_iovlen,
+                                   (size_t)n < room ? (size_t)n : room, head, headroom);
+        }
+        return n;
+    }
     /* As much room as the caller's pieces have (up to more than any datagram), so that the
      * kernel's MSG_TRUNC and returned length are what the caller's buffers would give. */
     size_t room = 0;
@@ -262,6 +286,8 @@ ssize_t um_recvmsg(const struct caller_mem *who, int fd, struct msghdr *msg, int
         if (have && vm_copy(who, 1, &ours, 1, theirs, ntheirs) != (ssize_t)have) {
             n = -1;
             err = EFAULT;
+        } else {
+            *headlen = gather_head(&ours, 1, have, head, headroom);
         }
     }
     pthread_mutex_unlock(&bounce_lock);

@@ -104,8 +104,11 @@ static int fd_of_caller(const struct caller_mem *who, int theirs)
 
 struct caller_mem sv_mem(struct caller *c)
 {
+    static pid_t self;
+    if (!self)
+        self = getpid();
     return (struct caller_mem){.pid = c->tid,
-                               .speak_for = c->tgid != getpid() ? c->tgid : 0,
+                               .speak_for = c->tgid != self ? c->tgid : 0,
                                .judge_creds = 0, /* our rights are not the client's */
                                .fd_of = fd_of_caller,
                                .fd_copies = 1,
