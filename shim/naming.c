@@ -1,5 +1,5 @@
 /*
- * Naming an emulated socket: bind, connect, getsockname, getpeername, and the system call
+ * Making and naming an emulated socket: socket, bind, connect, getsockname, getpeername, and the system call
  * layer's two address copies (move_addr_to_kernel, move_addr_to_user), as the kernel does
  * them (net/socket.c, then net/netlink/af_netlink.c), in its order and with its errno values.
  *
@@ -12,6 +12,32 @@
 #include <errno.h>
 #include <string.h>
 #include <linux/capability.h>
+
+int emu_socket(int type, int cloexec, int *kind, char *server, size_t size)
+{
+    *kind = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (*kind != SOCK_RAW && *kind != SOCK_DGRAM) {
+        /* __sys_socket refuses unknown flags; netlink_create other types */
+        errno = *kind & ~0xf ? EINVAL : ESOCKTNOSUPPORT;
+        return -1;
+    }
+    if (server_path_from_env(server, size))
+        return -1;
+    int fd = real_socket(AF_UNIX, SOCK_DGRAM | (type & SOCK_NONBLOCK) |
+                                      (cloexec ? SOCK_CLOEXEC : 0), 0);
+    if (fd < 0)
+        return -1;
+    /* The kernel attaches the sender's credentials to every datagram from now on: only the
+     * server's are taken (io.c). */
+    int one = 1;
+    if (real_setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0) {
+        int err = errno;
+        real_close(fd);
+        errno = err;
+        return -1;
+    }
+    return fd;
+}
 
 int emu_take_address(const struct caller_mem *who, const void *uaddr, socklen_t len,
                      struct sockaddr_storage *out)

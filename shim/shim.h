@@ -284,6 +284,11 @@ void emu_batch_adopt(struct emu_sock *es, int fd);
  * does the call with the caller's own arguments (the shim calls libc; the supervisor lets
  * the trapped call CONTINUE). Pointers are the caller's, read and written through `who`. */
 #define EMU_PASS (-1)
+/* socket(AF_NETLINK, type, NETLINK_GENERIC): the Unix datagram socket that stands for it
+ * (SO_PASSCRED on; SOCK_NONBLOCK as asked, O_CLOEXEC here when `cloexec`), its kind
+ * (SOCK_RAW or SOCK_DGRAM) and the server's path (TSEMU_SOCKET). Its descriptor, or -1 and
+ * errno (the type's check first, EINVAL or ESOCKTNOSUPPORT, as the kernel's). */
+int emu_socket(int type, int cloexec, int *kind, char *server, size_t size);
 /* move_addr_to_kernel(): len as an int, negative or longer than MAX_ADDRLEN is EINVAL. */
 int emu_take_address(const struct caller_mem *who, const void *uaddr, socklen_t len,
                      struct sockaddr_storage *out);

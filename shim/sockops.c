@@ -97,23 +97,12 @@ int socket(int domain, int type, int protocol)
     shim_resolve();
     if (domain != AF_NETLINK || protocol != TSEMU_NETLINK_GENERIC)
         return real_socket(domain, type, protocol);
-    int kind = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (kind != SOCK_RAW && kind != SOCK_DGRAM) {
-        errno = ESOCKTNOSUPPORT;
-        return -1;
-    }
     char server[sizeof(((struct sockaddr_un *)0)->sun_path)];
-    if (server_path_from_env(server, sizeof server))
-        return -1;
-    int fd = real_socket(AF_UNIX, SOCK_DGRAM | (type & (SOCK_NONBLOCK | SOCK_CLOEXEC)), 0);
+    int kind, fd = emu_socket(type, type & SOCK_CLOEXEC, &kind, server, sizeof server);
     if (fd < 0)
         return -1;
-    /* The kernel attaches the sender's credentials to every datagram from now on: only the
-     * server's are taken (io.c). */
-    int one = 1;
-    struct emu_sock *es = NULL;
-    if (real_setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0 ||
-        !(es = emu_new(fd, kind, server))) {
+    struct emu_sock *es = emu_new(fd, kind, server);
+    if (!es) {
         int err = errno;
         real_close(fd);
         errno = err;

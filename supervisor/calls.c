@@ -61,21 +61,10 @@ static int grab(struct caller *c, int fd)
 static void do_socket(struct caller *c, const struct seccomp_data *d)
 {
     int type = (int)d->args[1];
-    int kind = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (kind != SOCK_RAW && kind != SOCK_DGRAM) {
-        sv_reply(c->id, 0, kind & ~0xf ? EINVAL : ESOCKTNOSUPPORT);
-        return;
-    }
     char server[sizeof(((struct sockaddr_un *)0)->sun_path)];
-    if (server_path_from_env(server, sizeof server)) {
-        sv_reply(c->id, 0, errno);
-        return;
-    }
-    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | (type & SOCK_NONBLOCK), 0);
-    int one = 1;
+    int kind, fd = emu_socket(type, 1, &kind, server, sizeof server);
     struct stat st;
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) ||
-        fstat(fd, &st)) {
+    if (fd < 0 || fstat(fd, &st)) {
         int err = errno;
         if (fd >= 0)
             close(fd);
