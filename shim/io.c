@@ -28,6 +28,10 @@
  * client's port for another client's unicast). The credentials never reach the application:
  * it gets netlink's control messages (NETLINK_PKTINFO, and SCM_CREDENTIALS when it asked for
  * SO_PASSCRED: the kernel's, pid 0, uid 0, gid 0, for the server's datagrams).
+ *
+ * The caller (`who`, usermem.c) is the shim's own process or, in the supervisor, a traced
+ * thread: its buffers are touched only through usermem.c, the descriptors a CGROUPSTATS
+ * request names are had through who->fd_of, and a supervisor's sends claim who->speak_for.
  */
 #include "shim.h"
 

@@ -17,9 +17,11 @@
  *
  * Files: real.c (the libc functions we wrap), state.c (the descriptor table, fork and exec),
  * addr.c (paths, binding, control datagrams, who the server is), io.c (send and receive),
- * sockops.c (the wrapped calls: the system call layer's checks, the other socket calls,
- * descriptor bookkeeping), usermem.c (the application's memory, touched only through the
- * kernel). emulator/addressing.py is the reference for the
+ * naming.c (socket, bind, connect, names), options.c (socket options), sockops.c (the
+ * wrapped calls: the system call layer's checks, descriptor bookkeeping), usermem.c (the
+ * caller's memory, touched only through the kernel). addr.c, cmsg.c, io.c, naming.c,
+ * options.c and usermem.c are the supervisor's too (supervisor/): the caller is an argument
+ * (struct caller_mem), so they hold one implementation of each rule for both. emulator/addressing.py is the reference for the
  * addressing rules; tsemu/client.py for the conversation with the server.
  */
 #ifndef TSEMU_SHIM_H

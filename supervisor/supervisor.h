@@ -19,18 +19,18 @@
  *     written with process_vm_readv/writev; on any other descriptor they get CONTINUE (the
  *     kernel does them as if nothing had trapped them).
  *
- * The addressing rules (the server's path, port files, autobind, the control datagrams that
- * carry socket options) are the shim's own code (shim/addr.c, compiled in); the netlink
- * semantics of each call follow the shim's sockops.c and io.c (see README.md for what
- * differs).
+ * The netlink rules are the shim's own code, compiled in: addressing (shim/addr.c), send and
+ * receive (io.c), socket, bind, connect and names (naming.c), options (options.c), the
+ * caller's memory (usermem.c); they are given the caller as a struct caller_mem (sv_mem).
+ * calls.c keeps the supervisor's own part (see README.md for what differs).
  *
  * With a /proc view, open, openat and newfstatat are trapped too, and paths under /proc of
  * emulated pids are answered from the view (proc.c).
  *
  * Files: main.c (arguments, the child, the filter, the listener's hand-over, waiting),
- * loop.c (the event loop: notifications, parked receives, signals), calls.c (the socket
- * calls on emulated sockets), glue.c (what shim/addr.c needs from the shim: libc's own
- * functions, the table of sockets).
+ * loop.c (the event loop: notifications, parked receives, signals), calls.c (the trapped
+ * socket calls: their arguments, the caller's structures, parking), glue.c (what the shim's
+ * rule files need from the shim: libc's own functions, the table of sockets).
  */
 #ifndef TSEMU_SUPERVISOR_H
 #define TSEMU_SUPERVISOR_H
