@@ -360,7 +360,7 @@ int emu_seen_from_server(int fd, const char *server, int64_t about)
     struct iovec iov = {reply, sizeof reply};
     struct msghdr in = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
                         .msg_controllen = sizeof control.buf};
-    if (real_recvmsg(fd, &in, MSG_DONTWAIT) != CTL_SIZE)
+    if (real_recvmsg(fd, &in, MSG_DONTWAIT | EMU_UNTRAPPED) != CTL_SIZE)
         return 0;
     struct cmsghdr *cm = CMSG_FIRSTHDR(&in);
     struct ucred cred;
@@ -397,7 +397,7 @@ void emu_send_control(struct emu_sock *es, int fd, int option, int64_t value)
      * io.c does for requests, or the option would be lost silently. Bounded at about 2 s so
      * that a stuck server cannot hang a setsockopt for ever. */
     for (int tries = 0; tries < 10000; tries++) {
-        if (real_sendto(fd, msg, sizeof msg, MSG_DONTWAIT | MSG_NOSIGNAL,
+        if (real_sendto(fd, msg, sizeof msg, MSG_DONTWAIT | MSG_NOSIGNAL | EMU_UNTRAPPED,
                         (struct sockaddr *)&sun, sizeof sun) >= 0 ||
             (errno != EAGAIN && errno != EWOULDBLOCK))
             return;

@@ -135,7 +135,8 @@ static int tell_server(int op, long about)
         emu_control_encode(msg, op, 0, about);
         struct sockaddr_un server = {.sun_family = AF_UNIX};
         memcpy(server.sun_path, family_server, base);
-        if (real_sendto(fd, msg, sizeof msg, 0, (struct sockaddr *)&server, sizeof server) ==
+        if (real_sendto(fd, msg, sizeof msg, EMU_UNTRAPPED, (struct sockaddr *)&server,
+                        sizeof server) ==
             (ssize_t)sizeof msg) {
             struct timespec until, now;
             clock_gettime(CLOCK_MONOTONIC, &until);

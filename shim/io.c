@@ -205,7 +205,7 @@ void emu_batch_adopt(struct emu_sock *es, int fd)
     unsigned char head[BATCH_HDR];
     struct iovec h = {head, sizeof head};
     struct msghdr peek = {.msg_iov = &h, .msg_iovlen = 1};
-    ssize_t n = real_recvmsg(fd, &peek, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
+    ssize_t n = real_recvmsg(fd, &peek, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT | EMU_UNTRAPPED);
     if (n < 0 || !is_batch_head(head, (size_t)n) || batch_begin(es, head, (size_t)n))
         return;
     while (es->batch_next < es->batch_count && es->batch_off < (uint32_t)off)
@@ -499,7 +499,7 @@ ssize_t emu_send(const struct caller_mem *who, struct emu_sock *es, int fd,
     out.msg_controllen = used;
     ssize_t n;
     for (;;) {
-        n = real_sendmsg(fd, &out, (flags & MSG_DONTWAIT) | MSG_NOSIGNAL);
+        n = real_sendmsg(fd, &out, (flags & MSG_DONTWAIT) | MSG_NOSIGNAL | EMU_UNTRAPPED);
         if (n < 0 && errno == EPERM && creds) {
             /* Not privileged to speak for the caller: the server hears us, from now on. */
             atomic_store(&claim_refused, 1);
@@ -668,7 +668,7 @@ enum attempt { GOT_DATA, GOT_NOTHING, GOT_RETRY, GOT_ENOBUFS, GOT_ERROR };
 static void drop_head(int fd)
 {
     char byte;
-    real_recv(fd, &byte, 0, MSG_DONTWAIT);
+    real_recv(fd, &byte, 0, MSG_DONTWAIT | EMU_UNTRAPPED);
 }
 
 /* Hand out the next message of the batch at the head of the queue (es->lock held): one
@@ -701,7 +701,8 @@ static enum attempt batch_receive(const struct caller_mem *who, struct emu_sock 
                           .msg_iovlen = pieces, .msg_control = ours.buf,
                           .msg_controllen = sizeof ours.buf};
     size_t none = 0;
-    ssize_t n = um_recvmsg(who, fd, &real, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT | MSG_CMSG_CLOEXEC,
+    ssize_t n = um_recvmsg(who, fd, &real,
+                           MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT | MSG_CMSG_CLOEXEC | EMU_UNTRAPPED,
                            NULL, &none);
     int err = errno;
     if (trim != stack)
@@ -767,8 +768,8 @@ static enum attempt try_receive(const struct caller_mem *who, struct emu_sock *e
         struct msghdr peek = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = &h,
                               .msg_iovlen = 1, .msg_control = ours.buf,
                               .msg_controllen = sizeof ours.buf};
-        ssize_t n = real_recvmsg(fd, &peek,
-                                 MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        ssize_t n = real_recvmsg(fd, &peek, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT |
+                                                MSG_CMSG_CLOEXEC | EMU_UNTRAPPED);
         if (n < 0)
             return errno == EAGAIN || errno == EWOULDBLOCK ? GOT_NOTHING : GOT_ERROR;
         enum sender heard = judge(es, &peek, creds, &port);
@@ -795,8 +796,9 @@ static enum attempt try_receive(const struct caller_mem *who, struct emu_sock *e
     unsigned char lead[CTL_SIZE]; /* the datagram's first bytes, as received */
     size_t leadlen = sizeof lead;
     ssize_t n = um_recvmsg(who, fd, &real,
-                           (flags & ~MSG_CMSG_COMPAT) | MSG_DONTWAIT | MSG_CMSG_CLOEXEC, lead,
-                           &leadlen);
+                           (flags & ~MSG_CMSG_COMPAT) | MSG_DONTWAIT | MSG_CMSG_CLOEXEC |
+                               EMU_UNTRAPPED,
+                           lead, &leadlen);
     if (n < 0)
         return errno == EAGAIN || errno == EWOULDBLOCK ? GOT_NOTHING : GOT_ERROR;
     enum sender heard = judge(es, &real, creds, &port);
@@ -905,7 +907,7 @@ ssize_t emu_recv(const struct caller_mem *who, struct emu_sock *es, int fd, stru
         /* Wait for the next datagram as the caller's socket would: blocks, or fails with
          * EAGAIN (O_NONBLOCK, SO_RCVTIMEO) or EINTR. */
         char byte;
-        if (real_recv(fd, &byte, 0, MSG_PEEK) < 0)
+        if (real_recv(fd, &byte, 0, MSG_PEEK | EMU_UNTRAPPED) < 0)
             return -1;
     }
 }

@@ -44,6 +44,13 @@
 #define MSG_CMSG_COMPAT 0x80000000 /* the kernel's, for 32-bit callers: refused by (rec|se)nd(m)msg */
 #endif
 
+/* A flags bit the kernel ignores on a Unix datagram socket (MSG_SYN: a BSD leftover no Linux
+ * protocol reads), set on every send and receive the shim makes on its own Unix sockets. The
+ * supervisor's seccomp filter lets a sendmsg, recvmsg, sendto or recvfrom that carries it
+ * through untrapped (supervisor/main.c): under `tsemu run --via auto` the shim's calls then
+ * cost no round trip through the supervisor. */
+#define EMU_UNTRAPPED MSG_SYN
+
 /* SOL_NETLINK options (uapi <linux/netlink.h>). */
 #define NLO_ADD_MEMBERSHIP 1
 #define NLO_DROP_MEMBERSHIP 2

@@ -98,17 +98,29 @@ static int install_filter(unsigned int flags)
     /* sendmsg/recvmsg with MSG_OOB: the kernel answers them alike on a Unix datagram socket
      * and on a netlink one (the msghdr's checks, then EOPNOTSUPP, nothing sent or taken), so
      * they need no round trip here. The shim makes such "dry runs" before each msghdr call:
-     * under `--via auto` they stay untrapped. */
-    struct sock_filter oob[] = {
+     * under `--via auto` they stay untrapped. So do the calls that carry EMU_UNTRAPPED
+     * (shim.h: a flags bit a Unix datagram socket ignores), which the shim sets on its own
+     * calls on its own Unix sockets. No netlink socket reaches the host kernel through them:
+     * socket(AF_NETLINK, *, NETLINK_GENERIC) is always trapped, so the only such sockets a
+     * supervised program holds are the Unix sockets made here, which the bit leaves Unix
+     * sockets (a program that sets it on one talks to it as the Unix socket it is). */
+    enum { ARG3 = offsetof(struct seccomp_data, args[3]) };
+    struct sock_filter untrapped[] = {
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_sendmsg, 1, 0),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_recvmsg, 0, 4),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG2),
-        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, MSG_OOB, 0, 1),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG2), /* their flags */
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, MSG_OOB | EMU_UNTRAPPED, 0, 1),
+        RET(SECCOMP_RET_ALLOW),
+        LOAD(nr), /* back to the number */
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_sendto, 1, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_recvfrom, 0, 4),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG3), /* their flags */
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, EMU_UNTRAPPED, 0, 1),
         RET(SECCOMP_RET_ALLOW),
         LOAD(nr), /* back to the number, for the list */
     };
-    memcpy(code + n, oob, sizeof oob);
-    n += sizeof oob / sizeof oob[0];
+    memcpy(code + n, untrapped, sizeof untrapped);
+    n += sizeof untrapped / sizeof untrapped[0];
     for (size_t i = 0; i < sizeof trapped / sizeof trapped[0]; i++) {
         code[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)trapped[i],
                                                  0, 1);
