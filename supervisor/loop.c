@@ -230,12 +230,28 @@ void sv_catch_signals(void)
     sigaction(SIGCHLD, &sa, NULL);
 }
 
+/* What was trapped, said at the end with --debug: all calls, and the sends and receives
+ * among them (under --via auto none of the shim's own: they carry EMU_UNTRAPPED). */
+static unsigned long trapped_calls, trapped_io;
+
+static void say_counts(void)
+{
+    sv_say("%lu calls trapped, %lu of them sends and receives", trapped_calls, trapped_io);
+}
+
 static void handle_notification(void)
 {
     struct seccomp_notif notif;
     memset(&notif, 0, sizeof notif);
     if (ioctl(sv_listener, SECCOMP_IOCTL_NOTIF_RECV, &notif) != 0)
         return; /* ENOENT: the caller was interrupted before we read it */
+    trapped_calls++;
+    switch (notif.data.nr) {
+    case SYS_sendto: case SYS_sendmsg: case SYS_sendmmsg:
+    case SYS_recvfrom: case SYS_recvmsg: case SYS_recvmmsg:
+        trapped_io++;
+        break;
+    }
     struct caller *c = sv_caller(notif.id, (pid_t)notif.pid, 0);
     if (!c)
         return; /* the thread is gone: its notification with it */
@@ -286,8 +302,10 @@ int sv_loop(pid_t child, int child_pidfd)
             }
         }
         forward_signals(child, !child_done);
-        if (child_done && sv_listener < 0)
+        if (child_done && sv_listener < 0) {
+            say_counts();
             return status;
+        }
 
         int n = 0, timeout = -1;
         if (sv_listener >= 0)
@@ -300,8 +318,10 @@ int sv_loop(pid_t child, int child_pidfd)
             timeout = 200; /* orphans without SIGCHLD to us yet: look again */
         struct timespec wait = {timeout / 1000, (long)(timeout % 1000) * 1000000L};
         int ready = ppoll(fds, (nfds_t)n, timeout >= 0 ? &wait : NULL, &open_mask);
-        if (ready < 0 && errno != EINTR)
+        if (ready < 0 && errno != EINTR) {
+            say_counts();
             return status;
+        }
         if (ready < 0)
             continue;
         if (sv_listener >= 0 && (fds[0].revents & POLLIN))
