@@ -356,15 +356,20 @@ class ReplyTemplate:
         seq_at, seq_codec = NLMSGHDR_CODEC.field("seq")
         pid_at, pid_codec = NLMSGHDR_CODEC.field("pid")
         id_at, id_codec = _ID_CODEC.field("id")
+        places: dict[str, tuple[int, struct.Struct]] = {
+            "seq": (seq_at, seq_codec), "portid": (pid_at, pid_codec),
+            "ident": (self._ident_offset + id_at, id_codec)}
         fields: list[tuple[Callable[..., None], int] | None] = []
         for name in names:
             if absent_ok and name not in layout.codec.fields:
                 fields.append(None)
                 continue
             offset, codec = layout.codec.field(name)
+            places[name] = (self._record_offset + offset, codec)
             fields.append((codec.pack_into, self._record_offset + offset))
         return ReplyPatch(self.length, (seq_codec.pack_into, seq_at), (pid_codec.pack_into, pid_at),
-                          (id_codec.pack_into, self._ident_offset + id_at), tuple(fields))
+                          (id_codec.pack_into, self._ident_offset + id_at), tuple(fields),
+                          places, frozenset(names))
 
 
 class ReplyPatch:
@@ -376,19 +381,64 @@ class ReplyPatch:
     `patch(base, seq, portid, ident, *values)` gives `base` with those values in place; the
     values are the fields named when the patch was made, in that order (those of fields the
     layout lacks, when the patch accepted them, are ignored). A value that does not fit its
-    field raises `struct.error`, as the full build would."""
+    field raises `struct.error`, as the full build would.
 
-    __slots__ = ("length", "_seq", "_pid", "_ident", "_fields", "_skips")
+    `splicer(base, ...)` is the way to make many messages from one base that differ in a few
+    places only (a storm's exits: seq and pid): one struct call each."""
+
+    __slots__ = ("length", "_seq", "_pid", "_ident", "_fields", "_skips", "_places", "_names")
 
     def __init__(self, length: int, seq: tuple[Callable[..., None], int],
                  pid: tuple[Callable[..., None], int], ident: tuple[Callable[..., None], int],
-                 fields: tuple[tuple[Callable[..., None], int] | None, ...]) -> None:
+                 fields: tuple[tuple[Callable[..., None], int] | None, ...],
+                 places: Mapping[str, tuple[int, struct.Struct]], names: frozenset[str]) -> None:
         self.length = length
         self._seq = seq
         self._pid = pid
         self._ident = ident
         self._fields = fields
         self._skips = None in fields
+        self._places = places  # every place this patch may set: offset and one-item codec
+        self._names = names | {"seq", "portid", "ident"}
+
+    def splicer(self, base: bytes, **argument_of: int) -> Callable[..., bytes]:
+        """`make(*values)`: `base` with each named place ("seq", "portid", "ident" or one of
+        this patch's record fields) set to `values[argument_of[place]]`, everything else as
+        in `base`, in a single `struct.pack`: the bytes between the places are the format's
+        own `s` items. A place of a field the layout lacks (accepted with `absent_ok`) is left
+        out. A value that does not fit its field raises `struct.error`."""
+        if len(base) != self.length:
+            raise ValueError(f"a {len(base)}-byte message, {self.length} expected")
+        unknown = set(argument_of) - self._names
+        if unknown:
+            raise KeyError(f"no place {sorted(unknown)!r} in this patch")
+        chosen = sorted((self._places[name][0], self._places[name][1], argument)
+                        for name, argument in argument_of.items() if name in self._places)
+        # The pack's arguments are picked from (the segments..., the values...): a value
+        # missing is then an IndexError, never a segment packed in its place.
+        nsegments = len(chosen) + 1
+        fmt = ["<"]
+        segments: list[bytes] = []
+        order: list[int] = []
+        at = 0
+        for offset, codec, argument in chosen:
+            if offset < at:
+                raise ValueError("two places of a splice overlap")
+            fmt.append(f"{offset - at}s{codec.format.lstrip('<')}")
+            order += [len(segments), nsegments + argument]
+            segments.append(base[at:offset])
+            at = offset + codec.size
+        fmt.append(f"{len(base) - at}s")
+        order.append(len(segments))
+        segments.append(base[at:])
+        pack = struct.Struct("".join(fmt)).pack
+        pick = itemgetter(*order)
+        fixed = tuple(segments)
+
+        def make(*values: Any) -> bytes:
+            return pack(*pick(fixed + values))
+
+        return make
 
     def __call__(self, base: bytes, seq: int, portid: int, ident: int, *values: Any) -> bytes:
         if len(base) != self.length:

@@ -35,7 +35,7 @@ fast path is tested against (tests/test_fastpath.py): both give the same actions
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -83,7 +83,7 @@ from .profiles import KernelProfile
 from .replycache import PidReplyCache
 
 if TYPE_CHECKING:
-    from .tasks import RepeatExit
+    from .tasks import ExitReport, RepeatExit
 
 
 #: CONFIG_NR_CPUS of distribution kernels (Debian, Ubuntu, RHEL build with 8192): what an
@@ -216,7 +216,8 @@ class Kernel:
         self._repeat_patch = self._pid_reply.patcher(("ac_pid", "ac_tgid", *CLOCK_FIELDS),
                                                      absent_ok=True)
         self._repeat_model: Any = None
-        self._repeat_base = b""
+        self._repeat_clock: tuple[int, ...] = ()
+        self._repeat_make: Callable[..., bytes] = bytes
         #: Faults in force (`faults`): an `errno` fault answers a request with that error.
         self.faults = FaultTable()
         #: the clock faults' windows are read on (ns): the table's, when it has one
@@ -468,16 +469,36 @@ class Kernel:
     # -- exit events -----------------------------------------------------------------------
 
     def repeat_exit_event(self, seq: int, report: RepeatExit) -> bytes:
-        """The event of a `RepeatExit`: its model's event, built once, with seq, the pid and
-        the clock fields patched in."""
-        model = report.model
-        if model is not self._repeat_model:
-            if model.tgid_values is not None:
-                raise ValueError("a repeated exit's model must send no AGGR_TGID record")
-            self._repeat_base = self.exit_event(0, model.tid, model.pid_values, model.tgid, None)
-            self._repeat_model = model
-        tid = report.tid
-        return self._repeat_patch(self._repeat_base, seq, 0, tid, tid, tid, *report.clock)
+        """The event of a `RepeatExit`: its model's event with seq, the pid and the clock
+        fields in place."""
+        return self.repeat_exit_events(seq, [report])[0]
+
+    def repeat_exit_events(self, seq: int, reports: Sequence[RepeatExit]) -> list[bytes]:
+        """The events of consecutive `RepeatExit`s, with sequence numbers from `seq`. A
+        storm's repeats share their model and (per chunk) their clock: the model's event
+        with that clock is made once, and each event from it is one splice of seq and pid
+        (`ReplyPatch.splicer`)."""
+        events: list[bytes] = []
+        append = events.append
+        make = self._repeat_make
+        for report in reports:
+            if report.model is not self._repeat_model or report.clock != self._repeat_clock:
+                make = self._repeat_maker(report.model, report.clock)
+            append(make(seq, report.tid))
+            seq = (seq + 1) & 0xFFFFFFFF
+        return events
+
+    def _repeat_maker(self, model: ExitReport, clock: tuple[int, ...]) -> Callable[..., bytes]:
+        """make(seq, pid): the event of a repeat of `model` at `clock` (and kept as the
+        current one)."""
+        if model.tgid_values is not None:
+            raise ValueError("a repeated exit's model must send no AGGR_TGID record")
+        base = self.exit_event(0, model.tid, model.pid_values, model.tgid, None)
+        base = self._repeat_patch(base, 0, 0, model.tid, model.tid, model.tid, *clock)
+        self._repeat_make = self._repeat_patch.splicer(base, seq=0, ident=1, ac_pid=1,
+                                                       ac_tgid=1)
+        self._repeat_model, self._repeat_clock = model, clock
+        return self._repeat_make
 
     def exit_event(self, seq: int, pid: int, pid_values: Mapping[str, Any], tgid: int,
                    tgid_values: Mapping[str, Any] | None) -> bytes:

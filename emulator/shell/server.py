@@ -63,6 +63,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +199,7 @@ class Server:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.client_table.start(nursery)
-                nursery.start_soon(self.listeners.run, self._build_event, self._deliver)
+                nursery.start_soon(self.listeners.run, self._build_events, self._deliver)
                 nursery.start_soon(self._receive_loop)
                 nursery.start_soon(self._watch_ports)
                 nursery.start_soon(self.client_table.sweep_forever)
@@ -567,13 +568,22 @@ class Server:
 
     # -- exits -----------------------------------------------------------------------------
 
-    def _build_event(self, seq: int, report: Any) -> bytes:
-        if type(report) is RepeatExit:
-            return self.kernel.repeat_exit_event(seq, report)
-        if type(report) is RecordedExit:
-            return recorded_event(report, seq, self.kernel.taskstats.id)
-        return self.kernel.exit_event(seq, report.tid, report.pid_values, report.tgid,
-                                      report.tgid_values)
+    def _build_events(self, seq: int, reports: list[Any]) -> list[bytes]:
+        """A run's events (`listeners.BuildEvents`): a storm's repeats a run at a time."""
+        events: list[bytes] = []
+        for kind, group in groupby(reports, type):
+            if kind is RepeatExit:
+                made = self.kernel.repeat_exit_events(seq, list(group))
+            elif kind is RecordedExit:
+                made = [recorded_event(report, (seq + i) & 0xFFFFFFFF, self.kernel.taskstats.id)
+                        for i, report in enumerate(group)]
+            else:
+                made = [self.kernel.exit_event((seq + i) & 0xFFFFFFFF, report.tid,
+                                               report.pid_values, report.tgid, report.tgid_values)
+                        for i, report in enumerate(group)]
+            events += made
+            seq = (seq + len(made)) & 0xFFFFFFFF
+        return events
 
     def _deliver(self, port: int, events: list[bytes], cpu: int) -> int:
         client = self.clients.get(port)
