@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import trio
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tsemu.client import Client
@@ -94,6 +94,51 @@ async def test_batching_keeps_and_drops_exactly_the_same_messages(count: int) ->
     assert results[0] == results[1]
     assert results[0][1] == (1 if count > 20 else 0)
     assert len(results[0][2]) == min(count, 20)
+
+
+def _message(length: int, port: int, tag: int) -> bytes:
+    """A netlink-looking message of `length` bytes (at least 16) sent to `port`."""
+    return (length.to_bytes(4, "little") + bytes(8) + port.to_bytes(4, "little")
+            + bytes([tag % 256]) * (length - 16))
+
+
+_mixed_run = st.lists(st.tuples(st.sampled_from([16, 20, 596, 1172, 4000, 15_000]),
+                                st.sampled_from([0, 0, 0, 0, 77])), min_size=1, max_size=60)
+_storm_run = st.integers(1, 60).map(lambda n: [(596, 0)] * n)  # what a storm offers
+_runs = st.lists(st.one_of(_storm_run, _mixed_run), min_size=1, max_size=5)
+
+
+@settings(max_examples=100, deadline=None)
+@given(runs=_runs, budget_events=st.integers(0, 60), after_add=st.booleans())
+def test_batched_runs_keep_what_messages_one_by_one_keep(
+        runs: list[list[tuple[int, int]]], budget_events: int, after_add: bool) -> None:
+    """Runs of broadcasts and replies of any size, offered to a reader that reads nothing:
+    a batching outbox (a run admitted at once when its last message fits, batches cut by
+    count, bytes and kind) keeps and drops exactly what message-by-message offers do."""
+    results = []
+    for batching in (False, True):
+        server, client = _pair()
+        with server, client:
+            box = Outbox(server, budget=budget_events * truesize(596), check_after_add=after_add)
+            box.batching = batching
+            tag = 0
+            for run in runs:
+                messages = []
+                for length, port in run:
+                    messages.append(_message(length, port, tag))
+                    tag += 1
+                assert box.offer_many(messages) == len(messages)
+            client.setblocking(False)
+            got: list[bytes] = []
+            while True:
+                try:
+                    data = client.recv(1 << 16)
+                except BlockingIOError:
+                    break
+                got.extend(decode_batch(data) if is_batch(data) else [data])
+            got.extend(box._queue)
+            results.append((box.dropped, [m for m in got if not is_control(m)]))
+    assert results[0] == results[1]
 
 
 # -- through the shim -------------------------------------------------------------------------

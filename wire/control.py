@@ -159,7 +159,7 @@ def encode_batch(messages: list[bytes]) -> bytes:
     count = len(messages)
     if not 2 <= count <= BATCH_MAX:
         raise ValueError(f"a batch holds 2 to {BATCH_MAX} messages, not {count}")
-    lengths = [len(m) for m in messages]
+    lengths = list(map(len, messages))
     body = b"".join(messages)
     return _BATCH.pack_values(0, MAGIC, ControlOp.BATCH, count, 0, len(body), *lengths,
                        *_NO_LENGTHS[count:]) + body

@@ -49,8 +49,11 @@ import errno
 import fcntl
 import socket
 import termios
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable
+from itertools import accumulate, islice, repeat
+from operator import itemgetter
 from time import perf_counter_ns
 from typing import Any
 
@@ -85,15 +88,35 @@ def truesize(length: int) -> int:
     return bucket + _SKB_OVERHEAD
 
 
-_TRUESIZE: dict[int, int] = {}
+class _Truesizes(dict[int, int]):
+    """`truesize` by length, memoised: a broadcast looks it up for every message, and
+    `map(_TRUESIZE.__getitem__, lengths)` does a run of them without a Python call."""
+
+    def __missing__(self, length: int) -> int:
+        size = self[length] = truesize(length)
+        return size
 
 
-def _truesize(length: int) -> int:
-    """`truesize`, memoised: a broadcast computes it for every message."""
-    size = _TRUESIZE.get(length)
-    if size is None:
-        size = _TRUESIZE[length] = truesize(length)
-    return size
+_TRUESIZE = _Truesizes()
+
+#: A message's nlmsg_pid (0: a broadcast; a reply carries its requester's port) and its
+#: first four bytes (a control datagram starts with a zero length): what may go in a batch.
+_PORT_ID = itemgetter(slice(12, 16))
+_FIRST_WORD = itemgetter(slice(0, 4))
+_ZERO4 = bytes(4)
+
+
+def _batchable(messages: list[bytes]) -> int:
+    """How many of `messages`, from the first, may go in a batch: broadcasts only, never a
+    control datagram. (The common case, all of them, is found without a loop in Python.)"""
+    ports = list(map(_PORT_ID, messages))
+    firsts = list(map(_FIRST_WORD, messages))
+    if ports.count(_ZERO4) == len(ports) and _ZERO4 not in firsts:
+        return len(messages)
+    for n, (port, first) in enumerate(zip(ports, firsts, strict=True)):
+        if port != _ZERO4 or first == _ZERO4:
+            return n
+    return len(messages)
 
 
 _NOTICE_UNIX = truesize(len(ENOBUFS_NOTICE))
@@ -207,7 +230,7 @@ class Outbox:
         gone (its socket vanished): the caller drops it as a listener, as the kernel does."""
         if self.gone:
             return False
-        size = _TRUESIZE.get(len(data)) or _truesize(len(data))
+        size = _TRUESIZE[len(data)]
         charged = self._queued + self._inflight_total  # `_fits`, inline: this is the hot path
         if self.congested or not (
                 (charged == 0 or charged + size <= self.budget) if self.check_after_add
@@ -262,16 +285,23 @@ class Outbox:
         queue = self._queue
         budget = self.budget
         after_add = self.check_after_add
-        for data in messages:
-            size = _TRUESIZE.get(len(data)) or _truesize(len(data))
-            charged = self._queued + self._inflight_total
-            if self.congested or not (
-                    (charged == 0 or charged + size <= budget) if after_add
-                    else charged <= budget):
-                if not self._takes_when_tight(size):
-                    continue
-            queue.append(data)
-            self._queued += size
+        sizes = list(map(_TRUESIZE.__getitem__, map(len, messages)))
+        total = sum(sizes)
+        last = self._queued + self._inflight_total + total  # charged after the whole run
+        if not self.congested and (last <= budget if after_add else last - sizes[-1] <= budget):
+            # The charge only grows along the run: when its last message fits, all do.
+            queue.extend(messages)
+            self._queued += total
+        else:
+            for data, size in zip(messages, sizes, strict=True):
+                charged = self._queued + self._inflight_total
+                if self.congested or not (
+                        (charged == 0 or charged + size <= budget) if after_add
+                        else charged <= budget):
+                    if not self._takes_when_tight(size):
+                        continue
+                queue.append(data)
+                self._queued += size
         if queue:
             self._wakeup.set()
             if self._flush() is None:
@@ -334,7 +364,7 @@ class Outbox:
                 inflight.append((_NOTICE_UNIX, 0))
                 self._inflight_unix += _NOTICE_UNIX
             else:
-                size = _truesize(len(data))
+                size = _TRUESIZE[len(data)]
                 self._queued -= size
                 inflight.append((size, size))
                 self._inflight_unix += size
@@ -347,18 +377,15 @@ class Outbox:
         client's queue is), _B_GONE (the client is), or _B_ALONE when the head cannot go in a
         batch with what follows it (a control datagram, or too long)."""
         queue = self._queue
-        total = BATCH_HEADER_SIZE
-        batch: list[bytes] = []
-        for data in queue:
-            # Only broadcasts (nlmsg_pid 0; a reply carries its requester's port) and never a
-            # control datagram (it starts with a zero length).
-            if (len(batch) == BATCH_MAX or data.startswith(b"\0\0\0\0")
-                    or data[12:16] != b"\0\0\0\0" or total + len(data) > BATCH_BYTES_MAX):
-                break
-            batch.append(data)
-            total += len(data)
-        if len(batch) < 2:
+        head = list(islice(queue, BATCH_MAX))
+        lengths = list(map(len, head))
+        # The most that fit in BATCH_BYTES_MAX with the header, then the batchable ones.
+        fit = bisect_right(list(accumulate(lengths, initial=BATCH_HEADER_SIZE)),
+                           BATCH_BYTES_MAX) - 1
+        count = _batchable(head[:fit])
+        if count < 2:
             return _B_ALONE
+        batch = head[:count]
         datagram = encode_batch(batch)
         try:
             self._raw.send(datagram)
@@ -369,12 +396,11 @@ class Outbox:
             if self._send_failed(exc):
                 return _B_GONE
             raise
-        charged = 0
-        for data in batch:
+        for _ in repeat(None, count):
             queue.popleft()
-            charged += _TRUESIZE.get(len(data)) or _truesize(len(data))
+        charged = sum(map(_TRUESIZE.__getitem__, lengths[:count]))
         self._queued -= charged
-        unix = _truesize(len(datagram))
+        unix = _TRUESIZE[len(datagram)]
         self._inflight.append((unix, charged))
         self._inflight_unix += unix
         self._inflight_total += charged
