@@ -107,3 +107,23 @@ def test_a_storms_pids_are_spawns_pids_through_wraps_and_gaps(taken: set[int], s
     assert [r.tid for r in stormed.storm_exits(count, [0])] == \
         [r.tid for r in _one_by_one(plain, count, [0])]
     assert stormed.spawn(comm="after").tid == plain.spawn(comm="after").tid
+
+
+@pytest.mark.parametrize("profile_name", ["2.6.31", "6.18"])
+def test_a_run_of_repeats_of_several_storms_across_the_seq_wrap(profile_name: str) -> None:
+    """Repeats of two storms (two models, two clocks) mixed in one run, numbered across the
+    2**32 wrap: each event is the one its record alone would make, under its own number."""
+    table = _table(profile_name)
+    assert isinstance(table.clock, VirtualClock)
+    one = table.storm_exits(4, [0])[1:]
+    table.clock.advance(2.5)
+    two = table.storm_exits(4, [0])[1:]
+    run = [one[0], one[1], two[0], one[2], two[1], two[2]]
+    kernel = Kernel(table, profile=PROFILES[profile_name], nr_cpus=4)
+    first = 2**32 - 3
+    events = kernel.repeat_exit_events(first, run)
+    assert events == [kernel.exit_event((first + i) % 2**32, r.tid, r.pid_values, r.tid, None)
+                      for i, r in enumerate(run)]
+    assert kernel.repeat_exit_events(5, two) == [
+        kernel.exit_event(5 + i, r.tid, r.pid_values, r.tid, None) for i, r in enumerate(two)]
+    assert kernel.repeat_exit_events(0, []) == []
