@@ -121,9 +121,9 @@ def test_a_run_of_repeats_of_several_storms_across_the_seq_wrap(profile_name: st
     run = [one[0], one[1], two[0], one[2], two[1], two[2]]
     kernel = Kernel(table, profile=PROFILES[profile_name], nr_cpus=4)
     first = 2**32 - 3
-    events = kernel.repeat_exit_events(first, run)
+    events = list(kernel.repeat_exit_events(first, run))
     assert events == [kernel.exit_event((first + i) % 2**32, r.tid, r.pid_values, r.tid, None)
                       for i, r in enumerate(run)]
-    assert kernel.repeat_exit_events(5, two) == [
+    assert list(kernel.repeat_exit_events(5, two)) == [
         kernel.exit_event(5 + i, r.tid, r.pid_values, r.tid, None) for i, r in enumerate(two)]
-    assert kernel.repeat_exit_events(0, []) == []
+    assert list(kernel.repeat_exit_events(0, [])) == []

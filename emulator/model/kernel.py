@@ -37,6 +37,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tsemu.wire import (
@@ -69,9 +70,11 @@ from tsemu.wire.constants import (
     TaskstatsCmdAttr,
 )
 from tsemu.wire.netlink import Header, check_genl_header
+from tsemu.wire.runs import MessageRun
 from tsemu.wire.taskstats import (
     SINGLE_U32_REQUEST_CODEC,
     ReplyTemplate,
+    Splice,
     carries_descriptor,
     encode_taskstats_new,
 )
@@ -81,6 +84,10 @@ from .families import FamilyTable
 from .faults import FaultTable
 from .profiles import KernelProfile
 from .replycache import PidReplyCache
+
+#: what a storm's repeats are made from, and each one's pid
+_MODEL_CLOCK = attrgetter("model", "clock")
+_TID = attrgetter("tid")
 
 if TYPE_CHECKING:
     from .tasks import ExitReport, RepeatExit
@@ -217,7 +224,7 @@ class Kernel:
                                                      absent_ok=True)
         self._repeat_model: Any = None
         self._repeat_clock: tuple[int, ...] = ()
-        self._repeat_make: Callable[..., bytes] = bytes
+        self._repeat_splice: Splice | None = None
         #: Faults in force (`faults`): an `errno` fault answers a request with that error.
         self.faults = FaultTable()
         #: the clock faults' windows are read on (ns): the table's, when it has one
@@ -473,32 +480,39 @@ class Kernel:
         fields in place."""
         return self.repeat_exit_events(seq, [report])[0]
 
-    def repeat_exit_events(self, seq: int, reports: Sequence[RepeatExit]) -> list[bytes]:
-        """The events of consecutive `RepeatExit`s, with sequence numbers from `seq`. A
-        storm's repeats share their model and (per chunk) their clock: the model's event
-        with that clock is made once, and each event from it is one splice of seq and pid
-        (`ReplyPatch.splicer`)."""
-        events: list[bytes] = []
-        append = events.append
-        make = self._repeat_make
-        for report in reports:
-            if report.model is not self._repeat_model or report.clock != self._repeat_clock:
-                make = self._repeat_maker(report.model, report.clock)
-            append(make(seq, report.tid))
-            seq = (seq + 1) & 0xFFFFFFFF
-        return events
+    def repeat_exit_events(self, seq: int, reports: Sequence[RepeatExit]) -> MessageRun:
+        """The events of consecutive `RepeatExit`s, with sequence numbers from `seq`, as one
+        run. A storm's repeats share their model and (per chunk) their clock: the model's
+        event with that clock is made once, and the run's events from it in one pack of
+        their seq and pid (`Splice`)."""
+        if not reports:
+            return MessageRun(b"", 1)
+        keys = list(map(_MODEL_CLOCK, reports))
+        if keys.count(keys[0]) != len(keys):  # several models or clocks: a run of each
+            parts = [self.repeat_exit_events((seq + at) & 0xFFFFFFFF, [report])
+                     for at, report in enumerate(reports)]
+            joined = MessageRun.join(parts)
+            assert joined is not None  # (repeats of models of one profile: one length)
+            return joined
+        first = reports[0]
+        splice = self._repeat_splice
+        if (splice is None or first.model is not self._repeat_model
+                or first.clock != self._repeat_clock):
+            splice = self._repeat_splice = self._repeat_splicer(first.model, first.clock)
+        count = len(reports)
+        seqs = (range(seq, seq + count) if seq + count <= 1 << 32
+                else [(seq + at) & 0xFFFFFFFF for at in range(count)])
+        return splice.run(seqs, list(map(_TID, reports)))
 
-    def _repeat_maker(self, model: ExitReport, clock: tuple[int, ...]) -> Callable[..., bytes]:
-        """make(seq, pid): the event of a repeat of `model` at `clock` (and kept as the
-        current one)."""
+    def _repeat_splicer(self, model: ExitReport, clock: tuple[int, ...]) -> Splice:
+        """The splice (of seq, then pid) making repeats of `model` at `clock`; kept as the
+        current one."""
         if model.tgid_values is not None:
             raise ValueError("a repeated exit's model must send no AGGR_TGID record")
         base = self.exit_event(0, model.tid, model.pid_values, model.tgid, None)
         base = self._repeat_patch(base, 0, 0, model.tid, model.tid, model.tid, *clock)
-        self._repeat_make = self._repeat_patch.splicer(base, seq=0, ident=1, ac_pid=1,
-                                                       ac_tgid=1)
         self._repeat_model, self._repeat_clock = model, clock
-        return self._repeat_make
+        return self._repeat_patch.splicer(base, seq=0, ident=1, ac_pid=1, ac_tgid=1)
 
     def exit_event(self, seq: int, pid: int, pid_values: Mapping[str, Any], tgid: int,
                    tgid_values: Mapping[str, Any] | None) -> bytes:

@@ -32,7 +32,7 @@ are never sent).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,10 +43,10 @@ from .rwlock import RWLock
 #: deliver(port, events, cpu) offers a run's events (of that CPU) to one port, in order, and
 #: returns how many it took before the port's socket turned out to be gone (all of them when
 #: it is not).
-Deliver = Callable[[int, list[bytes], int], int]
+Deliver = Callable[[int, Sequence[bytes], int], int]
 #: build(seq, exits) -> their events' bytes, in order, with consecutive sequence numbers from
 #: `seq` (wrapping at 2**32): a run at a time, so that a storm's events are made in one loop.
-BuildEvents = Callable[[int, list[Any]], list[bytes]]
+BuildEvents = Callable[[int, list[Any]], Sequence[bytes]]
 
 #: Exits broadcast under one read-lock acquisition: a registration waits at most this many.
 BATCH = 256

@@ -51,11 +51,12 @@ import socket
 import termios
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import lru_cache
 from itertools import accumulate, islice, repeat
 from operator import itemgetter
 from time import perf_counter_ns
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -64,8 +65,10 @@ from tsemu.wire.control import (
     BATCH_HEADER_SIZE,
     BATCH_MAX,
     ENOBUFS_NOTICE,
+    batch_header,
     encode_batch,
 )
+from tsemu.wire.runs import MessageRun
 
 #: sizeof(struct sk_buff) and sizeof(struct skb_shared_info), each SKB_DATA_ALIGNed, x86_64.
 _SKB_OVERHEAD = 256
@@ -154,6 +157,12 @@ _B_SENT, _B_FULL, _B_GONE, _B_ALONE = range(4)
 _GONE_ERRNOS = frozenset({errno.ENOTCONN, errno.EPIPE, errno.ECONNREFUSED, errno.ECONNRESET})
 
 
+@lru_cache(maxsize=256)
+def _run_header(size: int, count: int) -> bytes:
+    """The batch header of `count` messages of `size` bytes (a run's batches are alike)."""
+    return batch_header([size] * count)
+
+
 class Outbox:
     """One client's queue on the server, with the netlink receive-buffer rules.
 
@@ -175,7 +184,7 @@ class Outbox:
         self.dropped = 0
         self.delivered = 0
         self.gone = False
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[bytes | MessageRun] = deque()
         self._queued = 0  # truesize held here
         # Datagrams sent, maybe not read yet: (size in the client's Unix queue, size charged
         # to the emulated netlink buffer; 0 for an ENOBUFS notice, which netlink never queues).
@@ -269,9 +278,10 @@ class Outbox:
             return False
         return True
 
-    def offer_many(self, messages: list[bytes]) -> int:
+    def offer_many(self, messages: Sequence[bytes]) -> int:
         """`offer` each of `messages` in order; how many were offered before the client
-        turned out to be gone (all of them, when it is not)."""
+        turned out to be gone (all of them, when it is not). A `MessageRun` a batching
+        client takes whole is held as it is, and goes out in batches cut from it."""
         if not self.batching or len(messages) < 2:
             offer = self.offer
             for n, data in enumerate(messages):
@@ -285,12 +295,23 @@ class Outbox:
         queue = self._queue
         budget = self.budget
         after_add = self.check_after_add
-        sizes = list(map(_TRUESIZE.__getitem__, map(len, messages)))
-        total = sum(sizes)
+        if isinstance(messages, MessageRun):
+            one = _TRUESIZE[messages.size]
+            sizes = [one] * messages.n
+            total = one * messages.n
+        else:
+            sizes = list(map(_TRUESIZE.__getitem__, map(len, messages)))
+            total = sum(sizes)
         last = self._queued + self._inflight_total + total  # charged after the whole run
+        if not self.congested and last > budget and self._inflight:
+            self._reconcile()  # what the client has read since: before any per-message look
+            last = self._queued + self._inflight_total + total
         if not self.congested and (last <= budget if after_add else last - sizes[-1] <= budget):
             # The charge only grows along the run: when its last message fits, all do.
-            queue.extend(messages)
+            if isinstance(messages, MessageRun):
+                queue.append(messages)
+            else:
+                queue.extend(messages)
             self._queued += total
         else:
             for data, size in zip(messages, sizes, strict=True):
@@ -341,6 +362,18 @@ class Outbox:
         batching = self.batching
         while queue:
             data = queue[0]
+            if isinstance(data, MessageRun):
+                sent = self._send_run(data)
+                if sent == _B_SENT:
+                    continue
+                if sent == _B_FULL:
+                    return False
+                if sent == _B_GONE:
+                    return None
+                # _B_ALONE: the run's messages wait one by one, below
+                queue.popleft()
+                queue.extendleft(reversed(list(data)))
+                continue
             if batching and len(queue) > 1:
                 sent = self._send_batch()
                 if sent == _B_SENT:
@@ -377,7 +410,11 @@ class Outbox:
         client's queue is), _B_GONE (the client is), or _B_ALONE when the head cannot go in a
         batch with what follows it (a control datagram, or too long)."""
         queue = self._queue
-        head = list(islice(queue, BATCH_MAX))
+        entries = list(islice(queue, BATCH_MAX))
+        kinds = list(map(type, entries))
+        if MessageRun in kinds:  # a held run goes in batches of its own
+            entries = entries[:kinds.index(MessageRun)]
+        head = cast(list[bytes], entries)
         lengths = list(map(len, head))
         # The most that fit in BATCH_BYTES_MAX with the header, then the batchable ones.
         fit = bisect_right(list(accumulate(lengths, initial=BATCH_HEADER_SIZE)),
@@ -406,6 +443,42 @@ class Outbox:
         self._inflight_total += charged
         self.delivered += len(batch)
         return _B_SENT
+
+    def _send_run(self, run: MessageRun) -> int:
+        """Send the first messages of the held run at the head of the queue as one batch,
+        the header and the run's bytes as they lie (scatter-gather): _B_SENT, _B_FULL,
+        _B_GONE, or _B_ALONE when its messages cannot go in a batch (one left, or too long).
+        """
+        count = min(run.n, BATCH_MAX, (BATCH_BYTES_MAX - BATCH_HEADER_SIZE) // run.size)
+        if count < 2:
+            return _B_ALONE
+        header = _run_header(run.size, count)
+        try:
+            self._raw.sendmsg([header, run.body(count)])
+        except BlockingIOError:
+            self._blocked_at = perf_counter_ns()
+            return _B_FULL
+        except OSError as exc:
+            if self._send_failed(exc):
+                return _B_GONE
+            raise
+        if count == run.n:
+            self._queue.popleft()
+        else:
+            self._queue[0] = run.tail(count)
+        charged = _TRUESIZE[run.size] * count
+        self._queued -= charged
+        unix = _TRUESIZE[len(header) + count * run.size]
+        self._inflight.append((unix, charged))
+        self._inflight_unix += unix
+        self._inflight_total += charged
+        self.delivered += count
+        return _B_SENT
+
+    def held(self) -> list[bytes]:
+        """The messages held here, in order (for tests and inspection)."""
+        return [message for entry in self._queue
+                for message in (entry if isinstance(entry, MessageRun) else [entry])]
 
     async def drain(self) -> None:
         """Move held messages into the client's socket, in batches, waiting only while its

@@ -78,6 +78,7 @@ from tsemu.wire.control import (
     encode_control,
     is_control,
 )
+from tsemu.wire.runs import MessageRun
 
 from ..model.families import FamilyTable
 from ..model.faults import DELIVERY
@@ -568,10 +569,12 @@ class Server:
 
     # -- exits -----------------------------------------------------------------------------
 
-    def _build_events(self, seq: int, reports: list[Any]) -> list[bytes]:
-        """A run's events (`listeners.BuildEvents`): a storm's repeats a run at a time."""
-        events: list[bytes] = []
+    def _build_events(self, seq: int, reports: list[Any]) -> Sequence[bytes]:
+        """A run's events (`listeners.BuildEvents`): a storm's repeats a run at a time, and
+        the whole as one `MessageRun` when its events have one length (a storm's do)."""
+        parts: list[Sequence[bytes]] = []
         for kind, group in groupby(reports, type):
+            made: Sequence[bytes]
             if kind is RepeatExit:
                 made = self.kernel.repeat_exit_events(seq, list(group))
             elif kind is RecordedExit:
@@ -581,11 +584,14 @@ class Server:
                 made = [self.kernel.exit_event((seq + i) & 0xFFFFFFFF, report.tid,
                                                report.pid_values, report.tgid, report.tgid_values)
                         for i, report in enumerate(group)]
-            events += made
+            parts.append(made)
             seq = (seq + len(made)) & 0xFFFFFFFF
-        return events
+        if len(parts) == 1:
+            return parts[0]
+        run = MessageRun.join(parts)
+        return run if run is not None else [event for part in parts for event in part]
 
-    def _deliver(self, port: int, events: list[bytes], cpu: int) -> int:
+    def _deliver(self, port: int, events: Sequence[bytes], cpu: int) -> int:
         client = self.clients.get(port)
         if client is None:
             return 0
