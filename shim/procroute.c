@@ -15,7 +15,8 @@
  *   - the view is read-only: a call that would change a file there fails with EACCES;
  *   - `.`, `..`, `//` and a trailing `/` are resolved lexically before the rules apply;
  *     a relative path is under /proc when its directory (the current one, or an *at()
- *     call's descriptor) is the real /proc.
+ *     call's descriptor) is the real /proc or, where the side applying the rules can tell
+ *     (the supervisor), a real directory below it (/proc/N: the path is then /proc/N/path).
  *
  * A redirected call is tried on its first candidate at once: the common case (an emulated
  * pid's file) costs no system call beyond the caller's own. Only when it fails with
@@ -325,14 +326,27 @@ const char *proc_rules_begin(struct proc_route *r, const struct proc_rules_ops *
     if (!view || bad_pointer(path))
         return path;
     const char *below;
+    char joined[PROC_REST_MAX];
     if (path[0] == '/') {
         below = below_proc(path);
         if (!below)
             return path;
     } else {
-        if (!path[0] || !ops->dir_is_root(ctx, dirfd))
+        if (!path[0])
             return path;
-        below = path;
+        long n = ops->dir_below(ctx, dirfd, joined, sizeof joined);
+        if (n < 0)
+            return path; /* not relative to a directory of /proc */
+        if (n > 0) {
+            size_t len = strlen(path);
+            if ((size_t)n + 1 + len + 1 > sizeof joined)
+                return path; /* nothing of the view's is that long */
+            joined[n] = '/';
+            memcpy(joined + n + 1, path, len + 1);
+            below = joined;
+        } else {
+            below = path;
+        }
     }
     r->stage = 0;
     r->dir = 0;

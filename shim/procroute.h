@@ -44,8 +44,10 @@ struct proc_rules_ops {
     int (*is_own)(void *ctx, unsigned long n);     /* the caller's pid, its thread's tid, parent */
     int (*own_thread)(void *ctx, unsigned long n); /* another thread of the caller's process */
     int (*in_family)(void *ctx, unsigned long n);  /* a descendant of the family's root */
-    int (*dir_is_root)(void *ctx, int dirfd);      /* the caller's dirfd (AT_FDCWD: its current
-                                                      directory) is the real /proc */
+    /* Where the caller's dirfd (AT_FDCWD: its current directory) is: its path below the real
+     * /proc into out ("" for /proc itself; at most size - 1 bytes) and that path's length,
+     * or -1 when it is not in the real /proc. */
+    long (*dir_below)(void *ctx, int dirfd, char *out, size_t size);
     /* The file system, for the view's entries and the host's /proc/<name> (plain paths). */
     int (*fstatat)(int dirfd, const char *path, struct stat *st, int flags);
     ssize_t (*readlinkat)(int dirfd, const char *path, char *buf, size_t size);

@@ -345,17 +345,23 @@ static int in_family(void *ctx, unsigned long n)
     return proc_in_family(n);
 }
 
-static int dir_is_root(void *ctx, int dirfd)
+/* The shim knows only whether a directory is /proc itself: its chdir into an emulated task's
+ * directory goes into the view, where relative paths resolve by themselves. */
+static long dir_below(void *ctx, int dirfd, char *out, size_t size)
 {
     (void)ctx;
-    return dirfd == AT_FDCWD ? cwd_is_root() : proc_fd_is_root(dirfd);
+    if (!(dirfd == AT_FDCWD ? cwd_is_root() : proc_fd_is_root(dirfd)))
+        return -1;
+    if (size)
+        out[0] = '\0';
+    return 0;
 }
 
 static const struct proc_rules_ops shim_ops = {
     .is_own = own,
     .own_thread = own_thread,
     .in_family = in_family,
-    .dir_is_root = dir_is_root,
+    .dir_below = dir_below,
     .fstatat = real_fstatat,
     .readlinkat = real_readlinkat,
 };

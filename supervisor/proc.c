@@ -139,25 +139,41 @@ static int in_family(void *ctx, unsigned long n)
     return proc_descends(n, root, host_parent, NULL);
 }
 
-static int dir_is_root(void *ctx, int dirfd)
+/* The caller's directory, from its /proc entry: /proc itself, or a real directory below it
+ * (a raw chdir("/proc/1") is the kernel's: relative paths from there follow the rules). */
+static long dir_below(void *ctx, int dirfd, char *out, size_t size)
 {
     struct asker *a = ctx;
-    char path[64];
+    char path[64], link[PROC_REST_MAX + 8];
     if (dirfd == AT_FDCWD)
         snprintf(path, sizeof path, "/proc/%d/cwd", a->c->tid);
     else if (dirfd >= 0)
         snprintf(path, sizeof path, "/proc/%d/fd/%d", a->c->tid, dirfd);
     else
-        return 0; /* a bad descriptor: the kernel's EBADF */
+        return -1; /* a bad descriptor: the kernel's EBADF */
+    static dev_t procfs; /* /proc's device, read once */
     struct stat st;
-    return stat(path, &st) == 0 && proc_stat_is_root(&st, fstatat);
+    if (!procfs && stat("/proc", &st) == 0)
+        procfs = st.st_dev;
+    if (stat(path, &st) != 0 || st.st_dev != procfs)
+        return -1; /* not on procfs (the view's injected directory is not) */
+    if (proc_stat_is_root(&st, fstatat)) {
+        out[0] = '\0';
+        return 0;
+    }
+    ssize_t n = readlink(path, link, sizeof link - 1);
+    if (n < 7 || memcmp(link, "/proc/", 6) != 0 || (size_t)n - 6 >= size)
+        return -1;
+    memcpy(out, link + 6, (size_t)n - 6);
+    out[n - 6] = '\0';
+    return n - 6;
 }
 
 static const struct proc_rules_ops ops = {
     .is_own = is_own,
     .own_thread = own_thread,
     .in_family = in_family,
-    .dir_is_root = dir_is_root,
+    .dir_below = dir_below,
     .fstatat = fstatat,
     .readlinkat = readlinkat,
 };
