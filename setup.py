@@ -9,9 +9,10 @@ it under one name in both editable and regular installs.
 
 `tsemu-run` is linked `-static` so that it runs in client images with neither Python nor glibc;
 it shares the shim's addressing rules and /proc rules at source level (shim/addr.c, shim/cmsg.c
-and shim/procroute.c are compiled into it). It is put beside the shim (`tsemu/tsemu-run`); `tsemu.supervisor.supervisor_path()`
-finds it. Where no static libc is installed (libc6-dev has it on Debian) the build says so and
-goes on without it: `tsemu run` then refuses the clients only the supervisor reaches.
+and shim/procroute.c are compiled into it). It is put beside the shim (`tsemu/tsemu-run`);
+`tsemu.supervisor.supervisor_path()` finds it. Where no static libc is installed (libc6-dev has
+it on Debian) the build says so and goes on without it: `tsemu run` then refuses the clients
+only the supervisor reaches.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ How CMD is reached (`--via`):
   call, whoever makes it, and the path calls under /proc (the view, by the shim's rules);
 - `auto` (the default): both, where the supervisor can run: the shim answers what goes
   through libc, the supervisor catches whatever does not (Go, static binaries, raw system
-  calls, in CMD or anything it starts); both show the /proc view, by one set of rules. Where the supervisor
-  cannot run, the shim alone, with `shim`'s refusal and a note of what stays unreached. No
-  generic-netlink socket of CMD reaches the host kernel by accident.
+  calls, in CMD or anything it starts); both show the /proc view, by one set of rules.
+  Where the supervisor cannot run, the shim alone, with `shim`'s refusal and a note of what
+  stays unreached. No generic-netlink socket of CMD reaches the host kernel by accident.
 
 CMD runs with the shim (`tsemu.shim`) in LD_PRELOAD and TSEMU_SOCKET naming the server, so
 its AF_NETLINK / NETLINK_GENERIC sockets talk to tsemu; its children inherit both. With

@@ -68,7 +68,7 @@ int sv_proc_traps(int nr)
     switch (nr) {
     case SYS_open: case SYS_openat: case SYS_openat2: case SYS_stat: case SYS_lstat:
     case SYS_newfstatat: case SYS_statx: case SYS_readlink: case SYS_readlinkat:
-    case SYS_access: case SYS_faccessat: case SYS_faccessat2:
+    case SYS_access: case SYS_faccessat: case SYS_faccessat2: case SYS_chdir: case SYS_fchdir:
         return 1;
     default:
         return 0;
@@ -139,12 +139,28 @@ static int in_family(void *ctx, unsigned long n)
     return proc_descends(n, root, host_parent, NULL);
 }
 
+/* Threads whose current directory is known to be outside /proc (by tid, 0: unknown): a
+ * relative path is mostly that, and looking at /proc/TID/cwd each time would double what the
+ * supervisor adds to an unrelated open. Forgotten whenever a supervised thread calls chdir or
+ * fchdir (trapped for that alone): a thread's directory changes only so, or by being another
+ * thread (a new tid). */
+#define CWDS 256
+static pid_t cwd_elsewhere[CWDS];
+
+static void cwd_forget(void)
+{
+    memset(cwd_elsewhere, 0, sizeof cwd_elsewhere);
+}
+
 /* The caller's directory, from its /proc entry: /proc itself, or a real directory below it
  * (a raw chdir("/proc/1") is the kernel's: relative paths from there follow the rules). */
 static long dir_below(void *ctx, int dirfd, char *out, size_t size)
 {
     struct asker *a = ctx;
     char path[64], link[PROC_REST_MAX + 8];
+    if (dirfd == AT_FDCWD && cwd_elsewhere[(unsigned)a->c->tid % CWDS] == a->c->tid)
+        return -1;
+    long below = -1;
     if (dirfd == AT_FDCWD)
         snprintf(path, sizeof path, "/proc/%d/cwd", a->c->tid);
     else if (dirfd >= 0)
@@ -155,18 +171,22 @@ static long dir_below(void *ctx, int dirfd, char *out, size_t size)
     struct stat st;
     if (!procfs && stat("/proc", &st) == 0)
         procfs = st.st_dev;
-    if (stat(path, &st) != 0 || st.st_dev != procfs)
-        return -1; /* not on procfs (the view's injected directory is not) */
-    if (proc_stat_is_root(&st, fstatat)) {
+    if (stat(path, &st) != 0 || st.st_dev != procfs) {
+        /* not on procfs (the view's injected directory is not) */
+    } else if (proc_stat_is_root(&st, fstatat)) {
         out[0] = '\0';
-        return 0;
+        below = 0;
+    } else {
+        ssize_t n = readlink(path, link, sizeof link - 1);
+        if (n >= 7 && !memcmp(link, "/proc/", 6) && (size_t)n - 6 < size) {
+            memcpy(out, link + 6, (size_t)n - 6);
+            out[n - 6] = '\0';
+            below = n - 6;
+        }
     }
-    ssize_t n = readlink(path, link, sizeof link - 1);
-    if (n < 7 || memcmp(link, "/proc/", 6) != 0 || (size_t)n - 6 >= size)
-        return -1;
-    memcpy(out, link + 6, (size_t)n - 6);
-    out[n - 6] = '\0';
-    return n - 6;
+    if (dirfd == AT_FDCWD && below < 0)
+        cwd_elsewhere[(unsigned)a->c->tid % CWDS] = a->c->tid;
+    return below;
 }
 
 static const struct proc_rules_ops ops = {
@@ -336,6 +356,10 @@ int sv_proc_handle(struct caller *c, const struct seccomp_data *d)
 {
     struct pathcall p;
     char path[PATH_MAX];
+    if (d->nr == SYS_chdir || d->nr == SYS_fchdir) {
+        cwd_forget(); /* the kernel's chdir (README.md): only what we knew of it changes */
+        return 0;
+    }
     if (!view_len || arguments(c, d, &p) || read_string(c->tid, p.path, path, sizeof path))
         return 0; /* the kernel says EFAULT or ENAMETOOLONG itself */
     /* Cheap before the rules: an absolute path outside /proc (most opens) is not theirs. */

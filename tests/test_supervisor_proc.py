@@ -62,7 +62,8 @@ def scenario_paths(tsemu: TsemuHandle) -> list[str]:
     outsider = os.getppid()  # pytest's parent: neither the client's nor its family's
     return [
         "=/proc/1/comm", "=/proc/1/status", f"=/proc/{leader}/comm", f"=/proc/{thread}/comm",
-        f"/proc/{thread}/task", f"/proc/{leader}/task/{thread}", f"=/proc/{leader}/task/{thread}/stat",
+        f"/proc/{thread}/task", f"/proc/{leader}/task/{thread}",
+        f"=/proc/{leader}/task/{thread}/stat",
         "/proc/self/comm", "/proc/self", "/proc/thread-self", "/proc/self/fd",
         f"/proc/{outsider}/comm", f"/proc/{outsider}", "/proc/99999999/comm",
         "/proc/1/exe", "/proc/1/cwd", "/proc/1/.tsemu", "/proc/.tsemu-view", "/proc/.tid",
@@ -70,6 +71,7 @@ def scenario_paths(tsemu: TsemuHandle) -> list[str]:
         "/proc/1/comm/", "/proc/../proc/1/comm", "/./proc/1/comm",
         "=/proc/loadavg", "=/proc/sys/kernel/pid_max", "/proc/cpuinfo", "/proc/sys/kernel",
         "/proc", "/proc/", "/proc/.",
+        "cd:/", "proc/1/comm",
         "cd:/proc", "=1/comm", "self/comm", "=loadavg", f"=./{leader}/comm", "1/../2/comm",
         f"{outsider}/comm", ".",
         "cd:/proc/1", "=comm", "status/", "cd:/",
