@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,31 +152,30 @@ def test_auto_gives_go_programs_the_view(tsemu: TsemuHandle,
         assert f["comm"] == scenario[pid] and f["tgid"] == str(pid), f
 
 
-def test_auto_keeps_the_shims_merged_listing(tsemu: TsemuHandle, tmp_path: Path) -> None:
-    """`tsemu run --via auto` of a libc program: both the shim and the supervisor are there;
-    `ls /proc` is the shim's merged listing (the host's machine entries, the scenario's pids,
-    the client's own), not the view's bare directory, and files are the view's."""
-    from tsemu.cli.run import plan_via, strip_shim, supervised
-
+def test_tsemu_run_auto_shows_both_kinds_the_view(tsemu: TsemuHandle,
+                                                 go_clients: dict[str, Path],  # noqa: F811
+                                                 ) -> None:
+    """`tsemu run --via auto` (the shim and the supervisor together, for every CMD): a libc
+    program's `ls /proc` is the shim's merged listing (the host's machine entries, the
+    scenario's pids, the client's own), not the view's bare directory, its files are the
+    view's; a Go program started the same way lists exactly the scenario's tasks."""
     spawned = tsemu.spawn(comm="svc")
-    ls = shutil.which("ls")
-    cat = shutil.which("cat")
-    assert ls and cat
-    supervisor, preload, refusal, _ = plan_via([ls], "auto", False)
-    assert supervisor is not None and preload and refusal is None
-    env = dict(tsemu.env)
-    if not preload:
-        env = strip_shim(env)
-    script = f"{ls} -a /proc; echo ---; {cat} /proc/{spawned}/comm; echo $$"
-    argv = supervised(supervisor, tsemu.socket_path, ["sh", "-c", script], False)
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60,
-                          check=False)
+    scenario = {t["pid"] for t in tsemu.ps() if not t["real"] and t["pid"] == t["tgid"]}
+    run = [sys.executable, "-m", "tsemu", "run", "--socket", str(tsemu.socket_path),
+           "--via", "auto", "--"]
+    script = f"ls -a /proc; echo ---; cat /proc/{spawned}/comm; echo $$"
+    done = subprocess.run([*run, "sh", "-c", script], capture_output=True, text=True,
+                          timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     listing, _, rest = done.stdout.partition("---\n")
     names = listing.split()
     comm, shell = rest.split()
     assert comm == "svc"
     assert {"self", "cpuinfo", ".", ".."} <= set(names), names
-    assert str(spawned) in names and "1" in names
+    assert {str(pid) for pid in scenario} <= set(names)
     assert ".tsemu-view" not in names and ".tid" not in names
     assert shell in names  # the client's own pid: the shim merges it in
+    go = subprocess.run([*run, str(go_clients["cgo1"]), "proclist"], capture_output=True,
+                        text=True, timeout=60, check=False)
+    listed = {int(f["pid"]) for f in map(fields, go.stdout.splitlines())}
+    assert listed == scenario, go.stdout + go.stderr
