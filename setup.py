@@ -8,10 +8,11 @@ is named `tsemu/libtsemu-shim.so` (no Python ABI tag) so that `tsemu.shim.shim_p
 it under one name in both editable and regular installs.
 
 `tsemu-run` is linked `-static` so that it runs in client images with neither Python nor glibc;
-it shares the shim's addressing rules at source level (shim/addr.c and shim/cmsg.c are compiled
-into it). It is put beside the shim (`tsemu/tsemu-run`); `tsemu.supervisor.supervisor_path()`
-finds it. Where no static libc is installed (libc6-dev has it on Debian) the build says so and
-goes on without it: `tsemu run` then refuses the clients only the supervisor reaches.
+it shares the shim's addressing rules and /proc rules at source level (shim/addr.c, shim/cmsg.c
+and shim/procroute.c are compiled into it). It is put beside the shim (`tsemu/tsemu-run`);
+`tsemu.supervisor.supervisor_path()` finds it. Where no static libc is installed (libc6-dev has
+it on Debian) the build says so and goes on without it: `tsemu run` then refuses the clients
+only the supervisor reaches.
 """
 
 from __future__ import annotations
@@ -70,9 +71,11 @@ class BuildShim(build_ext):  # type: ignore[misc]  # setuptools is untyped here
 SUPERVISOR_FILE = "tsemu-run"
 SUPERVISOR_SOURCES = sorted(os.path.join("supervisor", name) for name in os.listdir("supervisor")
                             if name.endswith(".c")) + [os.path.join("shim", "addr.c"),
-                                                          os.path.join("shim", "cmsg.c")]
+                                                          os.path.join("shim", "cmsg.c"),
+                                                          os.path.join("shim", "procroute.c")]
 SUPERVISOR_DEPENDS = sorted(os.path.join("supervisor", n) for n in os.listdir("supervisor")
-                            if n.endswith(".h")) + [os.path.join("shim", "shim.h")]
+                            if n.endswith(".h")) + [os.path.join("shim", "shim.h"),
+                                                    os.path.join("shim", "procroute.h")]
 
 shim = Extension(
     SHIM_MODULE,

@@ -73,8 +73,11 @@ static int install_filter(unsigned int flags)
         TRAPPED_CALLS
 #undef X
     };
-    static const int path_calls[] = {SYS_open, SYS_openat, SYS_newfstatat};
-    struct sock_filter code[64];
+    static const int path_calls[] = {SYS_open,     SYS_openat,     SYS_openat2,  SYS_stat,
+                                     SYS_lstat,    SYS_newfstatat, SYS_statx,    SYS_readlink,
+                                     SYS_readlinkat, SYS_access,   SYS_faccessat, SYS_faccessat2,
+                                     SYS_chdir,    SYS_fchdir};
+    struct sock_filter code[96];
     unsigned short n = 0;
     struct sock_filter head[] = {
         LOAD(arch),

@@ -24,8 +24,9 @@
  * semantics of each call follow the shim's sockops.c and io.c (see README.md for what
  * differs).
  *
- * With a /proc view, open, openat and newfstatat are trapped too, and paths under /proc of
- * emulated pids are answered from the view (proc.c).
+ * With a /proc view, the path calls (open, openat, openat2, the stat family, statx, readlink,
+ * readlinkat, access, faccessat, faccessat2) are trapped too, and paths under /proc are
+ * answered from the view by the shim's own rules (proc.c, shim/procroute.c).
  *
  * Files: main.c (arguments, the child, the filter, the listener's hand-over, waiting),
  * loop.c (the event loop: notifications, parked receives, signals), calls.c (the socket
@@ -96,6 +97,7 @@ int sv_parked_count(void);
 /* ---- proc.c: /proc paths answered from the server's /proc view ---- */
 int sv_proc_setup(const char *view); /* 0 when `view` is a tsemu /proc view (marker checked) */
 int sv_proc_enabled(void);
+int sv_proc_traps(int nr); /* one of the path calls the filter traps with a view */
 int sv_proc_handle(struct caller *c, const struct seccomp_data *d); /* 1: answered */
 
 /* ---- remote memory (calls.c) ---- */
