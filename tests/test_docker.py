@@ -673,19 +673,22 @@ def test_without_cap_sys_ptrace_the_supervisor_refuses_to_run_the_client(
                          options=["--network", "none"])
     assert refused.returncode != 0 and refused.stdout == "", refused.stdout
     assert "cannot take the seccomp listener from the child: Operation not permitted" in \
-        refused.stderr, refused.stderr
+        refused.stderr and "--cap-add SYS_PTRACE" in refused.stderr, refused.stderr
 
 
 @pytest.mark.docker
-@pytest.mark.xfail(strict=True, reason="tsemu-run --check probes pidfd_getfd(-1, 0, 0) and "
-                   "takes any errno but ENOSYS for support: under Docker's default seccomp "
-                   "profile it gets EPERM (not EBADF) and says 0, yet every run fails "
-                   "(supervisor/main.c check_kernel)")
 def test_the_supervisor_check_sees_dockers_profile(engine: Engine, scratch_image: str,
                                                    short_tmp: Path) -> None:
+    """`tsemu-run --check` fails where pidfd_getfd is refused (it once took EPERM for
+    support: only ENOSYS counted), and says what to do."""
     _, volume = quiet_server(engine, short_tmp)
     check = engine.run("--network", "none", "-v", f"{volume}:{CLIENT_MOUNT}", "IMAGE",
                        f"{CLIENT_MOUNT}/tsemu-run", "--check", image=scratch_image,
                        detach=False)
     assert not isinstance(check, str)
-    assert check.returncode != 0, "--check says usable where pidfd_getfd is refused"
+    assert check.returncode == 1 and "--cap-add SYS_PTRACE" in check.stderr, check.stderr
+    allowed = engine.run(*SUPERVISED, "-v", f"{volume}:{CLIENT_MOUNT}", "IMAGE",
+                         f"{CLIENT_MOUNT}/tsemu-run", "--check", image=scratch_image,
+                         detach=False)
+    assert not isinstance(allowed, str)
+    assert (allowed.returncode, allowed.stderr) == (0, "")
