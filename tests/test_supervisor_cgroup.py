@@ -3,7 +3,8 @@ cgroup's directory and names that descriptor in CGROUPSTATS_CMD_GET (CGROUPSTATS
 The Go runtime's own system calls reach only the seccomp supervisor, which must pass the
 client's descriptor on to the server (calls.c's cgroupstats_fds) as the shim does for libc
 programs: the counters printed must be the scenario's, and the same as getdelays -C prints
-through the shim for the same directory.
+through the shim for the same directory. getdelays -C itself, linked static (glibc's libc.a,
+and musl as in the scratch client image), goes the supervisor's way too.
 
 The server serves a scenario with cgroups on a directory standing for the cgroup hierarchy
 (`serve --cgroup-root`), so that nothing depends on the host's /sys/fs/cgroup.
@@ -21,10 +22,11 @@ from pathlib import Path
 import pytest
 
 from tests.clients.harness import compile_client
-from tests.test_supervisor import (  # noqa: F401 (go_clients: the session's Go builds)
+from tests.test_supervisor import (  # noqa: F401 (the session's builds of the clients)
     CLIENTS,
     go_clients,
     needs_supervisor,
+    static_clients,
 )
 
 #: The scenario: /jobs holds one task in each state (a running one with two threads: the
@@ -155,3 +157,28 @@ def test_go_cgroupstats_refuses_what_is_no_scenario_cgroup(
     assert (go.returncode, go.stdout) == (1, "error=EINVAL\n"), go.stdout + go.stderr
     shimmed = tsemu_run(socket_path, "shim", str(getdelays), "-C", path)
     assert shimmed.stdout.splitlines()[1:] == ["error=EINVAL"], shimmed.stdout
+
+
+@pytest.fixture(scope="module")
+def musl_getdelays(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """getdelays.c linked static against musl (the scratch client image's client)."""
+    from tests.scratchimage import Unavailable, musl_client
+
+    try:
+        return musl_client(tmp_path_factory.mktemp("musl"))
+    except Unavailable as exc:
+        pytest.skip(f"musl client: {exc}")
+
+
+@needs_supervisor
+@pytest.mark.parametrize("libc", ["glibc", "musl"])
+def test_static_c_cgroupstats(cgroup_server: tuple[Path, Path], libc: str,
+                              request: pytest.FixtureRequest) -> None:
+    socket_path, root = cgroup_server
+    client = (request.getfixturevalue("static_clients")["getdelays"] if libc == "glibc"
+              else request.getfixturevalue("musl_getdelays"))
+    for cgroup, expected in sorted(EXPECTED.items()):
+        done = tsemu_run(socket_path, "seccomp", str(client), "-C", str(root / cgroup))
+        assert done.stdout.splitlines()[1:] == [expected, "ack"], done.stdout + done.stderr
+    refused = tsemu_run(socket_path, "seccomp", str(client), "-C", str(root / "jobs/unknown"))
+    assert refused.stdout.splitlines()[1:] == ["error=EINVAL"], refused.stdout
