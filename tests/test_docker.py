@@ -574,12 +574,15 @@ def scratch_image(docker_image: str, tmp_path_factory: pytest.TempPathFactory) -
         pytest.skip(f"scratch client image: {exc}")
 
 
-def quiet_server(engine: Engine, short_tmp: Path) -> tuple[str, str]:
-    """A server container (root, --admin all) on QUIET_SCENARIO: (its name, its volume)."""
+def quiet_server(engine: Engine, short_tmp: Path, user: str | None = None) -> tuple[str, str]:
+    """A server container (root unless `user`, --admin all) on QUIET_SCENARIO: (its name, its
+    volume)."""
     scenario = short_tmp / "quiet.toml"
     scenario.write_text(QUIET_SCENARIO)
+    scenario.chmod(0o644)
+    short_tmp.chmod(0o755)  # readable by the image's tsemu user too
     volume = engine.volume()
-    server = engine.server(f"{volume}:/run/tsemu", f"{scenario}:/scenario.toml:ro",
+    server = engine.server(f"{volume}:/run/tsemu", f"{scenario}:/scenario.toml:ro", user=user,
                            args=[*ENGINE_ARGS, "--scenario", "/scenario.toml"])
     return server, volume
 
@@ -660,6 +663,50 @@ def test_scratch_client_containers_listen_for_scripted_exits(
         exits = [line for line in out.splitlines() if line.startswith("exit ")]
         assert len(exits) == 1 and exits[0].startswith(f"exit pid={pid} "), out
         assert " comm=scratchexit " in exits[0] and " exitcode=768 " in exits[0], out
+
+
+@pytest.fixture(scope="module")
+def static_go_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/clients/gotaskstats built with CGO_ENABLED=0: one static binary, the
+    distroless/scratch case (mounted into the scratch image, which has no Go)."""
+    from tests.test_supervisor import GOPATH
+
+    go = shutil.which("go")
+    if go is None or not (GOPATH / "src/github.com/mdlayher/genetlink").is_dir():
+        pytest.skip("no Go toolchain or Debian's mdlayher sources (see test_supervisor.py)")
+    out = tmp_path_factory.mktemp("go")
+    binary = out / "gotaskstats"
+    env = {**os.environ, "GO111MODULE": "off", "GOPATH": str(GOPATH), "GOFLAGS": "",
+           "CGO_ENABLED": "0", "GOCACHE": str(out / "cache")}
+    done = subprocess.run([go, "build", "-o", str(binary), "."], env=env, text=True,
+                          cwd=ROOT / "tests" / "clients" / "gotaskstats", capture_output=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    return binary
+
+
+@pytest.mark.docker
+def test_a_static_go_client_in_a_scratch_container_sees_only_the_scenario(
+        engine: Engine, scratch_image: str, static_go_client: Path, short_tmp: Path) -> None:
+    """gotaskstats (no cgo: the Go runtime's own system calls) in the scratch container, as a
+    user (65534) other than the server's (the image's tsemu user, 10001): the family list,
+    GET by pid, and /proc listed the way exporters do it, all the scenario's."""
+    _, volume = quiet_server(engine, short_tmp, user="tsemu")
+    options = [*SUPERVISED, "--user", "65534:65534",
+               "-v", f"{static_go_client}:/gotaskstats:ro"]
+    families = supervised(engine, scratch_image, volume, "/gotaskstats", "families",
+                          options=options)
+    assert families.stdout.splitlines() == ["family=nlctrl id=16", "family=TASKSTATS id=31"], \
+        families.stdout + families.stderr
+    by_pid = supervised(engine, scratch_image, volume, "/gotaskstats", "pid", "400",
+                        options=options)
+    assert by_pid.stdout.startswith("pid=400 ") and " comm=scratchsvc " in by_pid.stdout, \
+        by_pid.stdout + by_pid.stderr
+    listed = supervised(engine, scratch_image, volume, "/gotaskstats", "proclist",
+                        options=options)
+    assert listed.stdout.splitlines() == ["pid=1 comm=init tgid=1",
+                                          "pid=400 comm=scratchsvc tgid=400"], \
+        listed.stdout + listed.stderr
 
 
 @pytest.mark.docker
