@@ -31,11 +31,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import struct
 import subprocess
 import sys
 import time
 from array import array
 from collections.abc import Callable, Sequence
+from functools import lru_cache
+from operator import itemgetter
 from pathlib import Path
 
 import construct as cs
@@ -66,6 +69,19 @@ def open_new(path: Path, *, force: bool) -> int:
     return os.open(path, flags, 0o644)
 
 
+@lru_cache(maxsize=64)
+def _cutter(length: int) -> struct.Struct:
+    return struct.Struct(f"{length}s")
+
+
+def _records(prefix: bytes, packets: memoryview, length: int, count: int) -> bytes:
+    """pcap records of `count` packets of `length` bytes end to end in `packets`, each after
+    the same `prefix` (record header and cooked header)."""
+    if length == 0:  # (empty datagrams: a client may send them)
+        return prefix * count
+    return prefix + prefix.join(map(itemgetter(0), _cutter(length).iter_unpack(packets)))
+
+
 class PcapWriter:
     """Batches of packets to pcap files, rotated by size (see the module docstring)."""
 
@@ -84,22 +100,34 @@ class PcapWriter:
     def write(self, times: Sequence[int], lengths: Sequence[int], ways: bytes | bytearray,
               data: bytes | memoryview) -> None:
         """Write a batch: packet i was sent at times[i] (ns) toward the kernel if ways[i],
-        and is the next lengths[i] bytes of `data`."""
+        and is the next lengths[i] bytes of `data`. Packets alike in time, length and way
+        (a run of exit events to one listener) share their record and cooked headers, so
+        such a group's records are made in one join, not one by one."""
         view = memoryview(data)
         parts: list[bytes | memoryview] = []
         size = self._written
         limit = self.rotate_bytes
         pos = 0
-        for ts, length, way in zip(times, lengths, ways, strict=True):
+        for (ts, length, way), group in itertools.groupby(zip(times, lengths, ways,
+                                                               strict=True)):
+            count = sum(1 for _ in group)
+            prefix = record_header(ts, 16 + length) + _COOKED[way]
             need = 32 + length
-            if limit is not None and size + need > limit and size > len(file_header()):
-                _writev_all(self._fd, parts)
-                parts = []
-                self._rotate()
-                size = self._written
-            parts += (record_header(ts, 16 + length), _COOKED[way], view[pos:pos + length])
-            pos += length
-            size += need
+            while count:
+                take = count
+                if limit is not None:
+                    room = (limit - size) // need
+                    if room < 1 and size > len(file_header()):
+                        _writev_all(self._fd, parts)  # this file is full: the next one
+                        parts = []
+                        self._rotate()
+                        size = self._written
+                        continue
+                    take = min(count, max(room, 1))  # (a new file takes one whatever its size)
+                parts.append(_records(prefix, view[pos:pos + take * length], length, take))
+                pos += take * length
+                size += take * need
+                count -= take
         _writev_all(self._fd, parts)
         self._written = size
 
