@@ -21,7 +21,8 @@ STAMP  := $(VENV)/.installed
 # Debian packages the tests use: a C compiler for the shim and the test clients (and libc6-dev's
 # static libc for the seccomp supervisor, tsemu-run), Go and the mdlayher netlink packages for
 # the Go test clients (tests/clients/gotaskstats), iproute2
-# for `genl`, procps for `pgrep`, tshark to dissect captures (its question about
+# for `genl`, procps for `pgrep`, musl-tools for a static musl client (musl-gcc: the scratch
+# client image, tests/scratchimage.py), tshark to dissect captures (its question about
 # wireshark-common's setuid dumpcap answered "no" beforehand): installed when missing and
 # when we may (root, apt-get).
 
@@ -41,6 +42,7 @@ system-deps:
 	command -v pgrep >/dev/null 2>&1 || missing="$$missing procps"; \
 	command -v iotop-c >/dev/null 2>&1 || missing="$$missing iotop-c"; \
 	command -v tshark >/dev/null 2>&1 || missing="$$missing tshark"; \
+	command -v musl-gcc >/dev/null 2>&1 || missing="$$missing musl-tools"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing Debian packages:$$missing"; \
@@ -152,7 +154,9 @@ fuzz: install
 	$(PY) scripts/fuzz_differential.py --seeds $(SEEDS) --cases $(CASES)
 
 # The container image. docker-deps installs Debian's docker.io and mmdebstrap when missing (as
-# root) and starts dockerd when no engine answers (its log: build/dockerd.log). BASE=local (the
+# root), and musl-tools and busybox-static for the FROM-scratch client image the docker tests
+# make (tests/scratchimage.py), and starts dockerd when no engine answers (its log:
+# build/dockerd.log). BASE=local (the
 # default as root) builds on docker/make-base-image.sh's tsemu-base:bookworm, made from the
 # Debian mirror apt uses, for machines that reach no image registry; BASE=IMAGE names any
 # other base (PYTHON_IMAGE); BASE= (empty) keeps the Dockerfile's python:3.11-slim-bookworm.
@@ -163,6 +167,8 @@ docker-deps:
 	@missing=""; \
 	command -v dockerd >/dev/null 2>&1 || missing="$$missing docker.io"; \
 	command -v mmdebstrap >/dev/null 2>&1 || missing="$$missing mmdebstrap"; \
+	command -v musl-gcc >/dev/null 2>&1 || missing="$$missing musl-tools"; \
+	test -x /bin/busybox && ! ldd /bin/busybox >/dev/null 2>&1 || missing="$$missing busybox-static"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing Debian packages:$$missing"; \

@@ -8,11 +8,11 @@ is named `tsemu/libtsemu-shim.so` (no Python ABI tag) so that `tsemu.shim.shim_p
 it under one name in both editable and regular installs.
 
 `tsemu-run` is linked `-static` so that it runs in client images with neither Python nor glibc;
-it shares the shim's netlink rules at source level (SHARED_RULES: addressing, send and receive,
-naming, options, the caller's memory are compiled into it). It is put beside the shim
-(`tsemu/tsemu-run`); `tsemu.supervisor.supervisor_path()` finds it. Where no static libc is
-installed (libc6-dev has it on Debian) the build says so and goes on without it: `tsemu run`
-then refuses the clients only the supervisor reaches.
+it shares the shim's netlink rules and /proc rules at source level (SHARED_RULES: addressing,
+send and receive, naming, options, the caller's memory, the /proc routes are compiled into it).
+It is put beside the shim (`tsemu/tsemu-run`); `tsemu.supervisor.supervisor_path()` finds it.
+Where no static libc is installed (libc6-dev has it on Debian) the build says so and goes on
+without it: `tsemu run` then refuses the clients only the supervisor reaches.
 """
 
 from __future__ import annotations
@@ -69,14 +69,15 @@ class BuildShim(build_ext):  # type: ignore[misc]  # setuptools is untyped here
 
 
 SUPERVISOR_FILE = "tsemu-run"
-# The shim's rule files: one implementation of the netlink socket rules for both ways in
-# (supervisor/glue.c gives them libc's functions as the "real" ones).
-SHARED_RULES = ["addr.c", "cmsg.c", "io.c", "naming.c", "options.c", "usermem.c"]
+# The shim's rule files: one implementation of the netlink socket rules and the /proc rules
+# for both ways in (supervisor/glue.c gives them libc's functions as the "real" ones).
+SHARED_RULES = ["addr.c", "cmsg.c", "io.c", "naming.c", "options.c", "procroute.c", "usermem.c"]
 SUPERVISOR_SOURCES = sorted(os.path.join("supervisor", name) for name in os.listdir("supervisor")
                             if name.endswith(".c")) + [os.path.join("shim", name)
                                                           for name in SHARED_RULES]
 SUPERVISOR_DEPENDS = sorted(os.path.join("supervisor", n) for n in os.listdir("supervisor")
-                            if n.endswith(".h")) + [os.path.join("shim", "shim.h")]
+                            if n.endswith(".h")) + [os.path.join("shim", "shim.h"),
+                                                    os.path.join("shim", "procroute.h")]
 
 shim = Extension(
     SHIM_MODULE,

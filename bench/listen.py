@@ -10,8 +10,12 @@ receive by the shim) whenever more than one event waits for one.
   them at within 2% of 300,000/s;
 - ceiling: one listener (SO_RCVBUFFORCE 8 MiB) under back-to-back unpaced storms, events
   received a second, >= 0.5x C one-way 596-byte datagrams measured in the same run (the
-  server's production of events is part of it: it is what a listener can get);
-- sixteen: 16 listeners of CPU 0, >= 1,000,000 deliveries/s, none lost.
+  server's production of events is part of it: it is what a listener can get). Since storms
+  are made as runs (wire/runs.py) the server outruns a shim listener (one receive system
+  call per message, as netlink's), so the listener then loses events to ENOBUFS, as it would
+  on a kernel: the figure is the listener's own ceiling, the losses are noted;
+- sixteen: 16 listeners of CPU 0 under a storm paced at `SIXTEEN_RATE` exits a second:
+  >= 1,000,000 deliveries/s, none lost.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ RATE = 300_000
 COUNT = 1_000_000
 CEILING_SHARE = 0.5
 SIXTEEN_TARGET = 1_000_000.0
+#: The sixteen listeners' storm: paced a little above 1,000,000 deliveries a second, so that
+#: "none lost" means they all kept up at that rate (unpaced, the server now outruns a shim
+#: listener and the storm would measure the overruns, which are faithful).
+SIXTEEN_RATE = 65_000
 
 
 def paced(ctx: Context, server: Any, count: int) -> dict[str, Any]:
@@ -65,7 +73,8 @@ def run(ctx: Context) -> dict[str, Any]:
     try:
         pace = paced(ctx, server, count)
         one = broadcast.measure(ctx, server, 1, ctx.scaled(2.0, 0.3))
-        many = broadcast.measure(ctx, server, 16 if not ctx.quick else 2, ctx.scaled(2.0, 0.3))
+        many = broadcast.measure(ctx, server, 16 if not ctx.quick else 2, ctx.scaled(2.0, 0.3),
+                                 rate=SIXTEEN_RATE)
     finally:
         server.stop()
     rep = pace["report"]
@@ -78,10 +87,13 @@ def run(ctx: Context) -> dict[str, Any]:
                   f"SO_RCVBUF {rep['rcvbuf']:,}, off by {deviation:.1%}"),
         Line("listen.ceiling", "one listener's receive ceiling", one["deliveries_per_s"], "/s",
              target=CEILING_SHARE * ref["rate"], reference="C one-way socketpair 596 B",
-             reference_value=ref["rate"], note=f"{one['exits']:,} exits"),
-        Line("listen.sixteen", f"deliveries/s to {many['listeners']} listeners",
-             many["deliveries_per_s"], "/s", target=SIXTEEN_TARGET,
-             note=f"{many['exits']:,} exits x {many['listeners']}"),
+             reference_value=ref["rate"],
+             note=f"{one['exits']:,} exits at {one['exits_per_s']:,.0f}/s"
+                  + ("; " + "; ".join(one["overruns"]) + " (the server outran the listener)"
+                     if one["overruns"] else "")),
+        Line("listen.sixteen", f"deliveries/s to {many['listeners']} listeners, "
+             f"storm --rate {SIXTEEN_RATE:,}", many["deliveries_per_s"], "/s",
+             target=SIXTEEN_TARGET, note=f"{many['exits']:,} exits x {many['listeners']}"),
     ]
     if lost or rep["enobufs"] or rep["gaps"] or deviation > 0.02:
         lines[0].fail(f"{lost} lost, {rep['enobufs']} ENOBUFS, {rep['gaps']} gaps, "
@@ -89,5 +101,7 @@ def run(ctx: Context) -> dict[str, Any]:
     for line, r in ((lines[1], one), (lines[2], many)):
         if r["problems"]:
             line.fail("; ".join(r["problems"]))
+    if many["overruns"]:
+        lines[2].fail("; ".join(many["overruns"]))
     return result(NAME, lines, placement=ctx.placement.describe(), oneway=ref, paced=pace,
                   one=one, many=many)

@@ -10,7 +10,10 @@ serve` for one pid again and again, under `tsemu-run`. References in the same ru
 - the C GET client (bench/c/tsget.c) through the shim, for comparison (INFO);
 - what the supervisor adds to an unrelated trapped call (a sendmsg/recvmsg on a
   socketpair, which the supervisor hands back with CONTINUE): bench/c/trapcost.c with and
-  without it. Target: <= 10 us per call.
+  without it. Target: <= 10 us per call;
+- what it adds to an unrelated open (outside /proc) when it has a /proc view and so traps
+  every path call: trapcost -o, an absolute and a relative path, with and without it.
+  Target: <= 10 us per open.
 
 Skipped, with the reason, where Go or Debian's mdlayher sources are missing, or where the
 supervisor cannot run.
@@ -86,6 +89,7 @@ def run(ctx: Context) -> dict[str, Any]:
     trapped = _median(ctx, [str(supervisor), "--", str(ctx.program("trapcost")), "-n", "20000"],
                       "ns_per_call", env)
     added_us = (trapped["ns_per_call"] - plain["ns_per_call"]) / 1000
+    opens = _open_costs(ctx, supervisor, env)
 
     lines = [
         Line("supervisor.go_get", title, go_rate["rate"], "/s",
@@ -98,6 +102,12 @@ def run(ctx: Context) -> dict[str, Any]:
              note=f"sendmsg/recvmsg on a socketpair: {plain['ns_per_call'] / 1000:.2f} us "
                   f"plain, {trapped['ns_per_call'] / 1000:.2f} us trapped"),
     ]
+    for name, (plain_open, trapped_open) in opens.items():
+        lines.append(Line(f"supervisor.open_cost_{name}",
+                          f"cost added to an open outside /proc, view on ({name})",
+                          (trapped_open - plain_open) / 1000, "us", target=TARGET_TRAP_US,
+                          op="<=", note=f"{plain_open / 1000:.2f} us plain, "
+                                        f"{trapped_open / 1000:.2f} us trapped"))
     why_not = host_taskstats()
     host = None
     if why_not is None:
@@ -110,4 +120,25 @@ def run(ctx: Context) -> dict[str, Any]:
                                f"host kernel GET: {why_not}"))
     return result(NAME, lines, placement=ctx.placement.describe(), pingpong=ref, go=go_rate,
                   shim=shim, host=host, host_skip=why_not, trap_plain=plain,
-                  trap_trapped=trapped)
+                  trap_trapped=trapped, opens=opens)
+
+
+def _open_costs(ctx: Context, supervisor: Path,
+                env: dict[str, str]) -> dict[str, tuple[float, float]]:
+    """ns per open of a file outside /proc, plain and under the supervisor with a /proc view
+    (an empty one: only its marker), for an absolute and a relative path."""
+    view = ctx.tmp / "view"
+    view.mkdir(exist_ok=True)
+    (view / ".tsemu-view").write_text("tsemu proc view 1\n")
+    target = ctx.tmp / "opened"
+    target.write_text("x")
+    viewed = {**env, "TSEMU_PROC_VIEW": str(view)}
+    trapcost = str(ctx.program("trapcost"))
+    costs = {}
+    for name, path in (("absolute", str(target)), ("relative", target.name)):
+        args = ["-o", path, "-d", str(ctx.tmp)]
+        plain = _median(ctx, [trapcost, "-n", "100000", *args], "ns_per_call", viewed)
+        trapped = _median(ctx, [str(supervisor), "--", trapcost, "-n", "20000", *args],
+                          "ns_per_call", viewed)
+        costs[name] = (float(plain["ns_per_call"]), float(trapped["ns_per_call"]))
+    return costs

@@ -7,12 +7,12 @@ How CMD is reached (`--via`):
   Go CMD (told from its ELF headers, `tsemu.supervisor.program_kind`) would talk to the host
   kernel, so it is refused unless `--allow-host`;
 - `seccomp`: the seccomp supervisor `tsemu-run` alone (supervisor/README.md): every socket
-  call, whoever makes it; /proc is the host's for programs the shim does not reach;
+  call, whoever makes it, and the path calls under /proc (the view, by the shim's rules);
 - `auto` (the default): both, where the supervisor can run: the shim answers what goes
-  through libc (and shows the /proc view), the supervisor catches whatever does not (Go,
-  static binaries, raw system calls, in CMD or anything it starts). Where the supervisor
-  cannot run, the shim alone, with `shim`'s refusal and a note of what stays unreached. No
-  generic-netlink socket of CMD reaches the host kernel by accident.
+  through libc, the supervisor catches whatever does not (Go, static binaries, raw system
+  calls, in CMD or anything it starts); both show the /proc view, by one set of rules.
+  Where the supervisor cannot run, the shim alone, with `shim`'s refusal and a note of what
+  stays unreached. No generic-netlink socket of CMD reaches the host kernel by accident.
 
 CMD runs with the shim (`tsemu.shim`) in LD_PRELOAD and TSEMU_SOCKET naming the server, so
 its AF_NETLINK / NETLINK_GENERIC sockets talk to tsemu; its children inherit both. With
@@ -176,9 +176,11 @@ def missing_view(server: Path, wait: float = VIEW_WAIT) -> str | None:
 
 
 def supervised(supervisor: Path, server: Path, argv: list[str], host_proc: bool) -> list[str]:
-    """`argv` under the supervisor. With `host_proc` it leaves /proc alone: so it must where
-    the shim is preloaded too, whose own reads of the real /proc (its merged listing, the
-    family's parents) the supervisor's rules would send to the view."""
+    """`argv` under the supervisor. With `host_proc` (`--proc host`) it leaves /proc alone;
+    otherwise it answers /proc from the view for whatever the shim does not reach (Go, static
+    programs, raw system calls) by the shim's own rules, so that beside the shim ("auto") each
+    call is answered the same whichever of them sees it (the shim's own reads of the real
+    /proc are spelled so that the supervisor lets them through: shim/procroute.h)."""
     return [str(supervisor), "--socket", str(server),
             *(["--proc", "host"] if host_proc else []), "--", *argv]
 
@@ -266,7 +268,7 @@ def run_command(argv: list[str], socket_path: Path | None = None,
     if not preload:
         env = strip_shim(env)
     if supervisor is not None:
-        argv = supervised(supervisor, server, argv, proc == ProcMode.host or preload)
+        argv = supervised(supervisor, server, argv, proc == ProcMode.host)
     problem = missing_view(server) if proc == "emulated" else None
     if problem:
         print(f"tsemu run: {problem}", file=sys.stderr)

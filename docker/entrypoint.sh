@@ -7,7 +7,9 @@
 #    mapped keeps it). It is built against the image's glibc (Debian bookworm, 2.36): clients
 #    need glibc 2.36 or newer, not musl. The seccomp supervisor goes there too, as tsemu-run:
 #    a static executable that needs nothing from the client's image (Alpine, distroless,
-#    scratch): `/run/tsemu/tsemu-run -- CLIENT` reaches Go and static clients as well. A
+#    scratch): `/run/tsemu/tsemu-run -- CLIENT` reaches Go and static clients as well (in a
+#    container with --cap-add SYS_PTRACE: Docker's default seccomp profile refuses
+#    pidfd_getfd otherwise). A
 #    directory it cannot write is left to `serve`, which says in one line why it cannot use it.
 # 2. Runs `tsemu ARGS...`, or ARGS as a command when its first word is a program on PATH
 #    (`docker run -it IMAGE sh`).

@@ -30,17 +30,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
-#define PROC_VIEW_ENV "TSEMU_PROC_VIEW"
-#define PROC_VIEW_MARKER ".tsemu-view"
-#define PROC_VIEW_MAGIC "tsemu proc view 1\n"
-#define PROC_TASK_ATTRS ".tsemu" /* per-task attributes: hidden from the client */
-#define PROC_TID_DIR ".tid"
-
-/* Room for the view's own path, and for what follows /proc/ in a redirected path: longer
- * paths are never redirected (a view path that long is refused; /proc has no such files). */
-#define PROC_VIEW_MAX 512
-#define PROC_REST_MAX 1024
-#define PROC_PATH_MAX (PROC_VIEW_MAX + PROC_REST_MAX + 64)
+#include "procroute.h"
 
 /* ---- libc's own functions (the next definitions), resolved on first use ---- */
 struct proc_real {
@@ -118,10 +108,6 @@ int proc_in_family(unsigned long pid);
 
 /* ---- procview.c: the view, the caller's own pids, the path rules ---- */
 
-/* The DIRs procdir.c adopts: /proc itself (the merged listing), an emulated task's
- * directory (listed without .tsemu), an emulated process's task/ (in order of tids). */
-enum { PROC_DIR_ROOT, PROC_DIR_TASK, PROC_DIR_TASKS };
-
 /* The view's path (no trailing slash) while TSEMU_PROC_VIEW names a valid view, else NULL.
  * The first call reads the environment and checks the marker; a missing marker is looked
  * for again at most once a second. */
@@ -133,50 +119,16 @@ int proc_is_own(unsigned long n);
 int proc_own_thread(unsigned long n); /* the real /proc/self/task/N exists */
 pid_t proc_getpid(void);
 
-/* What a path under /proc becomes. A wrapper calls proc_route_begin() and tries the call
- * with the path it returns; when that fails with ENOENT or ENOTDIR, proc_route_next() gives
- * the rules' next candidate, if any. PROC_ROUTED below does all of it. */
-enum proc_route_kind {
-    PROUTE_REAL,  /* the caller's own path (not ours, or real /proc) */
-    PROUTE_VIEW,  /* a path in the view */
-    PROUTE_ERROR, /* fail with errno */
-};
-
-#define PROUTE_WRITE 1 /* the call would change the file: refused in the view (EACCES) */
-
-struct proc_route {
-    int kind;
-    int stage;         /* which of the rules' candidates `path` is */
-    int is_root;       /* the path is the real /proc directory itself */
-    int dir;           /* the path ends with '/', `.` or `..`: it names a directory */
-    int saved_errno;   /* errno when the call began: restored when it succeeds */
-    const char *orig;  /* the caller's path, and what it is relative to */
-    int orig_dirfd;
-    unsigned long pid; /* the pid rule's N */
-    const char *norm;  /* the path below /proc, normalised ("123/status"): in `path`, after
-                          VIEW/, or in `buf` */
-    size_t norm_len;
-    size_t c0len;      /* its first component's length; what follows is the rest */
-    char path[PROC_PATH_MAX]; /* the candidate in the view */
-    char buf[PROC_REST_MAX];  /* room to normalise an unusual path in */
-};
-
-/* The path to call with: `path` itself (REAL: a NULL or bad pointer is returned untouched,
- * for libc to answer EFAULT), r->path (VIEW); r->kind is PROUTE_ERROR when the call must
- * fail with errno. `dirfd` is what a relative path is relative to (AT_FDCWD: the current
- * directory). */
+/* What a path under /proc becomes (procroute.h: struct proc_route, the rules), asked with the
+ * shim's answers about the caller. A wrapper calls proc_route_begin() and tries the call with
+ * the path it returns; when that fails with ENOENT or ENOTDIR, proc_route_next() gives the
+ * rules' next candidate, if any. PROC_ROUTED below does all of it. The real /proc itself is
+ * given as PROC_REAL_ROOT. */
 const char *proc_route_begin(struct proc_route *r, int dirfd, const char *path, int flags);
-/* After the call failed with errno: the next path to try (r->kind PROUTE_ERROR when errno
- * is the answer). */
-const char *proc_route_next(struct proc_route *r);
-/* Whether the candidate just tried is worth a fallback, given the call's errno. */
-static inline int proc_route_retry(const struct proc_route *r, int failed, int err)
+static inline const char *proc_route_next(struct proc_route *r)
 {
-    return failed && r->kind == PROUTE_VIEW && (err == ENOENT || err == ENOTDIR);
+    return proc_rules_next(r);
 }
-/* For a path the rules sent to the view: PROC_DIR_TASK when it is an emulated task's own
- * directory (/proc/N, /proc/N/task/T), PROC_DIR_TASKS for /proc/N/task, else -1. */
-int proc_route_dir_kind(const struct proc_route *r);
 
 /* Calls EXPR, with P bound to each path the rules give for PATH, until one answers; returns
  * EXPR's value (FAIL, of TYPE, is how the call reports an error). */

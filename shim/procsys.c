@@ -240,9 +240,9 @@ int sched_setparam(pid_t pid, const struct sched_param *param)
 /* Whether the host's process `pid` is a child of the caller (its real /proc stat says so). */
 static int own_child(pid_t pid)
 {
-    char path[32], buf[512];
+    char path[48], buf[512];
     int saved = errno;
-    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    snprintf(path, sizeof path, PROC_REAL_ROOT "/%d/stat", pid);
     int fd = proc_real.openat(AT_FDCWD, path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
     ssize_t n = fd < 0 ? -1 : proc_real.read(fd, buf, sizeof buf - 1);
     if (fd >= 0)

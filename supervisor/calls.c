@@ -104,6 +104,18 @@ struct caller_mem sv_mem(struct caller *c)
                                .host = c};
 }
 
+int rm_read(pid_t tid, void *to, uint64_t from, size_t len)
+{
+    struct caller_mem m = {.pid = tid};
+    return um_read(&m, to, (const void *)(uintptr_t)from, len) ? -EFAULT : 0;
+}
+
+int rm_write(pid_t tid, uint64_t to, const void *from, size_t len)
+{
+    struct caller_mem m = {.pid = tid};
+    return um_write(&m, (void *)(uintptr_t)to, from, len) ? -EFAULT : 0;
+}
+
 /* A result of the shim's rules (0 or a positive errno, or EMU_PASS) as a reply. */
 static int64_t verdict(int err)
 {

@@ -255,6 +255,11 @@ static void handle_notification(void)
     struct caller *c = sv_caller(notif.id, (pid_t)notif.pid, 0);
     if (!c)
         return; /* the thread is gone: its notification with it */
+    if (sv_proc_traps(notif.data.nr)) { /* a path call: trapped only with a /proc view */
+        if (!sv_proc_handle(c, &notif.data))
+            sv_continue(c->id);
+        return;
+    }
     sv_handle(c, &notif.data);
 }
 

@@ -73,8 +73,11 @@ static int install_filter(unsigned int flags)
         TRAPPED_CALLS
 #undef X
     };
-    static const int path_calls[] = {SYS_open, SYS_openat, SYS_newfstatat};
-    struct sock_filter code[64];
+    static const int path_calls[] = {SYS_open,     SYS_openat,     SYS_openat2,  SYS_stat,
+                                     SYS_lstat,    SYS_newfstatat, SYS_statx,    SYS_readlink,
+                                     SYS_readlinkat, SYS_access,   SYS_faccessat, SYS_faccessat2,
+                                     SYS_chdir,    SYS_fchdir};
+    struct sock_filter code[96];
     unsigned short n = 0;
     struct sock_filter head[] = {
         LOAD(arch),
@@ -168,6 +171,11 @@ static int check_kernel(void)
             _exit(3);
         if (syscall(SYS_pidfd_getfd, -1, 0, 0) == 0 || errno == ENOSYS)
             _exit(4);
+        /* Allowed, the call fails on the descriptor (EBADF); refused by a seccomp profile
+         * (Docker's default without CAP_SYS_PTRACE), it is EPERM: no run could take the
+         * listener, nor a caller's descriptor. */
+        if (errno != EBADF)
+            _exit(5);
         _exit(0);
     }
     int status;
@@ -236,6 +244,8 @@ int main(int argc, char **argv)
                         rc == 2 ? "no seccomp user notification"
                         : rc == 3 ? "no SECCOMP_ADDFD_FLAG_SEND: Linux 5.14 or newer is needed"
                         : rc == 4 ? "no pidfd_getfd: Linux 5.6 or newer is needed"
+                        : rc == 5 ? "pidfd_getfd is refused: a seccomp profile (Docker's "
+                                    "default: run the container with --cap-add SYS_PTRACE)"
                                   : "the probe failed");
             return rc ? 1 : 0;
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -278,8 +288,10 @@ int main(int argc, char **argv)
     if (got == sizeof remote && pidfd >= 0)
         sv_listener = (int)syscall(SYS_pidfd_getfd, pidfd, remote, 0);
     if (got == sizeof remote && sv_listener < 0) {
-        fprintf(stderr, "tsemu-run: cannot take the seccomp listener from the child: %s\n",
-                strerror(errno));
+        int err = errno;
+        fprintf(stderr, "tsemu-run: cannot take the seccomp listener from the child: %s%s\n",
+                strerror(err), err == EPERM ? " (pidfd_getfd refused by a seccomp profile? "
+                                              "Docker's default: --cap-add SYS_PTRACE)" : "");
         kill(pid, SIGKILL); /* never let it run unsupervised */
     } else if (got == sizeof remote) {
         fcntl(sv_listener, F_SETFD, FD_CLOEXEC);

@@ -24,8 +24,9 @@
  * caller's memory (usermem.c); they are given the caller as a struct caller_mem (sv_mem).
  * calls.c keeps the supervisor's own part (see README.md for what differs).
  *
- * With a /proc view, open, openat and newfstatat are trapped too, and paths under /proc of
- * emulated pids are answered from the view (proc.c).
+ * With a /proc view, the path calls (open, openat, openat2, the stat family, statx, readlink,
+ * readlinkat, access, faccessat, faccessat2) are trapped too, and paths under /proc are
+ * answered from the view by the shim's own rules (proc.c, shim/procroute.c).
  *
  * Files: main.c (arguments, the child, the filter, the listener's hand-over, waiting),
  * loop.c (the event loop: notifications, parked receives, signals), calls.c (the trapped
@@ -96,11 +97,15 @@ int sv_parked_count(void);
 /* ---- proc.c: /proc paths answered from the server's /proc view ---- */
 int sv_proc_setup(const char *view); /* 0 when `view` is a tsemu /proc view (marker checked) */
 int sv_proc_enabled(void);
+int sv_proc_traps(int nr); /* one of the path calls the filter traps with a view */
 int sv_proc_handle(struct caller *c, const struct seccomp_data *d); /* 1: answered */
 
 /* The caller as the shim's rules (shim/io.c, naming.c, options.c) see it: its memory (the
  * thread's, through process_vm_readv/writev), its descriptors (copied with pidfd_getfd), the
  * pid its sends claim (calls.c). */
 struct caller_mem sv_mem(struct caller *c);
+/* A thread's memory, for proc.c: usermem.c's copies with the pid as an argument (calls.c). */
+int rm_read(pid_t tid, void *to, uint64_t from, size_t len);        /* 0 or -EFAULT */
+int rm_write(pid_t tid, uint64_t to, const void *from, size_t len); /* 0 or -EFAULT */
 
 #endif

@@ -6,12 +6,13 @@ batch decodes to exactly the messages that went into it."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tsemu.client import Client
@@ -27,6 +28,7 @@ from tsemu.wire.control import (
     is_control,
 )
 from tsemu.wire.errors import WireError
+from tsemu.wire.runs import MessageRun
 
 from .clients.harness import CLIENTS, compile_client, running, shim_env, wait_for_listeners
 
@@ -85,7 +87,7 @@ async def test_batching_keeps_and_drops_exactly_the_same_messages(count: int) ->
                 except BlockingIOError:
                     break
                 got.extend(decode_batch(data) if is_batch(data) else [data])
-            got.extend(box._queue)  # what is still held (nothing drains in this test)
+            got.extend(box.held())  # what is still held (nothing drains in this test)
             # (where the notice goes among the messages depends on what was in the client's
             # queue already; that it comes once, and the messages, do not)
             notices = sum(1 for m in got if is_control(m))
@@ -94,6 +96,57 @@ async def test_batching_keeps_and_drops_exactly_the_same_messages(count: int) ->
     assert results[0] == results[1]
     assert results[0][1] == (1 if count > 20 else 0)
     assert len(results[0][2]) == min(count, 20)
+
+
+def _message(length: int, port: int, tag: int) -> bytes:
+    """A netlink-looking message of `length` bytes (at least 16) sent to `port`."""
+    return (length.to_bytes(4, "little") + bytes(8) + port.to_bytes(4, "little")
+            + bytes([tag % 256]) * (length - 16))
+
+
+_mixed_run = st.lists(st.tuples(st.sampled_from([16, 20, 596, 1172, 4000, 15_000]),
+                                st.sampled_from([0, 0, 0, 0, 77])), min_size=1, max_size=60)
+_storm_run = st.integers(1, 60).map(lambda n: [(596, 0)] * n)  # what a storm offers
+_runs = st.lists(st.one_of(_storm_run, _mixed_run), min_size=1, max_size=5)
+
+
+@settings(max_examples=100, deadline=None)
+@given(runs=_runs, budget_events=st.integers(0, 60), after_add=st.booleans(),
+       as_runs=st.booleans())
+def test_batched_runs_keep_what_messages_one_by_one_keep(
+        runs: list[list[tuple[int, int]]], budget_events: int, after_add: bool,
+        as_runs: bool) -> None:
+    """Runs of broadcasts and replies of any size, offered to a reader that reads nothing:
+    a batching outbox (a run admitted at once when its last message fits, batches cut by
+    count, bytes and kind; a `MessageRun` held whole and sent in slices) keeps and drops
+    exactly what message-by-message offers do."""
+    results = []
+    for batching in (False, True):
+        server, client = _pair()
+        with server, client:
+            box = Outbox(server, budget=budget_events * truesize(596), check_after_add=after_add)
+            box.batching = batching
+            tag = 0
+            for run in runs:
+                messages = []
+                for length, port in run:
+                    messages.append(_message(length, port, tag))
+                    tag += 1
+                offered: Sequence[bytes] = messages
+                if batching and as_runs and len({len(m) for m in messages}) == 1:
+                    offered = MessageRun(b"".join(messages), len(messages[0]))
+                assert box.offer_many(offered) == len(messages)
+            client.setblocking(False)
+            got: list[bytes] = []
+            while True:
+                try:
+                    data = client.recv(1 << 16)
+                except BlockingIOError:
+                    break
+                got.extend(decode_batch(data) if is_batch(data) else [data])
+            got.extend(box.held())
+            results.append((box.dropped, [m for m in got if not is_control(m)]))
+    assert results[0] == results[1]
 
 
 # -- through the shim -------------------------------------------------------------------------
@@ -124,7 +177,7 @@ async def test_every_receive_hands_out_one_message(server: Any, batchprobe: str)
         await server.listeners.submit_many([server.tasks.exit_task(t.tid) for t in tasks[:40]])
         await server.settle()
         with trio.fail_after(5):
-            while client.outbox.delivered + len(client.outbox._queue) < 2 + 40:
+            while client.outbox.delivered + len(client.outbox.held()) < 2 + 40:
                 await trio.sleep(0.01)
         await probe.send(b"go\n")
         lines = await probe.until(lambda line: line == "waiting")

@@ -237,8 +237,8 @@ class Fake:
         self.fail_from: dict[int, int] = {}  # port -> the first seq its socket is gone at
         self.failed: list[tuple[int, int]] = []  # (port, seq) of each failed delivery
 
-    def build(self, seq: int, report: Any) -> bytes:
-        return f"{seq}:{report}".encode()
+    def build(self, seq: int, reports: list[Any]) -> list[bytes]:
+        return [f"{(seq + i) & 0xFFFFFFFF}:{report}".encode() for i, report in enumerate(reports)]
 
     def deliver(self, port: int, events: list[bytes], cpu: int = 0) -> int:
         for n, data in enumerate(events):

@@ -266,10 +266,11 @@ def test_a_client_container_needs_only_the_socket_directory(
     assert "Name: TASKSTATS" in result.stdout and "ID: 0x1f" in result.stdout
 
 
-def test_a_client_container_without_glibc_uses_the_offered_supervisor(
+def test_the_offered_supervisor_reaches_a_program_nothing_is_preloaded_into(
         prefix: Path, container: tuple[Path, subprocess.Popen[str]]) -> None:
     """The static supervisor offered in the socket's directory reaches a client that nothing
-    is preloaded into (here genl, without LD_PRELOAD)."""
+    is preloaded into (here the host's genl, without LD_PRELOAD; a client container without
+    glibc: test_a_scratch_client_container_* below)."""
     genl = shutil.which("genl")
     if genl is None:
         pytest.skip("client container recipe: no `genl` (iproute2) to run")
@@ -533,3 +534,208 @@ def test_startup_failures_are_one_line_and_a_status(
     assert done.returncode != 0
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("tsemu: "), done.stderr
     assert said in done.stderr
+
+
+# -- a client container without glibc: FROM scratch, busybox, a musl client (tests/scratchimage.py)
+
+#: A quiet scenario for the scratch clients: no timeline, no generator (the embedded default
+#: has curl jobs exiting all the time), so that a listener's first exit is the test's own.
+QUIET_SCENARIO = """
+[machine]
+cpus = 2
+
+[[process]]
+pid = 1
+comm = "init"
+
+[[process]]
+pid = 400
+comm = "scratchsvc"
+threads = 3
+cpu = 1
+"""
+#: Where the client containers mount the server's volume (not the server's /run/tsemu).
+CLIENT_MOUNT = "/srv/t"
+#: Docker's default seccomp profile refuses pidfd_getfd(2) (EPERM) unless the container has
+#: CAP_SYS_PTRACE; tsemu-run needs it to take the filter's listener from its child and to
+#: copy each caller's descriptors (see test_the_supervisor_check_sees_dockers_profile).
+SUPERVISED = ("--network", "none", "--cap-add", "SYS_PTRACE")
+
+
+@pytest.fixture(scope="module")
+def scratch_image(docker_image: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The FROM-scratch client image (busybox-static, getdelays built against musl), imported
+    once per content."""
+    from tests.scratchimage import Unavailable, scratch_image
+
+    try:
+        return scratch_image(tmp_path_factory.mktemp("scratch"))
+    except Unavailable as exc:
+        pytest.skip(f"scratch client image: {exc}")
+
+
+def quiet_server(engine: Engine, short_tmp: Path, user: str | None = None) -> tuple[str, str]:
+    """A server container (root unless `user`, --admin all) on QUIET_SCENARIO: (its name, its
+    volume)."""
+    scenario = short_tmp / "quiet.toml"
+    scenario.write_text(QUIET_SCENARIO)
+    scenario.chmod(0o644)
+    short_tmp.chmod(0o755)  # readable by the image's tsemu user too
+    volume = engine.volume()
+    server = engine.server(f"{volume}:/run/tsemu", f"{scenario}:/scenario.toml:ro", user=user,
+                           args=[*ENGINE_ARGS, "--scenario", "/scenario.toml"])
+    return server, volume
+
+
+def supervised(engine: Engine, image: str, volume: str, *command: str, detach: bool = False,
+               options: Sequence[str] = SUPERVISED) -> Any:
+    """`CLIENT_MOUNT/tsemu-run -- COMMAND` in a scratch container sharing only the volume."""
+    return engine.run(*options, "-v", f"{volume}:{CLIENT_MOUNT}",
+                      "-e", f"TSEMU_SOCKET={CLIENT_MOUNT}/genl.sock", "IMAGE",
+                      f"{CLIENT_MOUNT}/tsemu-run", "--", *command, image=image, detach=detach)
+
+
+@pytest.mark.docker
+def test_the_scratch_client_image_has_no_glibc(engine: Engine, scratch_image: str) -> None:
+    listed = engine.run("--network", "none", "IMAGE", "sh", "-c",
+                        "ls /; find / -xdev -name 'ld-*' -o -xdev -name 'lib*.so*'",
+                        image=scratch_image, detach=False)
+    assert not isinstance(listed, str) and listed.returncode == 0, listed
+    assert listed.stdout.split() == ["bin", "client", "dev", "etc", "proc", "run", "srv", "sys",
+                                     "tmp"], listed.stdout
+    size = int(docker("image", "inspect", "--format", "{{.Size}}", scratch_image))
+    print(f"scratch client image {scratch_image}: {size / 1e6:.1f} MB")
+    assert size < 5e6
+
+
+@pytest.mark.docker
+def test_a_scratch_client_container_gets_the_scenarios_stats_and_proc(
+        engine: Engine, scratch_image: str, short_tmp: Path) -> None:
+    """The musl getdelays under the offered tsemu-run: GET by pid and tgid answer the
+    scenario's values (a pid it lacks is ESRCH); busybox's ls and cat under tsemu-run see the
+    server's /proc view (SOCKET.proc in the volume)."""
+    _, volume = quiet_server(engine, short_tmp)
+    got = supervised(engine, scratch_image, volume, "/client", "-p", "400", "-t", "400")
+    assert got.returncode == 0, got.stdout + got.stderr
+    family, by_pid, by_tgid = got.stdout.splitlines()
+    assert family == "family=TASKSTATS id=0x1f"
+    assert by_pid.startswith("pid=400 ") and " comm=scratchsvc " in by_pid, by_pid
+    assert " tgid=400 " in by_pid and " ppid=1 " in by_pid, by_pid
+    assert by_tgid.startswith("tgid=400 "), by_tgid
+    missing = supervised(engine, scratch_image, volume, "/client", "-p", "999")
+    assert missing.stdout.splitlines()[1:] == ["error=ESRCH"], missing.stdout + missing.stderr
+    listed = supervised(engine, scratch_image, volume, "ls", "/proc")
+    assert listed.returncode == 0, listed.stderr
+    assert {n for n in listed.stdout.split() if n.isdigit()} == {"1", "400"}, listed.stdout
+    stat = supervised(engine, scratch_image, volume, "cat", "/proc/400/stat", "/proc/1/comm")
+    assert stat.returncode == 0, stat.stderr
+    assert stat.stdout.startswith("400 (scratchsvc) "), stat.stdout
+    assert stat.stdout.splitlines()[1] == "init"
+
+
+@pytest.mark.docker
+def test_scratch_client_containers_listen_for_scripted_exits(
+        engine: Engine, scratch_image: str, short_tmp: Path) -> None:
+    """Listeners registered in three client containers at once receive the exit `docker exec
+    SERVER tsemu ctl exit` makes: two as root, whose clients have the same pid in their own
+    pid namespaces (the port each asks for: one gets it, the other another), and one as
+    uid 65534, another user than the server's (tsemu-run cannot claim its client's pid then:
+    the server hears the supervisor, from the port it could bind)."""
+    server, volume = quiet_server(engine, short_tmp)
+    listeners = []
+    for user in ("0:0", "0:0", "65534:65534"):
+        name = supervised(engine, scratch_image, volume, "/client", "-m", "0-1", "-n", "1",
+                          detach=True, options=[*SUPERVISED, "--user", user])
+        assert isinstance(name, str)
+        listeners.append(name)
+    for name in listeners:
+        engine.wait_log(name, "registered cpumask=0-1")
+    ports = docker("exec", server, "ls", "-ln", "/run/tsemu/genl.sock.ports").splitlines()[1:]
+    print(f"port files: {ports}")
+    owners = [line.split()[2] for line in ports]
+    assert owners.count("0") >= 2 and "65534" in owners, ports
+    pid = docker("exec", server, "tsemu", "ctl", "spawn", "--comm", "scratchexit", "--cpu",
+                 "1").split()[0]
+    docker("exec", server, "tsemu", "ctl", "exit", pid, "--code", "3")
+    for name in listeners:
+        assert docker("wait", name, timeout=30) == "0", docker("logs", name)
+        out = docker("logs", name)
+        exits = [line for line in out.splitlines() if line.startswith("exit ")]
+        assert len(exits) == 1 and exits[0].startswith(f"exit pid={pid} "), out
+        assert " comm=scratchexit " in exits[0] and " exitcode=768 " in exits[0], out
+
+
+@pytest.fixture(scope="module")
+def static_go_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/clients/gotaskstats built with CGO_ENABLED=0: one static binary, the
+    distroless/scratch case (mounted into the scratch image, which has no Go)."""
+    from tests.test_supervisor import GOPATH
+
+    go = shutil.which("go")
+    if go is None or not (GOPATH / "src/github.com/mdlayher/genetlink").is_dir():
+        pytest.skip("no Go toolchain or Debian's mdlayher sources (see test_supervisor.py)")
+    out = tmp_path_factory.mktemp("go")
+    binary = out / "gotaskstats"
+    env = {**os.environ, "GO111MODULE": "off", "GOPATH": str(GOPATH), "GOFLAGS": "",
+           "CGO_ENABLED": "0", "GOCACHE": str(out / "cache")}
+    done = subprocess.run([go, "build", "-o", str(binary), "."], env=env, text=True,
+                          cwd=ROOT / "tests" / "clients" / "gotaskstats", capture_output=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    return binary
+
+
+@pytest.mark.docker
+def test_a_static_go_client_in_a_scratch_container_sees_only_the_scenario(
+        engine: Engine, scratch_image: str, static_go_client: Path, short_tmp: Path) -> None:
+    """gotaskstats (no cgo: the Go runtime's own system calls) in the scratch container, as a
+    user (65534) other than the server's (the image's tsemu user, 10001): the family list,
+    GET by pid, and /proc listed the way exporters do it, all the scenario's."""
+    _, volume = quiet_server(engine, short_tmp, user="tsemu")
+    options = [*SUPERVISED, "--user", "65534:65534",
+               "-v", f"{static_go_client}:/gotaskstats:ro"]
+    families = supervised(engine, scratch_image, volume, "/gotaskstats", "families",
+                          options=options)
+    assert families.stdout.splitlines() == ["family=nlctrl id=16", "family=TASKSTATS id=31"], \
+        families.stdout + families.stderr
+    by_pid = supervised(engine, scratch_image, volume, "/gotaskstats", "pid", "400",
+                        options=options)
+    assert by_pid.stdout.startswith("pid=400 ") and " comm=scratchsvc " in by_pid.stdout, \
+        by_pid.stdout + by_pid.stderr
+    listed = supervised(engine, scratch_image, volume, "/gotaskstats", "proclist",
+                        options=options)
+    assert listed.stdout.splitlines() == ["pid=1 comm=init tgid=1",
+                                          "pid=400 comm=scratchsvc tgid=400"], \
+        listed.stdout + listed.stderr
+
+
+@pytest.mark.docker
+def test_without_cap_sys_ptrace_the_supervisor_refuses_to_run_the_client(
+        engine: Engine, scratch_image: str, short_tmp: Path) -> None:
+    """Docker's default seccomp profile answers pidfd_getfd(2) with EPERM unless the
+    container has CAP_SYS_PTRACE: tsemu-run cannot take its child's listener, kills the
+    child before it runs (never unsupervised, never the host's netlink) and fails."""
+    _, volume = quiet_server(engine, short_tmp)
+    refused = supervised(engine, scratch_image, volume, "/client", "-p", "400",
+                         options=["--network", "none"])
+    assert refused.returncode != 0 and refused.stdout == "", refused.stdout
+    assert "cannot take the seccomp listener from the child: Operation not permitted" in \
+        refused.stderr and "--cap-add SYS_PTRACE" in refused.stderr, refused.stderr
+
+
+@pytest.mark.docker
+def test_the_supervisor_check_sees_dockers_profile(engine: Engine, scratch_image: str,
+                                                   short_tmp: Path) -> None:
+    """`tsemu-run --check` fails where pidfd_getfd is refused (it once took EPERM for
+    support: only ENOSYS counted), and says what to do."""
+    _, volume = quiet_server(engine, short_tmp)
+    check = engine.run("--network", "none", "-v", f"{volume}:{CLIENT_MOUNT}", "IMAGE",
+                       f"{CLIENT_MOUNT}/tsemu-run", "--check", image=scratch_image,
+                       detach=False)
+    assert not isinstance(check, str)
+    assert check.returncode == 1 and "--cap-add SYS_PTRACE" in check.stderr, check.stderr
+    allowed = engine.run(*SUPERVISED, "-v", f"{volume}:{CLIENT_MOUNT}", "IMAGE",
+                         f"{CLIENT_MOUNT}/tsemu-run", "--check", image=scratch_image,
+                         detach=False)
+    assert not isinstance(allowed, str)
+    assert (allowed.returncode, allowed.stderr) == (0, "")

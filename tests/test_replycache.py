@@ -174,3 +174,44 @@ def test_a_patch_may_skip_fields_the_layout_lacks() -> None:
     assert patched == template.build(4, 5, 6, shape.build({"ac_etime": 111}))
     with pytest.raises(KeyError, match="ac_tgetime"):
         template.patcher(["ac_etime", "ac_tgetime"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(version=st.sampled_from([8, 13, 16, 17]),
+       rows=st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1),
+                               st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1)),
+                     max_size=40))
+def test_a_splice_is_the_patch_of_those_values(version: int,
+                                               rows: list[tuple[int, int, int, int]]) -> None:
+    """A splice makes a run of messages in one pack; each is the patch's own result for its
+    row, for any values, whatever order the places come in, and with places the layout
+    lacks left out."""
+    shape = layout(version)
+    template = ReplyTemplate(FAMILY, TaskstatsType.AGGR_PID, shape.size, shape)
+    base = template.build(1, 2, 3, shape.build({"ac_comm": b"base", "nvcsw": 9, "ac_pid": 5}))
+    patch = template.patcher(["ac_pid", "ac_tgid", "ac_etime"], absent_ok=True)
+    splice = patch.splicer(base, ac_etime=2, seq=0, ident=1, ac_pid=1, ac_tgid=1, portid=3)
+    columns = [[row[i] for row in rows] for i in range(4)]
+    run = splice.run(*columns)
+    assert run.size == len(base) and len(run) == len(rows)
+    assert list(run) == [patch(base, seq, port, pid, pid, pid, etime)
+                         for seq, pid, etime, port in rows]
+
+
+def test_a_splice_refuses_what_it_cannot_make() -> None:
+    shape = layout(17)
+    template = ReplyTemplate(FAMILY, TaskstatsType.AGGR_PID, shape.size, shape)
+    base = template.build(1, 2, 3, shape.build({}))
+    patch = template.patcher(["ac_pid"])
+    splice = patch.splicer(base, seq=0, ac_pid=1)
+    assert list(splice.run([7], [8])) == [patch(base, 7, 2, 3, 8)]
+    with pytest.raises(TypeError):
+        splice.run([7])  # a column missing is never a byte of the base packed in its place
+    with pytest.raises(ValueError):
+        splice.run([1, 2], [3])  # columns of unequal length
+    with pytest.raises(struct.error):
+        splice.run([2**32], [8])
+    with pytest.raises(KeyError, match="ac_uid"):
+        patch.splicer(base, ac_uid=0)  # not one of the patch's places
+    with pytest.raises(ValueError):
+        patch.splicer(base[:-1], seq=0)

@@ -6,6 +6,8 @@ allocates them, CPUs taken in turn."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tsemu.emulator.model.accounting import CLOCK_FIELDS
 from tsemu.emulator.model.clock import VirtualClock
@@ -84,3 +86,44 @@ def test_a_model_with_a_tgid_record_is_refused() -> None:
     assert last.tgid_values is not None
     with pytest.raises(ValueError, match="AGGR_TGID"):
         kernel.repeat_exit_event(0, RepeatExit(0, 77, last, (0, 0, 0, 0)))
+
+
+@settings(max_examples=80, deadline=None)
+@given(taken=st.sets(st.integers(2, 339), max_size=30), start=st.integers(290, 339),
+       count=st.integers(1, 120))
+def test_a_storms_pids_are_spawns_pids_through_wraps_and_gaps(taken: set[int], start: int,
+                                                               count: int) -> None:
+    """Taken in one go, a storm's pids are what spawning and exiting its processes one by one
+    allocates: gaps skipped, the wrap to 300 at pid_max (several times over: a repeat's pid
+    is free again at once), the cursor left where it would be."""
+    def machine() -> ProcessTable:
+        table = ProcessTable(VirtualClock(), PROFILES["6.18"], 1, pid_max=340, next_pid=start)
+        table.spawn(comm="init", pid=1)
+        for pid in sorted(taken):
+            table.spawn(comm="squatter", pid=pid)
+        return table
+
+    stormed, plain = machine(), machine()
+    assert [r.tid for r in stormed.storm_exits(count, [0])] == \
+        [r.tid for r in _one_by_one(plain, count, [0])]
+    assert stormed.spawn(comm="after").tid == plain.spawn(comm="after").tid
+
+
+@pytest.mark.parametrize("profile_name", ["2.6.31", "6.18"])
+def test_a_run_of_repeats_of_several_storms_across_the_seq_wrap(profile_name: str) -> None:
+    """Repeats of two storms (two models, two clocks) mixed in one run, numbered across the
+    2**32 wrap: each event is the one its record alone would make, under its own number."""
+    table = _table(profile_name)
+    assert isinstance(table.clock, VirtualClock)
+    one = table.storm_exits(4, [0])[1:]
+    table.clock.advance(2.5)
+    two = table.storm_exits(4, [0])[1:]
+    run = [one[0], one[1], two[0], one[2], two[1], two[2]]
+    kernel = Kernel(table, profile=PROFILES[profile_name], nr_cpus=4)
+    first = 2**32 - 3
+    events = list(kernel.repeat_exit_events(first, run))
+    assert events == [kernel.exit_event((first + i) % 2**32, r.tid, r.pid_values, r.tid, None)
+                      for i, r in enumerate(run)]
+    assert list(kernel.repeat_exit_events(5, two)) == [
+        kernel.exit_event(5 + i, r.tid, r.pid_values, r.tid, None) for i, r in enumerate(two)]
+    assert list(kernel.repeat_exit_events(0, [])) == []

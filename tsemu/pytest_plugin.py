@@ -100,7 +100,7 @@ class TsemuHandle:
         if not preload:
             env = strip_shim(env)
         if supervisor is not None:
-            argv = supervised(supervisor, self.socket_path, argv, preload)
+            argv = supervised(supervisor, self.socket_path, argv, False)
         return argv, env
 
     def run(self, argv: list[str], *, input: bytes | str | None = None, timeout: float = 60,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import errno
 import struct
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import construct as cs
@@ -154,15 +155,19 @@ def is_batch(datagram: bytes) -> bool:
     return len(datagram) >= BATCH_HEADER_SIZE and datagram[:10] == _BATCH_START
 
 
-def encode_batch(messages: list[bytes]) -> bytes:
+def encode_batch(messages: Sequence[bytes]) -> bytes:
     """One datagram holding `messages` (2..BATCH_MAX of them) in order."""
-    count = len(messages)
+    return batch_header(list(map(len, messages))) + b"".join(messages)
+
+
+def batch_header(lengths: Sequence[int]) -> bytes:
+    """The header of a batch of messages of these lengths (2..BATCH_MAX of them), which
+    follow it end to end: for a sender that has them end to end already (`MessageRun`)."""
+    count = len(lengths)
     if not 2 <= count <= BATCH_MAX:
         raise ValueError(f"a batch holds 2 to {BATCH_MAX} messages, not {count}")
-    lengths = [len(m) for m in messages]
-    body = b"".join(messages)
-    return _BATCH.pack_values(0, MAGIC, ControlOp.BATCH, count, 0, len(body), *lengths,
-                       *_NO_LENGTHS[count:]) + body
+    return _BATCH.pack_values(0, MAGIC, ControlOp.BATCH, count, 0, sum(lengths), *lengths,
+                              *_NO_LENGTHS[count:])
 
 
 def decode_batch(datagram: bytes) -> list[bytes]:

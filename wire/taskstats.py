@@ -17,6 +17,7 @@ import re
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from operator import itemgetter
 from typing import Any
 
@@ -57,6 +58,7 @@ from .netlink import (
     encode_genl,
     pack_header,
 )
+from .runs import MessageRun
 from .taskstats_struct import CGROUPSTATS_CODEC, FIELDS, TaskstatsLayout, layout_for
 
 #: taskstats_cmd_get_policy
@@ -356,15 +358,20 @@ class ReplyTemplate:
         seq_at, seq_codec = NLMSGHDR_CODEC.field("seq")
         pid_at, pid_codec = NLMSGHDR_CODEC.field("pid")
         id_at, id_codec = _ID_CODEC.field("id")
+        places: dict[str, tuple[int, struct.Struct]] = {
+            "seq": (seq_at, seq_codec), "portid": (pid_at, pid_codec),
+            "ident": (self._ident_offset + id_at, id_codec)}
         fields: list[tuple[Callable[..., None], int] | None] = []
         for name in names:
             if absent_ok and name not in layout.codec.fields:
                 fields.append(None)
                 continue
             offset, codec = layout.codec.field(name)
+            places[name] = (self._record_offset + offset, codec)
             fields.append((codec.pack_into, self._record_offset + offset))
         return ReplyPatch(self.length, (seq_codec.pack_into, seq_at), (pid_codec.pack_into, pid_at),
-                          (id_codec.pack_into, self._ident_offset + id_at), tuple(fields))
+                          (id_codec.pack_into, self._ident_offset + id_at), tuple(fields),
+                          places, frozenset(names))
 
 
 class ReplyPatch:
@@ -376,19 +383,39 @@ class ReplyPatch:
     `patch(base, seq, portid, ident, *values)` gives `base` with those values in place; the
     values are the fields named when the patch was made, in that order (those of fields the
     layout lacks, when the patch accepted them, are ignored). A value that does not fit its
-    field raises `struct.error`, as the full build would."""
+    field raises `struct.error`, as the full build would.
 
-    __slots__ = ("length", "_seq", "_pid", "_ident", "_fields", "_skips")
+    `splicer(base, ...)` is the way to make many messages from one base that differ in a few
+    places only (a storm's exits: seq and pid): one struct call each."""
+
+    __slots__ = ("length", "_seq", "_pid", "_ident", "_fields", "_skips", "_places", "_names")
 
     def __init__(self, length: int, seq: tuple[Callable[..., None], int],
                  pid: tuple[Callable[..., None], int], ident: tuple[Callable[..., None], int],
-                 fields: tuple[tuple[Callable[..., None], int] | None, ...]) -> None:
+                 fields: tuple[tuple[Callable[..., None], int] | None, ...],
+                 places: Mapping[str, tuple[int, struct.Struct]], names: frozenset[str]) -> None:
         self.length = length
         self._seq = seq
         self._pid = pid
         self._ident = ident
         self._fields = fields
         self._skips = None in fields
+        self._places = places  # every place this patch may set: offset and one-item codec
+        self._names = names | {"seq", "portid", "ident"}
+
+    def splicer(self, base: bytes, **argument_of: int) -> Splice:
+        """A `Splice` of `base`: messages equal to it but for each named place ("seq",
+        "portid", "ident" or one of this patch's record fields), which takes the value of
+        argument `argument_of[place]`. A place of a field the layout lacks (accepted with
+        `absent_ok`) is left out."""
+        if len(base) != self.length:
+            raise ValueError(f"a {len(base)}-byte message, {self.length} expected")
+        unknown = set(argument_of) - self._names
+        if unknown:
+            raise KeyError(f"no place {sorted(unknown)!r} in this patch")
+        chosen = sorted((self._places[name][0], self._places[name][1], argument)
+                        for name, argument in argument_of.items() if name in self._places)
+        return Splice(base, chosen, max(argument_of.values(), default=-1) + 1)
 
     def __call__(self, base: bytes, seq: int, portid: int, ident: int, *values: Any) -> bytes:
         if len(base) != self.length:
@@ -408,6 +435,60 @@ class ReplyPatch:
             for (pack, at), value in zip(self._fields, values, strict=True):  # type: ignore[misc]
                 pack(buf, at, value)
         return bytes(buf)
+
+
+@lru_cache(maxsize=64)
+def _run_packer(fmt: str, rows: int) -> Callable[..., bytes]:
+    """The pack of `rows` messages of one splice format: compiled once, as a storm makes
+    splices anew for each clock, all of one format (runs come in a few lengths)."""
+    return struct.Struct("<" + fmt * rows).pack
+
+
+class Splice:
+    """Messages made from one base that differ from it in a few places only (a storm's exit
+    events: seq and pid), a whole run of them in a single `struct.pack` into one bytes
+    object (`MessageRun`): the format is, once per message, the base's bytes between the
+    places as `s` items and the places' own codecs.
+
+    `run(*columns)`: one message per row, where columns[i] holds argument i's values (the
+    places take their arguments as `ReplyPatch.splicer` was told). Columns of unequal
+    length are a ValueError, a value that does not fit its field a `struct.error`."""
+
+    __slots__ = ("length", "_pattern", "_slots", "_format", "_arguments")
+
+    def __init__(self, base: bytes, places: Sequence[tuple[int, struct.Struct, int]],
+                 arguments: int) -> None:
+        self.length = len(base)
+        pattern: list[Any] = []
+        fmt: list[str] = []
+        slots: list[tuple[int, int]] = []
+        at = 0
+        for offset, codec, argument in places:  # in offset order
+            if offset < at:
+                raise ValueError("two places of a splice overlap")
+            fmt.append(f"{offset - at}s{codec.format.lstrip('<')}")
+            pattern.append(base[at:offset])
+            slots.append((len(pattern), argument))
+            pattern.append(0)
+            at = offset + codec.size
+        fmt.append(f"{len(base) - at}s")
+        pattern.append(base[at:])
+        self._pattern = pattern
+        self._slots = tuple(slots)
+        self._format = "".join(fmt)
+        self._arguments = arguments
+
+    def run(self, *columns: Sequence[Any]) -> MessageRun:
+        if len(columns) != self._arguments:
+            raise TypeError(f"{self._arguments} columns expected, not {len(columns)}")
+        rows = len(columns[0]) if columns else 1
+        if not rows:
+            return MessageRun(b"", self.length)
+        width = len(self._pattern)
+        args = self._pattern * rows
+        for slot, argument in self._slots:
+            args[slot::width] = columns[argument]  # (a column of another length: ValueError)
+        return MessageRun(_run_packer(self._format, rows)(*args), self.length)
 
 
 def decode_taskstats_new(message: GenlMessage) -> list[Record]:

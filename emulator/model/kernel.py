@@ -35,8 +35,9 @@ fast path is tested against (tests/test_fastpath.py): both give the same actions
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tsemu.wire import (
@@ -69,9 +70,11 @@ from tsemu.wire.constants import (
     TaskstatsCmdAttr,
 )
 from tsemu.wire.netlink import Header, check_genl_header
+from tsemu.wire.runs import MessageRun
 from tsemu.wire.taskstats import (
     SINGLE_U32_REQUEST_CODEC,
     ReplyTemplate,
+    Splice,
     carries_descriptor,
     encode_taskstats_new,
 )
@@ -82,8 +85,12 @@ from .faults import FaultTable
 from .profiles import KernelProfile
 from .replycache import PidReplyCache
 
+#: what a storm's repeats are made from, and each one's pid
+_MODEL_CLOCK = attrgetter("model", "clock")
+_TID = attrgetter("tid")
+
 if TYPE_CHECKING:
-    from .tasks import RepeatExit
+    from .tasks import ExitReport, RepeatExit
 
 
 #: CONFIG_NR_CPUS of distribution kernels (Debian, Ubuntu, RHEL build with 8192): what an
@@ -216,7 +223,8 @@ class Kernel:
         self._repeat_patch = self._pid_reply.patcher(("ac_pid", "ac_tgid", *CLOCK_FIELDS),
                                                      absent_ok=True)
         self._repeat_model: Any = None
-        self._repeat_base = b""
+        self._repeat_clock: tuple[int, ...] = ()
+        self._repeat_splice: Splice | None = None
         #: Faults in force (`faults`): an `errno` fault answers a request with that error.
         self.faults = FaultTable()
         #: the clock faults' windows are read on (ns): the table's, when it has one
@@ -468,16 +476,43 @@ class Kernel:
     # -- exit events -----------------------------------------------------------------------
 
     def repeat_exit_event(self, seq: int, report: RepeatExit) -> bytes:
-        """The event of a `RepeatExit`: its model's event, built once, with seq, the pid and
-        the clock fields patched in."""
-        model = report.model
-        if model is not self._repeat_model:
-            if model.tgid_values is not None:
-                raise ValueError("a repeated exit's model must send no AGGR_TGID record")
-            self._repeat_base = self.exit_event(0, model.tid, model.pid_values, model.tgid, None)
-            self._repeat_model = model
-        tid = report.tid
-        return self._repeat_patch(self._repeat_base, seq, 0, tid, tid, tid, *report.clock)
+        """The event of a `RepeatExit`: its model's event with seq, the pid and the clock
+        fields in place."""
+        return self.repeat_exit_events(seq, [report])[0]
+
+    def repeat_exit_events(self, seq: int, reports: Sequence[RepeatExit]) -> MessageRun:
+        """The events of consecutive `RepeatExit`s, with sequence numbers from `seq`, as one
+        run. A storm's repeats share their model and (per chunk) their clock: the model's
+        event with that clock is made once, and the run's events from it in one pack of
+        their seq and pid (`Splice`)."""
+        if not reports:
+            return MessageRun(b"", 1)
+        keys = list(map(_MODEL_CLOCK, reports))
+        if keys.count(keys[0]) != len(keys):  # several models or clocks: a run of each
+            parts = [self.repeat_exit_events((seq + at) & 0xFFFFFFFF, [report])
+                     for at, report in enumerate(reports)]
+            joined = MessageRun.join(parts)
+            assert joined is not None  # (repeats of models of one profile: one length)
+            return joined
+        first = reports[0]
+        splice = self._repeat_splice
+        if (splice is None or first.model is not self._repeat_model
+                or first.clock != self._repeat_clock):
+            splice = self._repeat_splice = self._repeat_splicer(first.model, first.clock)
+        count = len(reports)
+        seqs = (range(seq, seq + count) if seq + count <= 1 << 32
+                else [(seq + at) & 0xFFFFFFFF for at in range(count)])
+        return splice.run(seqs, list(map(_TID, reports)))
+
+    def _repeat_splicer(self, model: ExitReport, clock: tuple[int, ...]) -> Splice:
+        """The splice (of seq, then pid) making repeats of `model` at `clock`; kept as the
+        current one."""
+        if model.tgid_values is not None:
+            raise ValueError("a repeated exit's model must send no AGGR_TGID record")
+        base = self.exit_event(0, model.tid, model.pid_values, model.tgid, None)
+        base = self._repeat_patch(base, 0, 0, model.tid, model.tid, model.tid, *clock)
+        self._repeat_model, self._repeat_clock = model, clock
+        return self._repeat_patch.splicer(base, seq=0, ident=1, ac_pid=1, ac_tgid=1)
 
     def exit_event(self, seq: int, pid: int, pid_values: Mapping[str, Any], tgid: int,
                    tgid_values: Mapping[str, Any] | None) -> bytes:

@@ -32,7 +32,7 @@ are never sent).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,9 +43,10 @@ from .rwlock import RWLock
 #: deliver(port, events, cpu) offers a run's events (of that CPU) to one port, in order, and
 #: returns how many it took before the port's socket turned out to be gone (all of them when
 #: it is not).
-Deliver = Callable[[int, list[bytes], int], int]
-#: build(seq, exit) -> the event's bytes.
-BuildEvent = Callable[[int, Any], bytes]
+Deliver = Callable[[int, Sequence[bytes], int], int]
+#: build(seq, exits) -> their events' bytes, in order, with consecutive sequence numbers from
+#: `seq` (wrapping at 2**32): a run at a time, so that a storm's events are made in one loop.
+BuildEvents = Callable[[int, list[Any]], Sequence[bytes]]
 
 #: Exits broadcast under one read-lock acquisition: a registration waits at most this many.
 BATCH = 256
@@ -150,7 +151,7 @@ class CpuListeners:
         if self._pending:
             await self._idle.wait()
 
-    async def run(self, build: BuildEvent, deliver: Deliver) -> None:
+    async def run(self, build: BuildEvents, deliver: Deliver) -> None:
         """The CPU's broadcast task: each exit, in order, to every listener of this CPU."""
         backlog = self._backlog
         stats = self.stats
@@ -170,11 +171,7 @@ class CpuListeners:
             async with self.lock.read():
                 ports = self.ports  # not changed while the read side is held
                 if ports:
-                    seq = self.seq
-                    events = []
-                    for exit_report in batch:
-                        events.append(build(seq, exit_report))
-                        seq = (seq + 1) & 0xFFFFFFFF
+                    events = build(self.seq, batch)
                     # Listener by listener: each hears the run's events in order (their
                     # interleaving across listeners is not observable), and a sleeping
                     # reader is woken once per run rather than once per event.
@@ -257,7 +254,7 @@ class ListenerTable:
         for cpu, reports in _by_cpu(exit_reports).items():
             self.cpus[cpu].submit_nowait(reports)
 
-    async def run(self, build: BuildEvent, deliver: Deliver) -> None:
+    async def run(self, build: BuildEvents, deliver: Deliver) -> None:
         async with trio.open_nursery() as nursery:
             for cpu in self.cpus:
                 nursery.start_soon(cpu.run, build, deliver)

@@ -49,10 +49,14 @@ import errno
 import fcntl
 import socket
 import termios
+from bisect import bisect_right
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from itertools import accumulate, islice, repeat
+from operator import itemgetter
 from time import perf_counter_ns
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -61,8 +65,10 @@ from tsemu.wire.control import (
     BATCH_HEADER_SIZE,
     BATCH_MAX,
     ENOBUFS_NOTICE,
+    batch_header,
     encode_batch,
 )
+from tsemu.wire.runs import MessageRun
 
 #: sizeof(struct sk_buff) and sizeof(struct skb_shared_info), each SKB_DATA_ALIGNed, x86_64.
 _SKB_OVERHEAD = 256
@@ -85,15 +91,35 @@ def truesize(length: int) -> int:
     return bucket + _SKB_OVERHEAD
 
 
-_TRUESIZE: dict[int, int] = {}
+class _Truesizes(dict[int, int]):
+    """`truesize` by length, memoised: a broadcast looks it up for every message, and
+    `map(_TRUESIZE.__getitem__, lengths)` does a run of them without a Python call."""
+
+    def __missing__(self, length: int) -> int:
+        size = self[length] = truesize(length)
+        return size
 
 
-def _truesize(length: int) -> int:
-    """`truesize`, memoised: a broadcast computes it for every message."""
-    size = _TRUESIZE.get(length)
-    if size is None:
-        size = _TRUESIZE[length] = truesize(length)
-    return size
+_TRUESIZE = _Truesizes()
+
+#: A message's nlmsg_pid (0: a broadcast; a reply carries its requester's port) and its
+#: first four bytes (a control datagram starts with a zero length): what may go in a batch.
+_PORT_ID = itemgetter(slice(12, 16))
+_FIRST_WORD = itemgetter(slice(0, 4))
+_ZERO4 = bytes(4)
+
+
+def _batchable(messages: list[bytes]) -> int:
+    """How many of `messages`, from the first, may go in a batch: broadcasts only, never a
+    control datagram. (The common case, all of them, is found without a loop in Python.)"""
+    ports = list(map(_PORT_ID, messages))
+    firsts = list(map(_FIRST_WORD, messages))
+    if ports.count(_ZERO4) == len(ports) and _ZERO4 not in firsts:
+        return len(messages)
+    for n, (port, first) in enumerate(zip(ports, firsts, strict=True)):
+        if port != _ZERO4 or first == _ZERO4:
+            return n
+    return len(messages)
 
 
 _NOTICE_UNIX = truesize(len(ENOBUFS_NOTICE))
@@ -131,6 +157,12 @@ _B_SENT, _B_FULL, _B_GONE, _B_ALONE = range(4)
 _GONE_ERRNOS = frozenset({errno.ENOTCONN, errno.EPIPE, errno.ECONNREFUSED, errno.ECONNRESET})
 
 
+@lru_cache(maxsize=256)
+def _run_header(size: int, count: int) -> bytes:
+    """The batch header of `count` messages of `size` bytes (a run's batches are alike)."""
+    return batch_header([size] * count)
+
+
 class Outbox:
     """One client's queue on the server, with the netlink receive-buffer rules.
 
@@ -152,7 +184,7 @@ class Outbox:
         self.dropped = 0
         self.delivered = 0
         self.gone = False
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[bytes | MessageRun] = deque()
         self._queued = 0  # truesize held here
         # Datagrams sent, maybe not read yet: (size in the client's Unix queue, size charged
         # to the emulated netlink buffer; 0 for an ENOBUFS notice, which netlink never queues).
@@ -207,7 +239,7 @@ class Outbox:
         gone (its socket vanished): the caller drops it as a listener, as the kernel does."""
         if self.gone:
             return False
-        size = _TRUESIZE.get(len(data)) or _truesize(len(data))
+        size = _TRUESIZE[len(data)]
         charged = self._queued + self._inflight_total  # `_fits`, inline: this is the hot path
         if self.congested or not (
                 (charged == 0 or charged + size <= self.budget) if self.check_after_add
@@ -246,9 +278,10 @@ class Outbox:
             return False
         return True
 
-    def offer_many(self, messages: list[bytes]) -> int:
+    def offer_many(self, messages: Sequence[bytes]) -> int:
         """`offer` each of `messages` in order; how many were offered before the client
-        turned out to be gone (all of them, when it is not)."""
+        turned out to be gone (all of them, when it is not). A `MessageRun` a batching
+        client takes whole is held as it is, and goes out in batches cut from it."""
         if not self.batching or len(messages) < 2:
             offer = self.offer
             for n, data in enumerate(messages):
@@ -262,16 +295,34 @@ class Outbox:
         queue = self._queue
         budget = self.budget
         after_add = self.check_after_add
-        for data in messages:
-            size = _TRUESIZE.get(len(data)) or _truesize(len(data))
-            charged = self._queued + self._inflight_total
-            if self.congested or not (
-                    (charged == 0 or charged + size <= budget) if after_add
-                    else charged <= budget):
-                if not self._takes_when_tight(size):
-                    continue
-            queue.append(data)
-            self._queued += size
+        if isinstance(messages, MessageRun):
+            one = _TRUESIZE[messages.size]
+            sizes = [one] * messages.n
+            total = one * messages.n
+        else:
+            sizes = list(map(_TRUESIZE.__getitem__, map(len, messages)))
+            total = sum(sizes)
+        last = self._queued + self._inflight_total + total  # charged after the whole run
+        if not self.congested and last > budget and self._inflight:
+            self._reconcile()  # what the client has read since: before any per-message look
+            last = self._queued + self._inflight_total + total
+        if not self.congested and (last <= budget if after_add else last - sizes[-1] <= budget):
+            # The charge only grows along the run: when its last message fits, all do.
+            if isinstance(messages, MessageRun):
+                queue.append(messages)
+            else:
+                queue.extend(messages)
+            self._queued += total
+        else:
+            for data, size in zip(messages, sizes, strict=True):
+                charged = self._queued + self._inflight_total
+                if self.congested or not (
+                        (charged == 0 or charged + size <= budget) if after_add
+                        else charged <= budget):
+                    if not self._takes_when_tight(size):
+                        continue
+                queue.append(data)
+                self._queued += size
         if queue:
             self._wakeup.set()
             if self._flush() is None:
@@ -311,6 +362,18 @@ class Outbox:
         batching = self.batching
         while queue:
             data = queue[0]
+            if isinstance(data, MessageRun):
+                sent = self._send_run(data)
+                if sent == _B_SENT:
+                    continue
+                if sent == _B_FULL:
+                    return False
+                if sent == _B_GONE:
+                    return None
+                # _B_ALONE: the run's messages wait one by one, below
+                queue.popleft()
+                queue.extendleft(reversed(list(data)))
+                continue
             if batching and len(queue) > 1:
                 sent = self._send_batch()
                 if sent == _B_SENT:
@@ -334,7 +397,7 @@ class Outbox:
                 inflight.append((_NOTICE_UNIX, 0))
                 self._inflight_unix += _NOTICE_UNIX
             else:
-                size = _truesize(len(data))
+                size = _TRUESIZE[len(data)]
                 self._queued -= size
                 inflight.append((size, size))
                 self._inflight_unix += size
@@ -347,18 +410,19 @@ class Outbox:
         client's queue is), _B_GONE (the client is), or _B_ALONE when the head cannot go in a
         batch with what follows it (a control datagram, or too long)."""
         queue = self._queue
-        total = BATCH_HEADER_SIZE
-        batch: list[bytes] = []
-        for data in queue:
-            # Only broadcasts (nlmsg_pid 0; a reply carries its requester's port) and never a
-            # control datagram (it starts with a zero length).
-            if (len(batch) == BATCH_MAX or data.startswith(b"\0\0\0\0")
-                    or data[12:16] != b"\0\0\0\0" or total + len(data) > BATCH_BYTES_MAX):
-                break
-            batch.append(data)
-            total += len(data)
-        if len(batch) < 2:
+        entries = list(islice(queue, BATCH_MAX))
+        kinds = list(map(type, entries))
+        if MessageRun in kinds:  # a held run goes in batches of its own
+            entries = entries[:kinds.index(MessageRun)]
+        head = cast(list[bytes], entries)
+        lengths = list(map(len, head))
+        # The most that fit in BATCH_BYTES_MAX with the header, then the batchable ones.
+        fit = bisect_right(list(accumulate(lengths, initial=BATCH_HEADER_SIZE)),
+                           BATCH_BYTES_MAX) - 1
+        count = _batchable(head[:fit])
+        if count < 2:
             return _B_ALONE
+        batch = head[:count]
         datagram = encode_batch(batch)
         try:
             self._raw.send(datagram)
@@ -369,17 +433,52 @@ class Outbox:
             if self._send_failed(exc):
                 return _B_GONE
             raise
-        charged = 0
-        for data in batch:
+        for _ in repeat(None, count):
             queue.popleft()
-            charged += _TRUESIZE.get(len(data)) or _truesize(len(data))
+        charged = sum(map(_TRUESIZE.__getitem__, lengths[:count]))
         self._queued -= charged
-        unix = _truesize(len(datagram))
+        unix = _TRUESIZE[len(datagram)]
         self._inflight.append((unix, charged))
         self._inflight_unix += unix
         self._inflight_total += charged
         self.delivered += len(batch)
         return _B_SENT
+
+    def _send_run(self, run: MessageRun) -> int:
+        """Send the first messages of the held run at the head of the queue as one batch,
+        the header and the run's bytes as they lie (scatter-gather): _B_SENT, _B_FULL,
+        _B_GONE, or _B_ALONE when its messages cannot go in a batch (one left, or too long).
+        """
+        count = min(run.n, BATCH_MAX, (BATCH_BYTES_MAX - BATCH_HEADER_SIZE) // run.size)
+        if count < 2:
+            return _B_ALONE
+        header = _run_header(run.size, count)
+        try:
+            self._raw.sendmsg([header, run.body(count)])
+        except BlockingIOError:
+            self._blocked_at = perf_counter_ns()
+            return _B_FULL
+        except OSError as exc:
+            if self._send_failed(exc):
+                return _B_GONE
+            raise
+        if count == run.n:
+            self._queue.popleft()
+        else:
+            self._queue[0] = run.tail(count)
+        charged = _TRUESIZE[run.size] * count
+        self._queued -= charged
+        unix = _TRUESIZE[len(header) + count * run.size]
+        self._inflight.append((unix, charged))
+        self._inflight_unix += unix
+        self._inflight_total += charged
+        self.delivered += count
+        return _B_SENT
+
+    def held(self) -> list[bytes]:
+        """The messages held here, in order (for tests and inspection)."""
+        return [message for entry in self._queue
+                for message in (entry if isinstance(entry, MessageRun) else [entry])]
 
     async def drain(self) -> None:
         """Move held messages into the client's socket, in batches, waiting only while its

@@ -63,6 +63,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,7 @@ from tsemu.wire.control import (
     encode_control,
     is_control,
 )
+from tsemu.wire.runs import MessageRun
 
 from ..model.families import FamilyTable
 from ..model.faults import DELIVERY
@@ -198,7 +200,7 @@ class Server:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.client_table.start(nursery)
-                nursery.start_soon(self.listeners.run, self._build_event, self._deliver)
+                nursery.start_soon(self.listeners.run, self._build_events, self._deliver)
                 nursery.start_soon(self._receive_loop)
                 nursery.start_soon(self._watch_ports)
                 nursery.start_soon(self.client_table.sweep_forever)
@@ -567,15 +569,29 @@ class Server:
 
     # -- exits -----------------------------------------------------------------------------
 
-    def _build_event(self, seq: int, report: Any) -> bytes:
-        if type(report) is RepeatExit:
-            return self.kernel.repeat_exit_event(seq, report)
-        if type(report) is RecordedExit:
-            return recorded_event(report, seq, self.kernel.taskstats.id)
-        return self.kernel.exit_event(seq, report.tid, report.pid_values, report.tgid,
-                                      report.tgid_values)
+    def _build_events(self, seq: int, reports: list[Any]) -> Sequence[bytes]:
+        """A run's events (`listeners.BuildEvents`): a storm's repeats a run at a time, and
+        the whole as one `MessageRun` when its events have one length (a storm's do)."""
+        parts: list[Sequence[bytes]] = []
+        for kind, group in groupby(reports, type):
+            made: Sequence[bytes]
+            if kind is RepeatExit:
+                made = self.kernel.repeat_exit_events(seq, list(group))
+            elif kind is RecordedExit:
+                made = [recorded_event(report, (seq + i) & 0xFFFFFFFF, self.kernel.taskstats.id)
+                        for i, report in enumerate(group)]
+            else:
+                made = [self.kernel.exit_event((seq + i) & 0xFFFFFFFF, report.tid,
+                                               report.pid_values, report.tgid, report.tgid_values)
+                        for i, report in enumerate(group)]
+            parts.append(made)
+            seq = (seq + len(made)) & 0xFFFFFFFF
+        if len(parts) == 1:
+            return parts[0]
+        run = MessageRun.join(parts)
+        return run if run is not None else [event for part in parts for event in part]
 
-    def _deliver(self, port: int, events: list[bytes], cpu: int) -> int:
+    def _deliver(self, port: int, events: Sequence[bytes], cpu: int) -> int:
         client = self.clients.get(port)
         if client is None:
             return 0

@@ -10,6 +10,8 @@
 //	gotaskstats threads N         N goroutines each doing GETs on their own socket
 //	gotaskstats proclist          list /proc as exporters do: each pid, its comm (read from
 //	                              /proc/PID/comm) and the tgid its TGID stats name
+//	gotaskstats cgroupstats DIR   CGROUPSTATS_CMD_GET naming an open descriptor of the cgroup
+//	                              directory DIR: its five counters, as getdelays -C prints them
 //
 // Each result is one line of key=value words; an error is "error=..." and exit status 1.
 package main
@@ -17,10 +19,13 @@ package main
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/mdlayher/genetlink"
@@ -41,7 +46,23 @@ const (
 	statsPidOffset    = 128
 	statsCommOffset   = 80
 	statsVersionBytes = 2
+	// <linux/cgroupstats.h>: the request names a descriptor of the cgroup's directory, the
+	// reply carries struct cgroupstats, five __u64 counters in this order.
+	cgroupstatsCmdGet   = 4
+	cgroupstatsCmdNew   = 5
+	cgroupstatsAttrFD   = 1
+	cgroupstatsTypeStat = 1
+	cgroupstatsBytes    = 5 * 8
 )
+
+// cgroupstatsNames are struct cgroupstats' counters, in its order, as getdelays -C names them.
+var cgroupstatsNames = [5]string{"sleeping", "running", "stopped", "uninterruptible", "io_wait"}
+
+// errnoNames are the errors a netlink reply may carry that the tests compare by name.
+var errnoNames = map[syscall.Errno]string{
+	syscall.EINVAL: "EINVAL", syscall.ESRCH: "ESRCH", syscall.EPERM: "EPERM",
+	syscall.ENOENT: "ENOENT", syscall.EBADF: "EBADF", syscall.EOPNOTSUPP: "EOPNOTSUPP",
+}
 
 func fail(err error) {
 	fmt.Printf("error=%v\n", err)
@@ -144,9 +165,69 @@ func get(c *genetlink.Conn, f genetlink.Family, attr uint16, id uint32) (string,
 	return out, nil
 }
 
+// cgroupstats asks about the cgroup whose directory is dir: the descriptor travels in the
+// request (CGROUPSTATS_CMD_ATTR_FD), so it must stay open until the reply is in.
+func cgroupstats(c *genetlink.Conn, f genetlink.Family, dir string) (string, error) {
+	d, err := os.Open(dir)
+	if err != nil {
+		return "", err
+	}
+	defer d.Close()
+	ae := netlink.NewAttributeEncoder()
+	ae.Uint32(cgroupstatsAttrFD, uint32(d.Fd()))
+	payload, err := ae.Encode()
+	if err != nil {
+		return "", err
+	}
+	msgs, err := c.Execute(genetlink.Message{
+		Header: genetlink.Header{Command: cgroupstatsCmdGet, Version: f.Version},
+		Data:   payload,
+	}, f.ID, netlink.Request)
+	runtime.KeepAlive(d)
+	if err != nil {
+		return "", err
+	}
+	for _, m := range msgs {
+		if m.Header.Command != cgroupstatsCmdNew {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data)
+		if err != nil {
+			return "", err
+		}
+		for ad.Next() {
+			b := ad.Bytes()
+			if ad.Type() != cgroupstatsTypeStat || len(b) < cgroupstatsBytes {
+				continue
+			}
+			out := "cgroupstats"
+			for i, name := range cgroupstatsNames {
+				out += fmt.Sprintf(" %s=%d", name, binary.LittleEndian.Uint64(b[8*i:]))
+			}
+			return out, nil
+		}
+		if err := ad.Err(); err != nil {
+			return "", err
+		}
+	}
+	return "", fmt.Errorf("no CGROUPSTATS_TYPE_CGROUP_STATS in the reply")
+}
+
+// errorWord is an error as one word: the errno's name where it has one the tests know.
+func errorWord(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		if name, ok := errnoNames[errno]; ok {
+			return name
+		}
+	}
+	return err.Error()
+}
+
 func main() {
 	if len(os.Args) < 2 {
-		fail(fmt.Errorf("usage: gotaskstats families|pid N|tgid N|listen MASK N|bench N|threads N"))
+		fail(fmt.Errorf("usage: gotaskstats families|pid N|tgid N|listen MASK N|bench N|threads N|" +
+			"proclist|cgroupstats DIR"))
 	}
 	switch os.Args[1] {
 	case "families":
@@ -266,6 +347,14 @@ func main() {
 			fmt.Printf("pid=%d comm=%s tgid=%s\n", pid, bytes.TrimSpace(comm),
 				fields(out)["tgid"])
 		}
+	case "cgroupstats":
+		c, f := dial()
+		out, err := cgroupstats(c, f, os.Args[2])
+		if err != nil {
+			fmt.Printf("error=%s\n", errorWord(err))
+			os.Exit(1)
+		}
+		fmt.Println(out)
 	default:
 		fail(fmt.Errorf("unknown command %q", os.Args[1]))
 	}
