@@ -489,11 +489,6 @@ enum outcome sv_handle(struct caller *c, const struct seccomp_data *d)
         do_socket(c, d);
         return DONE;
     }
-    if (d->nr == SYS_open || d->nr == SYS_openat || d->nr == SYS_newfstatat) {
-        if (!sv_proc_handle(c, d))
-            sv_continue(c->id);
-        return DONE;
-    }
     int fd = grab(c, (int)d->args[0]);
     struct stat st;
     struct sv_sock *s = NULL;

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +106,52 @@ def docker_image(request: pytest.FixtureRequest) -> str:
         return build_image(root, python_image=base)
     except ImageError as exc:
         pytest.skip(f"docker: {exc}")
+
+
+# -- test clients built once per session (the supervisor's, the docker tests') ---------------
+
+_CLIENTS = Path(__file__).parent / "clients"
+#: Debian's packaged Go sources (golang-github-mdlayher-*), built in GOPATH mode
+GOPATH = Path("/usr/share/gocode")
+
+
+@pytest.fixture(scope="session")
+def go_clients(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """gotaskstats built with CGO_ENABLED=0 and =1, by name "cgo0", "cgo1"."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("no Go toolchain (apt-get install golang-go)")
+    if not (GOPATH / "src/github.com/mdlayher/genetlink").is_dir():
+        pytest.skip("Debian's mdlayher sources are missing (apt-get install "
+                    "golang-github-mdlayher-genetlink-dev golang-github-mdlayher-netlink-dev)")
+    out = tmp_path_factory.mktemp("go")
+    built = {}
+    for cgo in ("0", "1"):
+        env = {**os.environ, "GO111MODULE": "off", "GOPATH": str(GOPATH), "GOFLAGS": "",
+               "CGO_ENABLED": cgo, "GOCACHE": str(out / "cache")}
+        binary = out / f"gotaskstats-cgo{cgo}"
+        done = subprocess.run([go, "build", "-o", str(binary), "."], cwd=_CLIENTS / "gotaskstats",
+                              env=env, capture_output=True, text=True, check=False)
+        if done.returncode:
+            pytest.fail(f"building gotaskstats (CGO_ENABLED={cgo}) failed:\n{done.stderr}")
+        built[f"cgo{cgo}"] = binary
+    return built
+
+
+@pytest.fixture(scope="session")
+def static_clients(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """getdelays and sigrecv linked -static."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler (cc, gcc) to build the static test clients")
+    out = tmp_path_factory.mktemp("static")
+    built = {}
+    for name in ("getdelays", "sigrecv"):
+        binary = out / name
+        done = subprocess.run([compiler, "-static", "-O2", "-o", str(binary),
+                               str(_CLIENTS / f"{name}.c")], capture_output=True, text=True,
+                              check=False)
+        if done.returncode:
+            pytest.skip(f"cannot link {name} -static (libc6-dev's libc.a?):\n{done.stderr}")
+        built[name] = binary
+    return built

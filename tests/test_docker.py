@@ -666,23 +666,10 @@ def test_scratch_client_containers_listen_for_scripted_exits(
 
 
 @pytest.fixture(scope="module")
-def static_go_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def static_go_client(go_clients: dict[str, Path]) -> Path:
     """tests/clients/gotaskstats built with CGO_ENABLED=0: one static binary, the
     distroless/scratch case (mounted into the scratch image, which has no Go)."""
-    from tests.test_supervisor import GOPATH
-
-    go = shutil.which("go")
-    if go is None or not (GOPATH / "src/github.com/mdlayher/genetlink").is_dir():
-        pytest.skip("no Go toolchain or Debian's mdlayher sources (see test_supervisor.py)")
-    out = tmp_path_factory.mktemp("go")
-    binary = out / "gotaskstats"
-    env = {**os.environ, "GO111MODULE": "off", "GOPATH": str(GOPATH), "GOFLAGS": "",
-           "CGO_ENABLED": "0", "GOCACHE": str(out / "cache")}
-    done = subprocess.run([go, "build", "-o", str(binary), "."], env=env, text=True,
-                          cwd=ROOT / "tests" / "clients" / "gotaskstats", capture_output=True,
-                          timeout=300, check=False)
-    assert done.returncode == 0, done.stderr
-    return binary
+    return go_clients["cgo0"]
 
 
 @pytest.mark.docker

@@ -22,12 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.clients.harness import compile_client
-from tests.test_supervisor import (  # noqa: F401 (the session's builds of the clients)
-    CLIENTS,
-    go_clients,
-    needs_supervisor,
-    static_clients,
-)
+from tests.test_supervisor import CLIENTS, needs_supervisor
 
 #: The scenario: /jobs holds one task in each state (a running one with two threads: the
 #: kernel counts tasks, threads included), /idle only a task in a state counted nowhere,
@@ -134,7 +129,7 @@ def getdelays(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("cgo", ["cgo0", "cgo1"])
 @pytest.mark.parametrize("cgroup", sorted(EXPECTED))
 def test_go_cgroupstats_answers_the_scenarios_counts(
-        cgroup_server: tuple[Path, Path], go_clients: dict[str, Path],  # noqa: F811
+        cgroup_server: tuple[Path, Path], go_clients: dict[str, Path],
         getdelays: Path, cgo: str, cgroup: str) -> None:
     socket_path, root = cgroup_server
     directory = str(root / cgroup) if cgroup else str(root)
@@ -147,7 +142,7 @@ def test_go_cgroupstats_answers_the_scenarios_counts(
 @needs_supervisor
 @pytest.mark.parametrize("what", ["jobs/unknown", "plain"])
 def test_go_cgroupstats_refuses_what_is_no_scenario_cgroup(
-        cgroup_server: tuple[Path, Path], go_clients: dict[str, Path],  # noqa: F811
+        cgroup_server: tuple[Path, Path], go_clients: dict[str, Path],
         getdelays: Path, what: str) -> None:
     """A directory under the root that the scenario has no cgroup for, and a regular file:
     EINVAL, as the shim's client is told."""

@@ -24,7 +24,7 @@ from tsemu.pytest_plugin import TsemuHandle
 from tsemu.supervisor import SupervisorUnavailable, usable_supervisor
 
 from .clients.harness import CLIENTS, compile_client
-from .test_supervisor import fields, go_clients  # noqa: F401  (the session fixture)
+from .test_supervisor import fields
 
 
 def _supervisor_problem() -> str | None:
@@ -136,7 +136,7 @@ def test_the_view_is_read_only_and_hides_other_host_processes(
 
 @pytest.mark.parametrize("cgo", ["cgo0", "cgo1"])
 def test_auto_gives_go_programs_the_view(tsemu: TsemuHandle,
-                                          go_clients: dict[str, Path],  # noqa: F811
+                                          go_clients: dict[str, Path],
                                           cgo: str) -> None:
     """Under `--via auto` (the shim preloaded too: a cgo program loads it) a Go program that
     lists /proc and asks TGID stats of each pid lists exactly the scenario's tasks."""
@@ -153,7 +153,7 @@ def test_auto_gives_go_programs_the_view(tsemu: TsemuHandle,
 
 
 def test_tsemu_run_auto_shows_both_kinds_the_view(tsemu: TsemuHandle,
-                                                 go_clients: dict[str, Path],  # noqa: F811
+                                                 go_clients: dict[str, Path],
                                                  ) -> None:
     """`tsemu run --via auto` (the shim and the supervisor together, for every CMD): a libc
     program's `ls /proc` is the shim's merged listing (the host's machine entries, the
