@@ -356,54 +356,60 @@ class Outbox:
         full (False) or its socket is gone (None). The head stays held until its send
         succeeds, so an ENOBUFS notice put in front meanwhile goes out first."""
         queue = self._queue
-        send = self._raw.send
-        inflight = self._inflight
-        notice_data = ENOBUFS_NOTICE
         batching = self.batching
         while queue:
             data = queue[0]
             if isinstance(data, MessageRun):
                 sent = self._send_run(data)
-                if sent == _B_SENT:
-                    continue
-                if sent == _B_FULL:
-                    return False
-                if sent == _B_GONE:
-                    return None
-                # _B_ALONE: the run's messages wait one by one, below
-                queue.popleft()
-                queue.extendleft(reversed(list(data)))
-                continue
-            if batching and len(queue) > 1:
+            elif batching and len(queue) > 1:
                 sent = self._send_batch()
-                if sent == _B_SENT:
-                    continue
-                if sent == _B_FULL:
-                    return False
-                if sent == _B_GONE:
-                    return None
-                # _B_ALONE: the head goes by itself, below
-            try:
-                send(data)
-            except BlockingIOError:
-                self._blocked_at = perf_counter_ns()
-                return False
-            except OSError as exc:
-                if self._send_failed(exc):
-                    return None
-                raise
-            queue.popleft()
-            if data is notice_data:
-                inflight.append((_NOTICE_UNIX, 0))
-                self._inflight_unix += _NOTICE_UNIX
             else:
-                size = _TRUESIZE[len(data)]
-                self._queued -= size
-                inflight.append((size, size))
-                self._inflight_unix += size
-                self._inflight_total += size
-                self.delivered += 1
+                sent = _B_ALONE
+            if sent == _B_ALONE:
+                if isinstance(data, MessageRun):  # its messages wait one by one
+                    queue.popleft()
+                    queue.extendleft(reversed(list(data)))
+                    continue
+                sent = self._send_alone(data)
+            if sent == _B_FULL:
+                return False
+            if sent == _B_GONE:
+                return None
         return True
+
+    def _transmit(self, pieces: list[bytes | memoryview], unix: int, charged: int,
+                  messages: int) -> int:
+        """Send one datagram (its `pieces` end to end) to the client: _B_SENT, and then it
+        is in flight (`unix`: its truesize in the client's queue, `charged`: what it
+        carries of the emulated buffer, `messages`: how many it delivers); _B_FULL (the
+        client's queue is full: the head stays held), or _B_GONE."""
+        try:
+            self._raw.sendmsg(pieces)
+        except BlockingIOError:
+            self._blocked_at = perf_counter_ns()
+            return _B_FULL
+        except OSError as exc:
+            if self._send_failed(exc):
+                return _B_GONE
+            raise
+        self._queued -= charged
+        self._inflight.append((unix, charged))
+        self._inflight_unix += unix
+        self._inflight_total += charged
+        self.delivered += messages
+        return _B_SENT
+
+    def _send_alone(self, data: bytes) -> int:
+        """The head of the queue as a datagram of its own (an ENOBUFS notice, which netlink
+        never queues, carries no charge and delivers nothing)."""
+        if data is ENOBUFS_NOTICE:
+            sent = self._transmit([data], _NOTICE_UNIX, 0, 0)
+        else:
+            size = _TRUESIZE[len(data)]
+            sent = self._transmit([data], size, size, 1)
+        if sent == _B_SENT:
+            self._queue.popleft()
+        return sent
 
     def _send_batch(self) -> int:
         """Send the messages at the head of the queue as one batch: _B_SENT, _B_FULL (the
@@ -422,27 +428,13 @@ class Outbox:
         count = _batchable(head[:fit])
         if count < 2:
             return _B_ALONE
-        batch = head[:count]
-        datagram = encode_batch(batch)
-        try:
-            self._raw.send(datagram)
-        except BlockingIOError:
-            self._blocked_at = perf_counter_ns()
-            return _B_FULL
-        except OSError as exc:
-            if self._send_failed(exc):
-                return _B_GONE
-            raise
-        for _ in repeat(None, count):
-            queue.popleft()
-        charged = sum(map(_TRUESIZE.__getitem__, lengths[:count]))
-        self._queued -= charged
-        unix = _TRUESIZE[len(datagram)]
-        self._inflight.append((unix, charged))
-        self._inflight_unix += unix
-        self._inflight_total += charged
-        self.delivered += len(batch)
-        return _B_SENT
+        datagram = encode_batch(head[:count])
+        sent = self._transmit([datagram], _TRUESIZE[len(datagram)],
+                              sum(map(_TRUESIZE.__getitem__, lengths[:count])), count)
+        if sent == _B_SENT:
+            for _ in repeat(None, count):
+                queue.popleft()
+        return sent
 
     def _send_run(self, run: MessageRun) -> int:
         """Send the first messages of the held run at the head of the queue as one batch,
@@ -453,27 +445,15 @@ class Outbox:
         if count < 2:
             return _B_ALONE
         header = _run_header(run.size, count)
-        try:
-            self._raw.sendmsg([header, run.body(count)])
-        except BlockingIOError:
-            self._blocked_at = perf_counter_ns()
-            return _B_FULL
-        except OSError as exc:
-            if self._send_failed(exc):
-                return _B_GONE
-            raise
-        if count == run.n:
-            self._queue.popleft()
-        else:
-            self._queue[0] = run.tail(count)
-        charged = _TRUESIZE[run.size] * count
-        self._queued -= charged
-        unix = _TRUESIZE[len(header) + count * run.size]
-        self._inflight.append((unix, charged))
-        self._inflight_unix += unix
-        self._inflight_total += charged
-        self.delivered += count
-        return _B_SENT
+        sent = self._transmit([header, run.body(count)],
+                              _TRUESIZE[len(header) + count * run.size],
+                              _TRUESIZE[run.size] * count, count)
+        if sent == _B_SENT:
+            if count == run.n:
+                self._queue.popleft()
+            else:
+                self._queue[0] = run.tail(count)
+        return sent
 
     def held(self) -> list[bytes]:
         """The messages held here, in order (for tests and inspection)."""
