@@ -113,9 +113,11 @@ int proc_in_family(unsigned long pid);
  * for again at most once a second. */
 const char *proc_view(size_t *len);
 
-/* Whether pid N is one of the caller's own that must stay real: its pid, this thread's tid,
- * its parent. (Other threads of the caller are found by proc_own_thread.) */
+/* Whether pid N is the caller's own, which stays real whatever the view holds: its pid,
+ * this thread's tid. (Other threads of the caller are found by proc_own_thread, its parent by
+ * proc_is_parent: those are real only where the view has no task of that number.) */
 int proc_is_own(unsigned long n);
+int proc_is_parent(unsigned long n);
 int proc_own_thread(unsigned long n); /* the real /proc/self/task/N exists */
 pid_t proc_getpid(void);
 

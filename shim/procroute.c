@@ -3,10 +3,11 @@
  *   - /proc itself, /proc/self and /proc/thread-self are always the real ones (the shim lists
  *     /proc merged; the supervisor answers an open of /proc itself with the view's directory,
  *     supervisor/proc.c);
- *   - /proc/<N>[/rest], N all digits: the caller's own pid, this thread's tid and the
- *     parent's pid stay real; else VIEW/<N>/rest when VIEW/<N> exists; else, for a thread
- *     that is not a leader, VIEW/<tgid>/task/<N>/rest (VIEW/.tid/<N> says which tgid); else
- *     another thread of the caller's, or a process of the caller's client family (a
+ *   - /proc/<N>[/rest], N all digits: the caller's own pid and this thread's tid stay real;
+ *     else VIEW/<N>/rest when VIEW/<N> exists (a scenario task answers for its pid, as the
+ *     server answers GET for it); else, for a thread that is not a leader,
+ *     VIEW/<tgid>/task/<N>/rest (VIEW/.tid/<N> says which tgid); else another thread of
+ *     the caller's, its parent, or a process of the caller's client family (a
  *     descendant of TSEMU_ROOT: the processes the machine counts as its own, see
  *     emulator/shell/clientprocs.py), stays real; else ENOENT, as for a pid that does not
  *     exist. `.tsemu` inside a task's directory is the shim's and does not exist for clients;
@@ -424,6 +425,8 @@ const char *proc_rules_next(struct proc_route *r)
     }
     if (r->ops->own_thread(r->ctx, r->pid))
         return real(r); /* another thread of the caller's */
+    if (r->ops->is_parent(r->ctx, r->pid))
+        return real(r); /* the caller's parent, where the view has no task of its pid */
     if (r->ops->in_family(r->ctx, r->pid))
         return real(r); /* a process of the caller's family: part of the machine */
     return fail(r, ENOENT);

@@ -41,8 +41,9 @@
 
 /* What the rules ask of the side applying them. `ctx` is passed back as it was given. */
 struct proc_rules_ops {
-    int (*is_own)(void *ctx, unsigned long n);     /* the caller's pid, its thread's tid, parent */
+    int (*is_own)(void *ctx, unsigned long n);     /* the caller's pid, its thread's tid */
     int (*own_thread)(void *ctx, unsigned long n); /* another thread of the caller's process */
+    int (*is_parent)(void *ctx, unsigned long n);  /* the caller's parent */
     int (*in_family)(void *ctx, unsigned long n);  /* a descendant of the family's root */
     /* Where the caller's dirfd (AT_FDCWD: its current directory) is: its path below the real
      * /proc into out ("" for /proc itself; at most size - 1 bytes) and that path's length,

@@ -112,6 +112,7 @@ static int classify(long pid, struct proc_task_attrs *attrs)
     int saved = errno;
     int kind = proc_task_attrs((unsigned long)pid, attrs) == 0 ? PID_EMULATED
                : proc_own_thread((unsigned long)pid)            ? PID_REAL
+               : proc_is_parent((unsigned long)pid)             ? PID_REAL
                : proc_in_family((unsigned long)pid)             ? PID_REAL
                                                                  : PID_NONE;
     errno = saved;

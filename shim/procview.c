@@ -198,17 +198,21 @@ pid_t proc_getpid(void)
     return getpid();
 }
 
-int proc_is_own(unsigned long n)
+int proc_is_parent(unsigned long n)
 {
     pid_t pid = getpid();
-    if (n == (unsigned long)pid)
-        return 1;
     uint64_t known = atomic_load_explicit(&parent_of, memory_order_relaxed);
     if ((pid_t)(known >> 32) != pid) {
         known = (uint64_t)(uint32_t)pid << 32 | (uint32_t)getppid();
         atomic_store_explicit(&parent_of, known, memory_order_relaxed);
     }
-    if (n == (uint32_t)known)
+    return n == (uint32_t)known;
+}
+
+int proc_is_own(unsigned long n)
+{
+    pid_t pid = getpid();
+    if (n == (unsigned long)pid)
         return 1;
     if (tid_cache_pid != pid) {
         tid_cache = gettid();
@@ -339,6 +343,12 @@ static int own_thread(void *ctx, unsigned long n)
     return proc_own_thread(n);
 }
 
+static int is_parent(void *ctx, unsigned long n)
+{
+    (void)ctx;
+    return proc_is_parent(n);
+}
+
 static int in_family(void *ctx, unsigned long n)
 {
     (void)ctx;
@@ -359,6 +369,7 @@ static long dir_below(void *ctx, int dirfd, char *out, size_t size)
 
 static const struct proc_rules_ops shim_ops = {
     .is_own = own,
+    .is_parent = is_parent,
     .own_thread = own_thread,
     .in_family = in_family,
     .dir_below = dir_below,

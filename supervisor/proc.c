@@ -109,8 +109,12 @@ static unsigned long host_parent(unsigned long pid, void *ctx)
 static int is_own(void *ctx, unsigned long n)
 {
     struct asker *a = ctx;
-    if (n == (unsigned long)a->c->tgid || n == (unsigned long)a->c->tid)
-        return 1;
+    return n == (unsigned long)a->c->tgid || n == (unsigned long)a->c->tid;
+}
+
+static int is_parent(void *ctx, unsigned long n)
+{
+    struct asker *a = ctx;
     if (!a->parent)
         a->parent = host_parent((unsigned long)a->c->tgid, NULL);
     return n == a->parent;
@@ -191,6 +195,7 @@ static long dir_below(void *ctx, int dirfd, char *out, size_t size)
 
 static const struct proc_rules_ops ops = {
     .is_own = is_own,
+    .is_parent = is_parent,
     .own_thread = own_thread,
     .in_family = in_family,
     .dir_below = dir_below,

@@ -217,6 +217,19 @@ def test_the_callers_own_files_stay_real(procprobe: Path, view: Path) -> None:
     assert parent == os.getpid()
 
 
+def test_the_parents_pid_is_the_scenarios_where_the_view_has_it(procprobe: Path,
+                                                               tmp_path: Path) -> None:
+    """A scenario task answers for its pid even when it is the caller's parent's (in a client
+    container the parent is pid 1, which the scenario's init holds), as the server answers
+    GET for it; where the view has no such task the parent stays real."""
+    parent = os.getpid()
+    view = build_view(tmp_path / "genl.sock.proc",
+                      [*TASKS, Task(pid=parent, comm="scenarioparent", ppid=1)])
+    out = probe(procprobe, view_env(view), "self", f"cat:/proc/{parent}/comm")
+    assert self_pid(out)[1] == parent
+    assert one(out, f"cat /proc/{parent}/comm") == "scenarioparent\\n"
+
+
 def test_a_pid_not_in_the_view_does_not_exist(procprobe: Path, view: Path,
                                               sibling: int) -> None:
     out = probe(procprobe, view_env(view), f"cat:/proc/{sibling}/status", f"stat:/proc/{sibling}",
