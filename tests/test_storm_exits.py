@@ -127,3 +127,25 @@ def test_a_run_of_repeats_of_several_storms_across_the_seq_wrap(profile_name: st
     assert list(kernel.repeat_exit_events(5, two)) == [
         kernel.exit_event(5 + i, r.tid, r.pid_values, r.tid, None) for i, r in enumerate(two)]
     assert list(kernel.repeat_exit_events(0, [])) == []
+
+
+@pytest.mark.parametrize("profile_name", ["2.6.31", "6.18"])
+def test_a_storms_later_chunks_repeat_its_first_process(profile_name: str) -> None:
+    """Chunks after the first repeat the storm's first process (no spawn each): their
+    records, pids and events are still those of processes spawned and exited one by one."""
+    stormed, plain = _table(profile_name), _table(profile_name)
+    first = stormed.storm_exits(3, [0, 1])
+    model = first[0]
+    assert isinstance(model, ExitReport)
+    later = stormed.storm_exits(5, [1, 0], model=model)
+    assert all(isinstance(r, RepeatExit) and r.model is model for r in later)
+    expected = _one_by_one(plain, 3, [0, 1]) + _one_by_one(plain, 5, [1, 0])
+    got = first + later
+    assert [(r.cpu, r.tid) for r in got] == [(r.cpu, r.tid) for r in expected]
+    kernel = Kernel(stormed, profile=PROFILES[profile_name], nr_cpus=4)
+    for seq, (g, want) in enumerate(zip(got, expected, strict=True)):
+        assert g.pid_values == want.pid_values
+        event = (kernel.repeat_exit_event(seq, g) if isinstance(g, RepeatExit)
+                 else kernel.exit_event(seq, g.tid, g.pid_values, g.tgid, None))
+        assert event == kernel.exit_event(seq, want.tid, want.pid_values, want.tgid, None)
+    assert len(stormed) == len(plain) == 1

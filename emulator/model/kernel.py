@@ -223,7 +223,6 @@ class Kernel:
         self._repeat_patch = self._pid_reply.patcher(("ac_pid", "ac_tgid", *CLOCK_FIELDS),
                                                      absent_ok=True)
         self._repeat_model: Any = None
-        self._repeat_clock: tuple[int, ...] = ()
         self._repeat_splice: Splice | None = None
         #: Faults in force (`faults`): an `errno` fault answers a request with that error.
         self.faults = FaultTable()
@@ -496,23 +495,24 @@ class Kernel:
             return joined
         first = reports[0]
         splice = self._repeat_splice
-        if (splice is None or first.model is not self._repeat_model
-                or first.clock != self._repeat_clock):
-            splice = self._repeat_splice = self._repeat_splicer(first.model, first.clock)
+        if splice is None or first.model is not self._repeat_model:
+            splice = self._repeat_splice = self._repeat_splicer(first.model)
         count = len(reports)
         seqs = (range(seq, seq + count) if seq + count <= 1 << 32
                 else [(seq + at) & 0xFFFFFFFF for at in range(count)])
-        return splice.run(seqs, list(map(_TID, reports)))
+        return splice.run(seqs, list(map(_TID, reports)),
+                          *([value] * count for value in first.clock))
 
-    def _repeat_splicer(self, model: ExitReport, clock: tuple[int, ...]) -> Splice:
-        """The splice (of seq, then pid) making repeats of `model` at `clock`; kept as the
-        current one."""
+    def _repeat_splicer(self, model: ExitReport) -> Splice:
+        """The splice making repeats of `model`: seq, then the pid, then the
+        `CLOCK_FIELDS`; kept as the current one (a storm's chunks share their model)."""
         if model.tgid_values is not None:
             raise ValueError("a repeated exit's model must send no AGGR_TGID record")
         base = self.exit_event(0, model.tid, model.pid_values, model.tgid, None)
-        base = self._repeat_patch(base, 0, 0, model.tid, model.tid, model.tid, *clock)
-        self._repeat_model, self._repeat_clock = model, clock
-        return self._repeat_patch.splicer(base, seq=0, ident=1, ac_pid=1, ac_tgid=1)
+        self._repeat_model = model
+        return self._repeat_patch.splicer(
+            base, seq=0, ident=1, ac_pid=1, ac_tgid=1,
+            **{name: 2 + at for at, name in enumerate(CLOCK_FIELDS)})
 
     def exit_event(self, seq: int, pid: int, pid_values: Mapping[str, Any], tgid: int,
                    tgid_values: Mapping[str, Any] | None) -> bytes:

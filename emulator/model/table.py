@@ -691,8 +691,8 @@ class ProcessTable:
                                       cpu=self._tasks[tid].cpu))
         return reports
 
-    def storm_exits(self, count: int, cpus: Sequence[int], *,
-                    comm: str = "storm") -> list[ExitReport | RepeatExit]:
+    def storm_exits(self, count: int, cpus: Sequence[int], *, comm: str = "storm",
+                    model: ExitReport | None = None) -> list[ExitReport | RepeatExit]:
         """`count` single-threaded processes called `comm` (children of init, uid 0, no
         counters), each spawned and exiting at once with status 0, the i-th on
         `cpus[i % len(cpus)]`: what `spawn` then `exit_task` would report for each, made
@@ -702,22 +702,28 @@ class ProcessTable:
         their pid (allocated as `spawn` allocates, and freed at once) and in their clock
         fields, so each is a `RepeatExit` of the first. Every one of them starts and exits
         at the instant the call began (ac_etime 0), as a process living less than a
-        microsecond would."""
+        microsecond would. With `model` (the first exit of an earlier call for the same
+        storm, same `comm`) all `count` are repeats of it: a paced storm's chunks then cost
+        no spawn each."""
         if count <= 0:
             return []
         for cpu in cpus:
             self._check_cpu(cpu)
         ncpus = len(cpus)
-        model = self.exit_task(self.spawn(comm=comm, cpu=cpus[0]).tid)
-        reports: list[ExitReport | RepeatExit] = [model]
-        if count == 1:
-            return reports
+        reports: list[ExitReport | RepeatExit] = []
+        first = 0
+        if model is None:
+            model = self.exit_task(self.spawn(comm=comm, cpu=cpus[0]).tid)
+            reports.append(model)
+            first = 1
+            if count == 1:
+                return reports
         self.generation += 1
         now = self.clock.monotonic_ns()
         clock = accounting.clock_fields(now, now, now, self.clock.wall_seconds())
         alloc = self._alloc_pid
         append = reports.append
-        for i in range(1, count):
+        for i in range(first, count):
             append(RepeatExit(cpus[i % ncpus], alloc(), model, clock))
         return reports
 
