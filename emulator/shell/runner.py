@@ -90,6 +90,14 @@ PACE_QUANTUM = 50e-6
 #: A paced storm sleeps in trio when its next exit is further away than this (s); closer, it
 #: waits by yielding to the scheduler (trio's sleeps wake a millisecond late, at best).
 PACE_SLEEP = 2e-3
+#: A paced storm that fell behind (the server busy elsewhere for a few milliseconds) makes
+#: up for it in pieces of at most this many exits, no faster than `PACE_CATCH_UP` times its
+#: rate: caught up at full speed, the backlog of a 3 ms pause went out as one burst of 900
+#: events, more than a listener's default buffer holds (332 of them), and a listener that
+#: keeps up with the rate got ENOBUFS all the same. (Pieces much smaller cost more than they
+#: spare: each is a send to every listener.)
+PACE_BURST = 64
+PACE_CATCH_UP = 1.5
 
 
 @dataclass
@@ -107,9 +115,13 @@ class StormResult:
 
 @dataclass
 class _Progress:
-    """How many exits of a storm have been made so far (what a stopped storm reports)."""
+    """How many exits of a storm have been made so far (what a stopped storm reports), and
+    the process its later exits repeat."""
 
     done: int = 0
+    #: the storm's first process: every later exit of the storm repeats it
+    #: (`ProcessTable.storm_exits`), so that a chunk costs no spawn of its own
+    model: ExitReport | None = None
 
 
 class Emulator:
@@ -363,7 +375,7 @@ class Emulator:
                 other_at = self.start_ns + other_plan.due_ns(other_progress.done)
                 end = min(end, other_at + (other > which))
         upto = max(first + 1, min(plan.due_before(end - self.start_ns), first + STORM_CHUNK))
-        await self._storm_chunk(first, upto - first, list(plan.cpus), plan.threads)
+        await self._storm_chunk(progress, upto - first, list(plan.cpus), plan.threads)
         progress.done = upto
 
     async def spawn(self, **spec: Any) -> list[int]:
@@ -450,7 +462,7 @@ class Emulator:
         """The storm's exits, `STORM_CHUNK` at a time, back to back (the lock held)."""
         while progress.done < count:
             n = min(STORM_CHUNK, count - progress.done)
-            await self._storm_chunk(progress.done, n, cpus, threads)
+            await self._storm_chunk(progress, n, cpus, threads)
             progress.done += n
 
     async def _paced(self, count: int, cpus: list[int], threads: int, rate: float,
@@ -458,39 +470,49 @@ class Emulator:
         """The storm's exits at `rate` a second: exit i is due `i / rate` seconds after the
         first. Due exits are made as soon as `PACE_QUANTUM`'s worth of them are due (or the
         last ones), the lock taken for each such chunk only, so that other operations go on
-        meanwhile. When the server cannot keep the pace, exits are made back to back,
-        `STORM_CHUNK` at a time, and the storm ends late (the rate it reports says so)."""
+        meanwhile. Late exits are made up for `PACE_BURST` at a time, at most
+        `PACE_CATCH_UP` times faster than the rate. When the server cannot keep even the
+        pace, the storm ends late (the rate it reports says so)."""
         quantum = max(1, min(STORM_CHUNK, int(rate * PACE_QUANTUM)))
+        burst = max(quantum, PACE_BURST)
         clock = time.perf_counter
         start = clock() - progress.done / rate
+        not_before = 0.0  # the earliest the next piece may go (catching up, not faster)
         while progress.done < count:
             done = progress.done
-            due = min(count, int((clock() - start) * rate) + 1)
-            if due - done >= quantum or due == count > done:
-                n = min(STORM_CHUNK, due - done)
+            now = clock()
+            due = min(count, int((now - start) * rate) + 1)
+            if (due - done >= quantum or due == count > done) and now >= not_before:
+                n = min(burst, due - done)
                 async with self._lock:
-                    await self._storm_chunk(done, n, cpus, threads)
+                    await self._storm_chunk(progress, n, cpus, threads)
                 progress.done = done + n
+                not_before = now + n / (PACE_CATCH_UP * rate)
                 continue
-            wait = start + (min(done + quantum, count) - 1) / rate - clock()
+            wait = max(start + (min(done + quantum, count) - 1) / rate, not_before) - clock()
             if wait > PACE_SLEEP:
                 await trio.sleep(wait - PACE_SLEEP / 2)
             else:
                 await trio.lowlevel.checkpoint()
 
-    async def _storm_chunk(self, first: int, n: int, cpus: list[int], threads: int) -> None:
-        """A storm's exits `first` to `first + n - 1` (the i-th on `cpus[i % len(cpus)]`),
-        made at once and handed to the CPU tasks as one ordered batch: no await per exit.
-        Exits that happened are broadcast even when something fails (or the caller is
-        cancelled) halfway through."""
+    async def _storm_chunk(self, progress: _Progress, n: int, cpus: list[int],
+                           threads: int) -> None:
+        """The storm's next `n` exits, from `progress.done` on (the i-th on
+        `cpus[i % len(cpus)]`), made at once and handed to the CPU tasks as one ordered
+        batch: no await per exit. Exits that happened are broadcast even when something
+        fails (or the caller is cancelled) halfway through."""
         listeners = self.server.listeners
         table = self.table
+        first = progress.done
         ncpus = len(cpus)
         reports: list[ExitReport | RepeatExit] = []
         try:
             if threads == 1:  # the same process again and again: one built, the rest patched
                 turn = first % ncpus
-                reports.extend(table.storm_exits(n, cpus[turn:] + cpus[:turn]))
+                reports.extend(table.storm_exits(n, cpus[turn:] + cpus[:turn],
+                                                 model=progress.model))
+                if progress.model is None and isinstance(reports[0], ExitReport):
+                    progress.model = reports[0]
             else:
                 for i in range(first, first + n):
                     task = table.spawn(comm="storm", cpu=cpus[i % ncpus], threads=threads)
