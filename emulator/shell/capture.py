@@ -29,6 +29,7 @@ opened by the server itself, so a refusal is its error, said before it serves.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import itertools
 import os
 import struct
@@ -80,6 +81,35 @@ def _records(prefix: bytes, packets: memoryview, length: int, count: int) -> byt
     if length == 0:  # (empty datagrams: a client may send them)
         return prefix * count
     return prefix + prefix.join(map(itemgetter(0), _cutter(length).iter_unpack(packets)))
+
+
+#: The pipe to the writer process holds this much (F_SETPIPE_SZ; an unprivileged process may
+#: ask up to fs.pipe-max-size, 1 MiB by default): a whole flush fits, and the server does
+#: not wait on the writer for each 64 KiB of it.
+PIPE_BYTES = 1 << 20
+
+
+def _away_from_the_server(child: subprocess.Popen[bytes]) -> None:
+    """Give the writer process room of its own: a pipe that holds a whole flush, and the CPUs
+    the server is not pinned to, when it is pinned to some (a pinned server's child
+    inherits its CPUs and would compete with it for them: the capture would slow the server
+    it is there to leave alone). Best effort: where either is refused, things stay as they
+    are."""
+    if child.stdin is not None:
+        try:
+            fcntl.fcntl(child.stdin.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:
+            pass
+    try:
+        mine = os.sched_getaffinity(0)
+        others = set(range(os.cpu_count() or 1)) - mine
+        if others:
+            os.sched_setaffinity(child.pid, others)
+    except OSError:
+        pass
+
+
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 class PcapWriter:
@@ -183,6 +213,7 @@ class Capture:
                     argv.append("--force")
                 os.set_inheritable(fd, True)
                 self._child = subprocess.Popen(argv, stdin=subprocess.PIPE, pass_fds=(fd,))
+                _away_from_the_server(self._child)
             else:
                 self._writer = PcapWriter(self.path, fd, rotate_bytes=rotate_bytes, keep=keep,
                                           force=force)
