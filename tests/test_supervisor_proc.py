@@ -21,22 +21,11 @@ from pathlib import Path
 import pytest
 
 from tsemu.pytest_plugin import TsemuHandle
-from tsemu.supervisor import SupervisorUnavailable, usable_supervisor
 
 from .clients.harness import CLIENTS, compile_client
-from .test_supervisor import fields
+from .test_supervisor import fields, needs_supervisor
 
-
-def _supervisor_problem() -> str | None:
-    try:
-        usable_supervisor()
-    except SupervisorUnavailable as exc:
-        return str(exc)
-    return None
-
-
-pytestmark = pytest.mark.skipif(_supervisor_problem() is not None,
-                                reason=f"no supervisor here: {_supervisor_problem()}")
+pytestmark = needs_supervisor
 
 
 @pytest.fixture(scope="module")

@@ -24,22 +24,14 @@ from pathlib import Path
 import pytest
 
 from tsemu.pytest_plugin import TsemuHandle
-from tsemu.supervisor import SupervisorUnavailable, usable_supervisor
+
+from .test_supervisor import needs_supervisor
 
 CLIENTS = Path(__file__).parent / "clients"
 COUNTS = re.compile(r"tsemu-run: (\d+) calls trapped, (\d+) of them sends and receives")
 
 
-def _supervisor_problem() -> str | None:
-    try:
-        usable_supervisor()
-    except SupervisorUnavailable as exc:
-        return str(exc)
-    return None
-
-
-pytestmark = pytest.mark.skipif(_supervisor_problem() is not None,
-                                reason=f"no supervisor here: {_supervisor_problem()}")
+pytestmark = needs_supervisor
 
 
 def debug_env(base: dict[str, str]) -> dict[str, str]:
