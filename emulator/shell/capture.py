@@ -265,10 +265,10 @@ class Capture:
         the run: the server offers it in one go)."""
         if count <= 0:
             return
-        self._times.extend(itertools.repeat(self._clock(), count))
+        self._times.extend(array("q", (self._clock(),)) * count)
         self._ways.extend(bytes(count))
         if isinstance(events, MessageRun):  # one piece, as the run lies
-            self._lengths.extend(itertools.repeat(events.size, count))
+            self._lengths.extend(array("I", (events.size,)) * count)
             self._data.append(events.body(count))
         else:
             taken = events if count == len(events) else events[:count]
