@@ -361,17 +361,12 @@ class ReplyTemplate:
         places: dict[str, tuple[int, struct.Struct]] = {
             "seq": (seq_at, seq_codec), "portid": (pid_at, pid_codec),
             "ident": (self._ident_offset + id_at, id_codec)}
-        fields: list[tuple[Callable[..., None], int] | None] = []
         for name in names:
             if absent_ok and name not in layout.codec.fields:
-                fields.append(None)
                 continue
             offset, codec = layout.codec.field(name)
             places[name] = (self._record_offset + offset, codec)
-            fields.append((codec.pack_into, self._record_offset + offset))
-        return ReplyPatch(self.length, (seq_codec.pack_into, seq_at), (pid_codec.pack_into, pid_at),
-                          (id_codec.pack_into, self._ident_offset + id_at), tuple(fields),
-                          places, frozenset(names))
+        return ReplyPatch(self.length, places, tuple(names))
 
 
 class ReplyPatch:
@@ -390,18 +385,23 @@ class ReplyPatch:
 
     __slots__ = ("length", "_seq", "_pid", "_ident", "_fields", "_skips", "_places", "_names")
 
-    def __init__(self, length: int, seq: tuple[Callable[..., None], int],
-                 pid: tuple[Callable[..., None], int], ident: tuple[Callable[..., None], int],
-                 fields: tuple[tuple[Callable[..., None], int] | None, ...],
-                 places: Mapping[str, tuple[int, struct.Struct]], names: frozenset[str]) -> None:
+    def __init__(self, length: int, places: Mapping[str, tuple[int, struct.Struct]],
+                 names: Sequence[str]) -> None:
+        """`places`: where each value this patch may set lies (offset, one-item codec):
+        "seq", "portid", "ident" and those of `names` (the record fields, in the order
+        `__call__` takes their values) that the layout has."""
+        def packer(name: str) -> tuple[Callable[..., None], int]:
+            offset, codec = places[name]
+            return codec.pack_into, offset
+
         self.length = length
-        self._seq = seq
-        self._pid = pid
-        self._ident = ident
-        self._fields = fields
-        self._skips = None in fields
-        self._places = places  # every place this patch may set: offset and one-item codec
-        self._names = names | {"seq", "portid", "ident"}
+        self._seq = packer("seq")
+        self._pid = packer("portid")
+        self._ident = packer("ident")
+        self._fields = tuple(packer(name) if name in places else None for name in names)
+        self._skips = None in self._fields
+        self._places = places
+        self._names = frozenset(names) | {"seq", "portid", "ident"}
 
     def splicer(self, base: bytes, **argument_of: int) -> Splice:
         """A `Splice` of `base`: messages equal to it but for each named place ("seq",
