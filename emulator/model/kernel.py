@@ -37,6 +37,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -486,22 +487,27 @@ class Kernel:
         their seq and pid (`Splice`)."""
         if not reports:
             return MessageRun(b"", 1)
-        keys = list(map(_MODEL_CLOCK, reports))
-        if keys.count(keys[0]) != len(keys):  # several models or clocks: a run of each
-            parts = [self.repeat_exit_events((seq + at) & 0xFFFFFFFF, [report])
-                     for at, report in enumerate(reports)]
-            joined = MessageRun.join(parts)
-            assert joined is not None  # (repeats of models of one profile: one length)
-            return joined
-        first = reports[0]
+        parts = []
+        for (model, clock), group in groupby(reports, _MODEL_CLOCK):  # (one, in a storm)
+            repeats = list(group)
+            parts.append(self._repeat_run(seq, model, clock, repeats))
+            seq = (seq + len(repeats)) & 0xFFFFFFFF
+        if len(parts) == 1:
+            return parts[0]
+        joined = MessageRun.join(parts)
+        assert joined is not None  # (repeats of models of one profile: one length)
+        return joined
+
+    def _repeat_run(self, seq: int, model: ExitReport, clock: tuple[int, ...],
+                    reports: Sequence[RepeatExit]) -> MessageRun:
+        """The events of repeats of one model at one clock, in one pack."""
         splice = self._repeat_splice
-        if splice is None or first.model is not self._repeat_model:
-            splice = self._repeat_splice = self._repeat_splicer(first.model)
+        if splice is None or model is not self._repeat_model:
+            splice = self._repeat_splice = self._repeat_splicer(model)
         count = len(reports)
         seqs = (range(seq, seq + count) if seq + count <= 1 << 32
                 else [(seq + at) & 0xFFFFFFFF for at in range(count)])
-        return splice.run(seqs, list(map(_TID, reports)),
-                          *([value] * count for value in first.clock))
+        return splice.run(seqs, list(map(_TID, reports)), *([value] * count for value in clock))
 
     def _repeat_splicer(self, model: ExitReport) -> Splice:
         """The splice making repeats of `model`: seq, then the pid, then the
