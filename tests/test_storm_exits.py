@@ -28,6 +28,17 @@ def _one_by_one(table: ProcessTable, count: int, cpus: list[int]) -> list[ExitRe
             for i in range(count)]
 
 
+def _sent_alike(kernel: Kernel, reports: list[ExitReport | RepeatExit],
+                expected: list[ExitReport]) -> None:
+    """Each report has the record of its one-by-one twin and sends its bytes (on a virtual
+    clock every process of both runs starts and exits at the same instant)."""
+    for seq, (got, want) in enumerate(zip(reports, expected, strict=True)):
+        assert got.pid_values == want.pid_values
+        event = (kernel.repeat_exit_event(seq, got) if isinstance(got, RepeatExit)
+                 else kernel.exit_event(seq, got.tid, got.pid_values, got.tgid, None))
+        assert event == kernel.exit_event(seq, want.tid, want.pid_values, want.tgid, None)
+
+
 @pytest.mark.parametrize("profile_name", sorted(PROFILES))
 def test_repeats_are_what_spawn_and_exit_report_and_send(profile_name: str) -> None:
     stormed, plain = _table(profile_name), _table(profile_name)
@@ -38,13 +49,7 @@ def test_repeats_are_what_spawn_and_exit_report_and_send(profile_name: str) -> N
     assert all(isinstance(r, RepeatExit) for r in reports[1:])
     assert [(r.cpu, r.tid, r.tgid, r.group_dead, r.tgid_values) for r in reports] == \
         [(r.cpu, r.tid, r.tgid, r.group_dead, r.tgid_values) for r in expected]
-    kernel = Kernel(stormed, profile=PROFILES[profile_name], nr_cpus=4)
-    for seq, (got, want) in enumerate(zip(reports, expected, strict=True)):
-        # On a virtual clock every process of both runs starts and exits at the same instant.
-        assert got.pid_values == want.pid_values
-        event = (kernel.repeat_exit_event(seq, got) if isinstance(got, RepeatExit)
-                 else kernel.exit_event(seq, got.tid, got.pid_values, got.tgid, None))
-        assert event == kernel.exit_event(seq, want.tid, want.pid_values, want.tgid, None)
+    _sent_alike(Kernel(stormed, profile=PROFILES[profile_name], nr_cpus=4), reports, expected)
     assert len(stormed) == len(plain) == 1
     assert stormed.spawn(comm="after").tid == plain.spawn(comm="after").tid
 
@@ -142,10 +147,5 @@ def test_a_storms_later_chunks_repeat_its_first_process(profile_name: str) -> No
     expected = _one_by_one(plain, 3, [0, 1]) + _one_by_one(plain, 5, [1, 0])
     got = first + later
     assert [(r.cpu, r.tid) for r in got] == [(r.cpu, r.tid) for r in expected]
-    kernel = Kernel(stormed, profile=PROFILES[profile_name], nr_cpus=4)
-    for seq, (g, want) in enumerate(zip(got, expected, strict=True)):
-        assert g.pid_values == want.pid_values
-        event = (kernel.repeat_exit_event(seq, g) if isinstance(g, RepeatExit)
-                 else kernel.exit_event(seq, g.tid, g.pid_values, g.tgid, None))
-        assert event == kernel.exit_event(seq, want.tid, want.pid_values, want.tgid, None)
+    _sent_alike(Kernel(stormed, profile=PROFILES[profile_name], nr_cpus=4), got, expected)
     assert len(stormed) == len(plain) == 1
