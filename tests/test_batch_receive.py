@@ -62,6 +62,20 @@ def test_a_batch_is_never_a_netlink_datagram_nor_a_plain_control() -> None:
 
 # -- the server's accounting ------------------------------------------------------------------
 
+def _sent_and_held(client: socket.socket, box: Outbox) -> list[bytes]:
+    """Every message `box` sent to `client` (batches unpacked), then those it still holds
+    (nothing drains in these tests), in order."""
+    client.setblocking(False)
+    got: list[bytes] = []
+    while True:
+        try:
+            data = client.recv(1 << 16)
+        except BlockingIOError:
+            break
+        got.extend(decode_batch(data) if is_batch(data) else [data])
+    return got + box.held()
+
+
 def _pair() -> tuple[socket.socket, socket.socket]:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     return a, b
@@ -79,15 +93,7 @@ async def test_batching_keeps_and_drops_exactly_the_same_messages(count: int) ->
             box = Outbox(server, budget=20 * truesize(596))
             box.batching = batching
             assert box.offer_many(events) == count
-            got: list[bytes] = []
-            client.setblocking(False)
-            while True:
-                try:
-                    data = client.recv(1 << 16)
-                except BlockingIOError:
-                    break
-                got.extend(decode_batch(data) if is_batch(data) else [data])
-            got.extend(box.held())  # what is still held (nothing drains in this test)
+            got = _sent_and_held(client, box)
             # (where the notice goes among the messages depends on what was in the client's
             # queue already; that it comes once, and the messages, do not)
             notices = sum(1 for m in got if is_control(m))
@@ -136,15 +142,7 @@ def test_batched_runs_keep_what_messages_one_by_one_keep(
                 if batching and as_runs and len({len(m) for m in messages}) == 1:
                     offered = MessageRun(b"".join(messages), len(messages[0]))
                 assert box.offer_many(offered) == len(messages)
-            client.setblocking(False)
-            got: list[bytes] = []
-            while True:
-                try:
-                    data = client.recv(1 << 16)
-                except BlockingIOError:
-                    break
-                got.extend(decode_batch(data) if is_batch(data) else [data])
-            got.extend(box.held())
+            got = _sent_and_held(client, box)
             results.append((box.dropped, [m for m in got if not is_control(m)]))
     assert results[0] == results[1]
 
