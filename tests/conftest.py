@@ -141,17 +141,7 @@ def go_clients(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def static_clients(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """getdelays and sigrecv linked -static."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        pytest.skip("no C compiler (cc, gcc) to build the static test clients")
+    from tests.clients.harness import compile_static
+
     out = tmp_path_factory.mktemp("static")
-    built = {}
-    for name in ("getdelays", "sigrecv"):
-        binary = out / name
-        done = subprocess.run([compiler, "-static", "-O2", "-o", str(binary),
-                               str(_CLIENTS / f"{name}.c")], capture_output=True, text=True,
-                              check=False)
-        if done.returncode:
-            pytest.skip(f"cannot link {name} -static (libc6-dev's libc.a?):\n{done.stderr}")
-        built[name] = binary
-    return built
+    return {name: compile_static(_CLIENTS / f"{name}.c", out) for name in ("getdelays", "sigrecv")}

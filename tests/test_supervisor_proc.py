@@ -13,7 +13,6 @@ both see the scenario's tasks, and the libc program's merged listing of /proc is
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 
 from tsemu.pytest_plugin import TsemuHandle
 
-from .clients.harness import CLIENTS, compile_client
+from .clients.harness import CLIENTS, compile_client, compile_static
 from .test_supervisor import fields, needs_supervisor
 
 pytestmark = needs_supervisor
@@ -31,18 +30,10 @@ pytestmark = needs_supervisor
 @pytest.fixture(scope="module")
 def procraw(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """procraw built twice: "raw" (static, raw system calls) and "libc" (dynamic)."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        pytest.skip("no C compiler (cc, gcc) to build procraw")
     out = tmp_path_factory.mktemp("procraw")
-    raw = out / "raw"
-    raw.mkdir()
-    done = subprocess.run([compiler, "-static", "-DRAW", "-O2", "-o", str(raw / "procraw"),
-                           str(CLIENTS / "procraw.c")], capture_output=True, text=True,
-                          check=False)
-    if done.returncode:
-        pytest.skip(f"cannot link procraw -static (libc6-dev's libc.a?):\n{done.stderr}")
-    return {"raw": raw / "procraw", "libc": compile_client(CLIENTS / "procraw.c", out)}
+    (out / "raw").mkdir()
+    return {"raw": compile_static(CLIENTS / "procraw.c", out / "raw", "-DRAW"),
+            "libc": compile_client(CLIENTS / "procraw.c", out)}
 
 
 def scenario_paths(tsemu: TsemuHandle) -> list[str]:

@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 from tsemu.pytest_plugin import TsemuHandle
 
@@ -64,20 +61,11 @@ def test_the_shims_sends_and_receives_are_not_trapped_under_auto(tsemu: TsemuHan
     assert calls > 0  # the socket's setup (bind, setsockopt) is still trapped
 
 
-def test_a_static_clients_sends_and_receives_are_trapped(tsemu: TsemuHandle,
-                                                         tmp_path: Path) -> None:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        pytest.skip("no C compiler (cc, gcc) to build the static test client")
-    binary = tmp_path / "getdelays"
-    built = subprocess.run([compiler, "-static", "-O2", "-o", str(binary),
-                            str(CLIENTS / "getdelays.c")], capture_output=True, text=True,
-                           check=False)
-    if built.returncode:
-        pytest.skip(f"cannot link getdelays -static (libc6-dev's libc.a?):\n{built.stderr}")
+def test_a_static_clients_sends_and_receives_are_trapped(
+        tsemu: TsemuHandle, static_clients: dict[str, Path]) -> None:
     pid = tsemu.spawn(comm="trapped")
-    done = tsemu.run([str(binary), "-p", str(pid)], via="seccomp", env=debug_env(tsemu.env),
-                     capture_output=True, text=True)
+    done = tsemu.run([str(static_clients["getdelays"]), "-p", str(pid)], via="seccomp",
+                     env=debug_env(tsemu.env), capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"pid={pid}" in done.stdout, done.stdout
     _, io = counts(done.stderr)

@@ -43,16 +43,32 @@ def shim_library() -> Path:
     return library
 
 
-def compile_client(source: Path, outdir: Path) -> Path:
-    """`source` compiled with CFLAGS into `outdir`; skips when there is no C compiler."""
+def _compiler() -> str:
+    """$CC, else cc or gcc; skips the test when there is none."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         pytest.skip("no C compiler (cc, gcc) to build the test clients")
+    return compiler
+
+
+def compile_client(source: Path, outdir: Path) -> Path:
+    """`source` compiled with CFLAGS into `outdir`; skips when there is no C compiler."""
     binary = outdir / source.stem
-    done = subprocess.run([compiler, *CFLAGS, "-o", str(binary), str(source)],
+    done = subprocess.run([_compiler(), *CFLAGS, "-o", str(binary), str(source)],
                           capture_output=True, text=True, check=False)
     if done.returncode:
         pytest.fail(f"compiling {source.name} failed:\n{done.stderr}")
+    return binary
+
+
+def compile_static(source: Path, outdir: Path, *flags: str) -> Path:
+    """`source` linked -static (with `flags`, -DRAW say) into `outdir`: a client the
+    LD_PRELOAD shim cannot reach. Skips when there is no compiler or no static libc."""
+    binary = outdir / source.stem
+    done = subprocess.run([_compiler(), "-static", *flags, "-O2", "-o", str(binary),
+                           str(source)], capture_output=True, text=True, check=False)
+    if done.returncode:
+        pytest.skip(f"cannot link {source.name} -static (libc6-dev's libc.a?):\n{done.stderr}")
     return binary
 
 
