@@ -28,7 +28,7 @@ from typing import Any
 
 from .broadcast import SCENARIO, measure
 from .common import Context, Line, TsemuServer, result, start_serve
-from .get import pick_pid, tsget
+from .get import pick_pid, tsget_once
 
 NAME = "capture"
 #: a capture may cost the server at most this share of its speed
@@ -79,7 +79,7 @@ def run(ctx: Context) -> dict[str, Any]:
                     cpu = _cpu_seconds(server.pid)
                     writer = sum(_cpu_seconds(w) for w in writers) if capture else 0.0
                     if kind == "get":
-                        done = tsget(ctx, server.socket_path, seconds, "-p", str(pid))
+                        done = tsget_once(ctx, server.socket_path, seconds, "-p", str(pid))
                         messages, wall = 2 * done["gets"], done["rate"]
                     else:
                         done = measure(ctx, server, 1, ctx.scaled(2.0, 0.3))

@@ -53,10 +53,19 @@ def pingpong(ctx: Context, seconds: float) -> dict[str, Any]:
 
 
 def tsget(ctx: Context, socket_path: Any, seconds: float, *extra: str) -> dict[str, Any]:
-    """The GET client through the shim against the server at `socket_path`."""
+    """The GET client through the shim against the server at `socket_path`: the median of
+    its runs."""
     argv = [str(ctx.program("tsget")), "-t", str(seconds), *extra]
     return _repeat(ctx, argv, "rate", env=ctx.shim_env(socket_path),
                    cpus=ctx.placement.client)
+
+
+def tsget_once(ctx: Context, socket_path: Any, seconds: float, *extra: str) -> dict[str, Any]:
+    """One run of the GET client through the shim against the server at `socket_path` (for
+    figures that must match what the server spent on them: all its GETs, not a median)."""
+    return ctx.run_program([str(ctx.program("tsget")), "-t", str(seconds), *extra],
+                           env=ctx.shim_env(socket_path), cpus=ctx.placement.client,
+                           timeout=30)
 
 
 def echo_server(ctx: Context) -> tuple[subprocess.Popen[bytes], Any]:
