@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import errno
+import itertools
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -32,6 +34,7 @@ from tsemu.emulator.scenario import ScenarioError, parse_scenario
 from tsemu.emulator.shell.capture import Capture, PcapWriter, open_new
 from tsemu.emulator.shell.runner import Emulator
 from tsemu.wire import layout, pcap
+from tsemu.wire.runs import MessageRun
 from tsemu.wire.taskstats import encode_taskstats_new
 
 from .hostkernel import require_host_taskstats
@@ -109,8 +112,44 @@ def test_capture_rotates_by_size_and_refuses_to_follow_links(tmp_path: Path) -> 
     assert (tmp_path / "target").read_bytes() == b"keep me"
 
 
+def _traffic(capture: Capture, seed: int) -> None:
+    """Requests, replies, runs of events (whole and cut) and lists of events of two lengths,
+    several MiB of them, each dropped by the caller as soon as it is captured (as the server
+    drops its runs once sent: their memory is handed out again at once)."""
+    rng = random.Random(seed)
+    for i in range(600):
+        capture.inbound(bytes([i % 256]) * rng.choice([20, 36]))
+        capture.outbound(bytes([(i + 1) % 256]) * rng.choice([16, 368]))
+        size = rng.choice([428, 604])
+        n = rng.randint(1, 40)
+        run = MessageRun(bytes(rng.getrandbits(8) for _ in range(size)) * n, size)
+        capture.outbound_events(run[rng.randint(0, n - 1):], rng.randint(0, n))
+        capture.outbound_events([bytes([7]) * 428, bytes([8]) * 604], rng.randint(0, 2))
+        del run
+        _ = [bytes([0xEE]) * size * n for _ in range(4)]  # the freed memory, reused
+
+
+def test_a_writer_process_writes_what_the_server_would_itself(tmp_path: Path) -> None:
+    """`serve --pcap`'s writer process, fed through the pipe (by reference where vmsplice
+    may be had), writes the very files an in-process writer does, rotation included."""
+    files = {}
+    for child in (False, True):
+        path = tmp_path / f"{child}.pcap"
+        capture = Capture(path, rotate_bytes=1 << 20, child=child, clock=itertools.count(
+            1_700_000_000_000_000_000, 1000).__next__)
+        if child:  # out of the way of the clients it shares a CPU with
+            assert os.sched_getscheduler(capture._child.pid) == os.SCHED_BATCH
+        _traffic(capture, seed=5)
+        capture.close()
+        files[child] = [name.read_bytes() for name in itertools.takewhile(
+            Path.exists, (path.with_name(f"{path.name}.{i}".removesuffix(".0"))
+                          for i in itertools.count()))]
+    assert len(files[False]) > 2 and files[True] == files[False]
+
+
 _packet_groups = st.lists(st.tuples(st.integers(1, 3), st.sampled_from([0, 16, 20, 596]),
-                                    st.booleans(), st.integers(1, 40)), max_size=12)
+                                    st.booleans(), st.integers(1, 40) | st.just(700)),
+                          max_size=12)
 
 
 @settings(max_examples=60, deadline=None)
@@ -118,9 +157,10 @@ _packet_groups = st.lists(st.tuples(st.integers(1, 3), st.sampled_from([0, 16, 2
 def test_a_written_batch_is_its_packets_one_record_each(tmp_path_factory: pytest.TempPathFactory,
                                                         groups: list[tuple[int, int, bool, int]],
                                                         rotate: int | None) -> None:
-    """Whatever the batch (packets alike in time, length and way, written a group at a time,
-    or not; empty ones; rotation cutting a group), the files hold each packet as its own
-    record, in order, and no file passes the rotation size unless one packet alone does."""
+    """Whatever the batch (groups of packets alike in time, length and way, of one packet or
+    more than one writev takes; empty ones; rotation cutting a group), the files hold each
+    packet as its own record, in order, and no file passes the rotation size unless one
+    packet alone does."""
     tmp = tmp_path_factory.mktemp("pcap")
     packets = []
     for ts, length, to_kernel, count in groups:
@@ -130,9 +170,11 @@ def test_a_written_batch_is_its_packets_one_record_each(tmp_path_factory: pytest
                                        7 if to_kernel else 6, 16, data))
     path = tmp / "w.pcap"
     writer = PcapWriter(path, open_new(path, force=False), rotate_bytes=rotate)
-    writer.write(array("q", [p.ts_ns // 1000 * 1000 for p in packets]),
-                 array("I", [len(p.data) for p in packets]),
-                 bytes(p.to_kernel for p in packets), b"".join(p.data for p in packets))
+    writer.write(array("q", [ts * 1_000_000_123 // 1000 * 1000 for ts, *_ in groups]),
+                 array("I", [length for _, length, _, _ in groups]),
+                 array("I", [count for *_, count in groups]),
+                 bytes(to_kernel for _, _, to_kernel, _ in groups),
+                 b"".join(p.data for p in packets))
     writer.close()
     read = [q for name in writer.files for q in pcap.read_packets(name.read_bytes())]
     assert [(q.ts_ns, q.to_kernel, q.data) for q in read] == \

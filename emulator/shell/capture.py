@@ -8,15 +8,18 @@ file's layouts (`tsemu.wire.pcap` defines every byte of it), and deciding what i
 sees them, not those an overrun dropped; with delivery faults in force, as they are offered).
 
 Why it is built this way: the capture must not slow the server by more than a tenth (`make
-bench`, bench/capture.py). A packet costs the server's hot path one clock read and three
-appends to flat arrays (its time, its direction, its bytes): about 0.15 µs, where building
-its pcap record (record header, cooked header, copy) costs several times that. The records
-are built by the `PcapWriter`, either in the same process when the batch is written out
-(`tsemu record`, tests) or, with `child=True` (`serve --pcap`), in a writer process fed
-through a pipe, so that the server's CPU does none of it: a batch crosses the pipe as one
-`BATCH` header and four flat blobs (times, lengths, directions, the datagrams end to end).
-Batches go out when `FLUSH_BYTES` have gathered or every `FLUSH_SECONDS` (`run`). A writer that
-cannot keep up fills the pipe and the server then waits on it: packets are never dropped.
+bench`, bench/capture_cost.py). The server's hot path notes packets in groups (a group: packets
+alike in time, length and direction, end to end; a lone request or reply is a group of one,
+a run of exit events offered to a listener is one group however long): a clock read, four
+appends to flat arrays and the bytes themselves, by reference. Building the pcap records
+(record header, cooked header, copy) costs several times that, and is the `PcapWriter`'s:
+either in the same process when the batch is written out (`tsemu record`, tests) or, with
+`child=True` (`serve --pcap`), in a writer process fed through a pipe, so that the server's
+CPU does none of it. A batch crosses the pipe as one `BATCH` header, four flat arrays (the
+groups' times, lengths, counts and directions) and the datagrams end to end, handed to the
+pipe by reference (`pagepipe`: the server does not even copy them). Batches go out when
+`FLUSH_BYTES` have gathered or every `FLUSH_SECONDS` (`run`). A writer that cannot keep up
+fills the pipe and the server then waits on it: packets are never dropped.
 
 Files: the first is PATH itself; with `rotate_bytes`, a file that would grow past that size is
 closed and the next one is PATH.1, PATH.2, ... (each a whole pcap file with its own header);
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import itertools
+import io
 import os
 import struct
 import subprocess
@@ -49,17 +52,22 @@ from tsemu.wire.derive import FastCodec
 from tsemu.wire.pcap import TO_KERNEL, TO_USER, file_header, record_header
 from tsemu.wire.runs import MessageRun
 
-#: Bytes gathered in memory before they are handed to the writer: a quarter of a MiB, while
-#: what the server just made is still in the CPU's caches (a MiB cost the server about a
-#: tenth more per event: the copy into the pipe read it back from memory).
+from .pagepipe import IOV_MAX, PagePipe, Piece, view_of
+
+#: Bytes gathered before they are handed to the writer (a quarter of a MiB: the pipe holds
+#: four such batches).
 FLUSH_BYTES = 1 << 18
 #: The longest a packet waits in memory (the `run` task's period).
 FLUSH_SECONDS = 0.2
-#: A batch as it crosses the pipe to a writer process: this header, then `count` times
-#: (array "q", ns since the epoch), `count` lengths (array "I"), `count` directions (one
-#: byte each, 1: to the kernel), and the datagrams end to end (`data_len` bytes). The
-#: arrays are in the machine's byte order: both ends are the same machine.
-BATCH = cs.Struct("count" / cs.Int32ul, "data_len" / cs.Int64ul)
+#: A batch as it crosses the pipe to a writer process: this header, then of its `groups`
+#: (packets alike in time, length and direction) the times (array "q", ns since the epoch),
+#: the lengths of their packets (array "I"), how many packets each holds (array "I"), their
+#: directions (one byte each, 1: to the kernel), and then the datagrams end to end
+#: (`data_len` bytes). The arrays are in the machine's byte order: both ends are the same
+#: machine.
+BATCH = cs.Struct("groups" / cs.Int32ul, "data_len" / cs.Int64ul)
+#: The bytes of a batch's arrays per group
+_GROUP_BYTES = 8 + 4 + 4 + 1
 _BATCH = FastCodec(BATCH)
 _COOKED = (TO_USER, TO_KERNEL)
 
@@ -77,12 +85,19 @@ def _cutter(length: int) -> struct.Struct:
     return struct.Struct(f"{length}s")
 
 
-def _records(prefix: bytes, packets: memoryview, length: int, count: int) -> bytes:
-    """pcap records of `count` packets of `length` bytes end to end in `packets`, each after
-    the same `prefix` (record header and cooked header)."""
+def _records(prefix: bytes, packets: memoryview, length: int,
+             count: int) -> list[bytes | memoryview]:
+    """The pieces of the pcap records of `count` packets of `length` bytes end to end in
+    `packets`, each after the same `prefix` (record header and cooked header), for writev:
+    the packets are cut once and never joined (a join of a batch's records cost the writer
+    more than half its time, in the copy and in the memory it takes fresh each time)."""
     if length == 0:  # (empty datagrams: a client may send them)
-        return prefix * count
-    return prefix + prefix.join(map(itemgetter(0), _cutter(length).iter_unpack(packets)))
+        return [prefix] * count
+    if count == 1:
+        return [prefix, packets]
+    pieces: list[bytes | memoryview] = [prefix] * (2 * count)
+    pieces[1::2] = map(itemgetter(0), _cutter(length).iter_unpack(packets))
+    return pieces
 
 
 #: The pipe to the writer process holds this much (F_SETPIPE_SZ; an unprivileged process may
@@ -92,11 +107,15 @@ PIPE_BYTES = 1 << 20
 
 
 def _away_from_the_server(child: subprocess.Popen[bytes]) -> None:
-    """Give the writer process room of its own: a pipe that holds a whole flush, and the CPUs
-    the server is not pinned to, when it is pinned to some (a pinned server's child
-    inherits its CPUs and would compete with it for them: the capture would slow the server
-    it is there to leave alone). Best effort: where either is refused, things stay as they
-    are."""
+    """Give the writer process room of its own, and keep it out of the way: a pipe that holds
+    a whole flush; the CPUs the server is not pinned to, when it is pinned to some (a pinned
+    server's child inherits its CPUs and would compete with it for them: the capture would
+    slow the server it is there to leave alone); and SCHED_BATCH, the policy for work that
+    wants throughput, not latency: the writer keeps its fair share of a CPU, but waking up it
+    no longer preempts what runs there (a client reading its events, most often: preempted
+    at each of the writer's wake-ups, it fell behind a storm and the server then had
+    overruns to handle, a tenth more of its CPU per event). Best effort: where any of it is
+    refused, things stay as they are."""
     if child.stdin is not None:
         try:
             fcntl.fcntl(child.stdin.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
@@ -107,6 +126,10 @@ def _away_from_the_server(child: subprocess.Popen[bytes]) -> None:
         others = set(range(os.cpu_count() or 1)) - mine
         if others:
             os.sched_setaffinity(child.pid, others)
+    except OSError:
+        pass
+    try:
+        os.sched_setscheduler(child.pid, os.SCHED_BATCH, os.sched_param(0))
     except OSError:
         pass
 
@@ -129,38 +152,46 @@ class PcapWriter:
         _write_all(fd, file_header())
         self._written = len(file_header())
 
-    def write(self, times: Sequence[int], lengths: Sequence[int], ways: bytes | bytearray,
-              data: bytes | memoryview) -> None:
-        """Write a batch: packet i was sent at times[i] (ns) toward the kernel if ways[i],
-        and is the next lengths[i] bytes of `data`. Packets alike in time, length and way
-        (a run of exit events to one listener) share their record and cooked headers, so
-        such a group's records are made in one join, not one by one."""
+    def write(self, times: Sequence[int], lengths: Sequence[int], counts: Sequence[int],
+              ways: bytes | bytearray | memoryview, data: bytes | memoryview) -> None:
+        """Write a batch of groups: group i is counts[i] packets of lengths[i] bytes each,
+        the next ones of `data`, sent at times[i] (ns) toward the kernel if ways[i]. A
+        group's packets (a run of exit events to one listener) share their record and cooked
+        headers."""
         view = memoryview(data)
+        # the pieces of whole records for one writev, and their bytes
         parts: list[bytes | memoryview] = []
+        held = 0
         size = self._written
         limit = self.rotate_bytes
         pos = 0
-        for (ts, length, way), group in itertools.groupby(zip(times, lengths, ways,
-                                                               strict=True)):
-            count = sum(1 for _ in group)
+        for ts, length, count, way in zip(times, lengths, counts, ways, strict=True):
             prefix = record_header(ts, 16 + length) + _COOKED[way]
-            need = 32 + length
+            need = len(prefix) + length
+            pieces = 2 if length else 1
             while count:
                 take = count
                 if limit is not None:
                     room = (limit - size) // need
                     if room < 1 and size > len(file_header()):
-                        _writev_all(self._fd, parts)  # this file is full: the next one
-                        parts = []
+                        _write_records(self._fd, parts, held)  # this file is full: the next
+                        parts, held = [], 0
                         self._rotate()
                         size = self._written
                         continue
                     take = min(count, max(room, 1))  # (a new file takes one whatever its size)
-                parts.append(_records(prefix, view[pos:pos + take * length], length, take))
+                room = (IOV_MAX - len(parts)) // pieces
+                if room < 1:
+                    _write_records(self._fd, parts, held)
+                    parts, held = [], 0
+                    continue
+                take = min(take, room)
+                parts += _records(prefix, view[pos:pos + take * length], length, take)
                 pos += take * length
                 size += take * need
+                held += take * need
                 count -= take
-        _writev_all(self._fd, parts)
+        _write_records(self._fd, parts, held)
         self._written = size
 
     def _rotate(self) -> None:
@@ -223,12 +254,16 @@ class Capture:
             if child:
                 os.close(fd)
         self._files = self._writer
+        self._pipe = (PagePipe(self._child.stdin.fileno())
+                      if self._child is not None and self._child.stdin is not None else None)
         self._clock = clock
+        # the groups gathered so far (see BATCH)
         self._times = array("q")
-        self._ways = bytearray()
         self._lengths = array("I")
-        #: the packets' bytes end to end, in pieces (a piece may hold a run of events)
-        self._data: list[bytes | memoryview] = []
+        self._counts = array("I")
+        self._ways = bytearray()
+        #: the groups' bytes end to end, in pieces (a run of events is a span of its bytes)
+        self._data: list[Piece] = []
         self._pending = 0
         #: every packet captured
         self.packets = 0
@@ -243,8 +278,9 @@ class Capture:
     def inbound(self, data: bytes) -> None:
         """A datagram a client sent (to the kernel)."""
         self._times.append(self._clock())
-        self._ways.append(1)
         self._lengths.append(len(data))
+        self._counts.append(1)
+        self._ways.append(1)
         self._data.append(data)
         self._pending += len(data)
         if self._pending >= FLUSH_BYTES:
@@ -253,8 +289,9 @@ class Capture:
     def outbound(self, data: bytes) -> None:
         """A datagram the server sends to a client (a reply, an error, an ACK)."""
         self._times.append(self._clock())
-        self._ways.append(0)
         self._lengths.append(len(data))
+        self._counts.append(1)
+        self._ways.append(0)
         self._data.append(data)
         self._pending += len(data)
         if self._pending >= FLUSH_BYTES:
@@ -263,18 +300,26 @@ class Capture:
     def outbound_events(self, events: Sequence[bytes], count: int) -> None:
         """The first `count` of a run of exit events, offered to one listener (one time for
         the run: the server offers it in one go)."""
+        count = min(count, len(events))
         if count <= 0:
             return
-        self._times.extend(array("q", (self._clock(),)) * count)
-        self._ways.extend(bytes(count))
-        if isinstance(events, MessageRun):  # one piece, as the run lies
-            self._lengths.extend(array("I", (events.size,)) * count)
-            self._data.append(events.body(count))
+        now = self._clock()
+        if isinstance(events, MessageRun):  # one group, its bytes as the run lies
+            first = events.start * events.size
+            self._times.append(now)
+            self._lengths.append(events.size)
+            self._counts.append(count)
+            self._ways.append(0)
+            self._data.append((events.data, first, first + count * events.size))
+            self._pending += count * events.size
         else:
-            taken = events if count == len(events) else events[:count]
-            self._lengths.extend(map(len, taken))
-            self._data.extend(taken)
-        self._pending += count * len(events[0])
+            for event in events[:count]:
+                self._times.append(now)
+                self._lengths.append(len(event))
+                self._counts.append(1)
+                self._ways.append(0)
+                self._data.append(event)
+                self._pending += len(event)
         if self._pending >= FLUSH_BYTES:
             self.flush()
 
@@ -284,27 +329,24 @@ class Capture:
         """Hand what has gathered to the writer."""
         if not self._data:
             return
-        times, ways, lengths, data = self._times, self._ways, self._lengths, self._data
-        self._times, self._ways, self._data, self._pending = array("q"), bytearray(), [], 0
-        self._lengths = array("I")
-        self.packets += len(lengths)
+        times, lengths, counts, ways = self._times, self._lengths, self._counts, self._ways
+        data, data_len = self._data, self._pending
+        self._times, self._lengths, self._counts = array("q"), array("I"), array("I")
+        self._ways, self._data, self._pending = bytearray(), [], 0
+        self.packets += sum(counts)
         if self._writer is not None:
-            self._writer.write(times, lengths, ways, b"".join(data))
+            self._writer.write(times, lengths, counts, ways, b"".join(map(view_of, data)))
             return
-        if self._child is None or self._child.stdin is None:
+        if self._pipe is None:
             return
         try:
-            stdin = self._child.stdin
-            stdin.flush()
-            # The datagrams go from their own buffers into the pipe (writev): joined first,
-            # they were copied twice, which cost the server about 0.4 us an event.
-            _writev_all(stdin.fileno(), [
-                b"".join((_BATCH.pack_values(len(lengths), sum(lengths)), times.tobytes(),
-                          lengths.tobytes(), bytes(ways))), *data])
-        except (BrokenPipeError, ValueError):
+            self._pipe.send([b"".join((_BATCH.pack_values(len(times), data_len),
+                                       times.tobytes(), lengths.tobytes(), counts.tobytes(),
+                                       bytes(ways))), *data])
+        except BrokenPipeError:
             print(f"tsemu: the capture writer for {self.path} has stopped; capture ends",
                   file=sys.stderr, flush=True)
-            self._child.stdin = None
+            self._pipe = None
 
     async def run(self) -> None:
         """Flush every `FLUSH_SECONDS` until cancelled (then once more)."""
@@ -326,23 +368,20 @@ class Capture:
                 self._child.stdin.close()
             self._child.wait()
             self._child = None
+        if self._pipe is not None:
+            self._pipe.forget()  # the writer has read all it will
+            self._pipe = None
 
 
-#: The most buffers one writev takes (IOV_MAX on Linux).
-_IOV_MAX = 1024
-
-
-def _writev_all(fd: int, buffers: Sequence[bytes | memoryview]) -> None:
-    """Write `buffers` end to end to `fd`, however the kernel splits the writes."""
-    start = 0
-    while start < len(buffers):
-        chunk = buffers[start:start + _IOV_MAX]
-        written = os.writev(fd, chunk)
-        start += len(chunk)
-        if written != sum(map(len, chunk)):  # a short write: the rest of this chunk by hand
-            view = memoryview(b"".join(chunk))[written:]
-            while view:
-                view = view[os.write(fd, view):]
+def _write_records(fd: int, parts: list[bytes | memoryview], size: int) -> None:
+    """Write `parts` (at most IOV_MAX of them, `size` bytes in all) in one writev, or more
+    where the kernel writes less: their size is known, so that what was written is checked
+    without summing the parts' lengths (which cost the writer a tenth of its time)."""
+    if not parts:
+        return
+    written = os.writev(fd, parts)
+    if written != size:  # a short write: the rest by hand
+        _write_all(fd, b"".join(parts)[written:])
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -351,16 +390,26 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _read_exactly(stream: object, size: int) -> bytes | None:
-    read = stream.read  # type: ignore[attr-defined]
-    chunks = []
-    while size:
-        chunk = read(size)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
+class _Reader:
+    """Exact reads from a stream into one buffer, reused: a batch read into fresh memory each
+    time cost the writer page faults on every one."""
+
+    def __init__(self, stream: io.RawIOBase) -> None:
+        self._stream = stream
+        self._buffer = bytearray(FLUSH_BYTES * 2)
+
+    def read(self, size: int) -> memoryview | None:
+        """The next `size` bytes (valid until the next read), or None at the stream's end."""
+        if size > len(self._buffer):
+            self._buffer = bytearray(size)
+        view = memoryview(self._buffer)[:size]
+        got = 0
+        while got < size:
+            n = self._stream.readinto(view[got:])
+            if not n:
+                return None
+            got += n
+        return view
 
 
 def writer_main(argv: Sequence[str] | None = None) -> int:
@@ -377,20 +426,20 @@ def writer_main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server ends the capture, not ^C
     writer = PcapWriter(Path(args.path), args.fd, rotate_bytes=args.rotate, keep=args.keep,
                         force=args.force)
-    stdin = sys.stdin.buffer
+    stdin = io.FileIO(sys.stdin.fileno(), closefd=False)  # unbuffered: read straight in
+    heads, bodies = _Reader(stdin), _Reader(stdin)
     try:
         while True:
-            head = _read_exactly(stdin, _BATCH.size)
+            head = heads.read(_BATCH.size)
             if head is None:
                 return 0
-            count, data_len = _BATCH.unpack_from(head)
-            body = _read_exactly(stdin, 8 * count + 4 * count + count + data_len)
+            groups, data_len = _BATCH.unpack_from(head)
+            body = bodies.read(_GROUP_BYTES * groups + data_len)
             if body is None:
                 return 1
-            times, lengths = array("q"), array("I")
-            times.frombytes(body[:8 * count])
-            lengths.frombytes(body[8 * count:12 * count])
-            writer.write(times, lengths, body[12 * count:13 * count], body[13 * count:])
+            n = groups
+            writer.write(body[:8 * n].cast("q"), body[8 * n:12 * n].cast("I"),
+                         body[12 * n:16 * n].cast("I"), body[16 * n:17 * n], body[17 * n:])
     finally:
         writer.close()
 
