@@ -142,3 +142,25 @@ def test_a_bytes_subclass_is_sent_as_its_bytes(pipe: tuple[int, int]) -> None:
     while len(got) < 14_000:
         got += os.read(read, 14_000 - len(got))
     assert bytes(got) == b"t" * 6000 + b"u" * 8000
+
+
+def test_a_refused_vmsplice_falls_back_to_writing(pipe: tuple[int, int]) -> None:
+    """Where a seccomp profile refuses vmsplice (EPERM), the first send finds it out and the
+    pieces are written, then and from then on."""
+    import ctypes
+    import errno
+
+    def refused(*_: object) -> int:
+        ctypes.set_errno(errno.EPERM)
+        return -1
+
+    read, write = pipe
+    sender = PagePipe(write)
+    sender._vmsplice = refused  # type: ignore[assignment]
+    sender.send([(b"r" * 9000, 0, 9000), b"s"])
+    assert not sender.by_reference and sender.held == 0
+    sender.send([(b"t" * 5000, 0, 5000)])
+    got = bytearray()
+    while len(got) < 14_001:
+        got += os.read(read, 14_001 - len(got))
+    assert bytes(got) == b"r" * 9000 + b"s" + b"t" * 5000
