@@ -147,6 +147,26 @@ def test_a_writer_process_writes_what_the_server_would_itself(tmp_path: Path) ->
     assert len(files[False]) > 2 and files[True] == files[False]
 
 
+def test_a_dead_writer_ends_the_capture_not_the_server(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "dead.pcap"
+    capture = Capture(path, child=True)
+    run = MessageRun(bytes(range(200)) * 64, 400)
+    capture.outbound_events(run, len(run))
+    capture.flush()
+    assert capture._child is not None
+    capture._child.kill()
+    capture._child.wait()
+    for _ in range(3):  # the first flush finds the pipe broken, the others do nothing
+        capture.inbound(b"\x14" * 20)
+        capture.outbound_events(run, len(run))
+        capture.flush()
+    capture.close()
+    err = capsys.readouterr().err
+    assert err.count("has stopped; capture ends") == 1, err
+    assert capture.packets == 4 * len(run) + 3
+
+
 _packet_groups = st.lists(st.tuples(st.integers(1, 3), st.sampled_from([0, 16, 20, 596]),
                                     st.booleans(), st.integers(1, 40) | st.just(700)),
                           max_size=12)

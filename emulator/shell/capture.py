@@ -161,7 +161,7 @@ class PcapWriter:
         view = memoryview(data)
         # the pieces of whole records for one writev, and their bytes
         parts: list[bytes | memoryview] = []
-        held = 0
+        parts_bytes = 0
         size = self._written
         limit = self.rotate_bytes
         pos = 0
@@ -174,24 +174,25 @@ class PcapWriter:
                 if limit is not None:
                     room = (limit - size) // need
                     if room < 1 and size > len(file_header()):
-                        _write_records(self._fd, parts, held)  # this file is full: the next
-                        parts, held = [], 0
+                        # this file is full: the next one
+                        _write_records(self._fd, parts, parts_bytes)
+                        parts, parts_bytes = [], 0
                         self._rotate()
                         size = self._written
                         continue
                     take = min(count, max(room, 1))  # (a new file takes one whatever its size)
                 room = (IOV_MAX - len(parts)) // pieces
                 if room < 1:
-                    _write_records(self._fd, parts, held)
-                    parts, held = [], 0
+                    _write_records(self._fd, parts, parts_bytes)
+                    parts, parts_bytes = [], 0
                     continue
                 take = min(take, room)
                 parts += _records(prefix, view[pos:pos + take * length], length, take)
                 pos += take * length
                 size += take * need
-                held += take * need
+                parts_bytes += take * need
                 count -= take
-        _write_records(self._fd, parts, held)
+        _write_records(self._fd, parts, parts_bytes)
         self._written = size
 
     def _rotate(self) -> None:

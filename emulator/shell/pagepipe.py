@@ -26,6 +26,7 @@ import errno
 import fcntl
 import itertools
 import os
+import platform
 import termios
 from array import array
 from collections.abc import Sequence
@@ -43,6 +44,8 @@ _UNAVAILABLE = {errno.ENOSYS, errno.EPERM, errno.EACCES}
 
 
 def _vmsplice_function() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    if platform.python_implementation() != "CPython":  # (where id() is no address)
+        return None
     try:
         function = ctypes.CDLL(None, use_errno=True).vmsplice
     except (OSError, AttributeError):
@@ -138,26 +141,28 @@ class PagePipe:
         assert vmsplice is not None
         address = vectors.buffer_info()[0]
         first, end = 0, len(pieces)
-        while first < end:
-            while first < end and vectors[2 * first + 1] == 0:
-                first += 1
-            if first == end:
-                break
-            done = vmsplice(self.fd, address + 16 * first, min(end - first, IOV_MAX), 0)
-            if done < 0:
-                code = ctypes.get_errno()
-                if code == errno.EINTR:
-                    continue
-                raise OSError(code, os.strerror(code))
-            self._sent += done
-            while done:  # past what went in, part of a vector perhaps
-                taken = min(done, vectors[2 * first + 1])
-                vectors[2 * first] += taken
-                vectors[2 * first + 1] -= taken
-                done -= taken
-                if vectors[2 * first + 1] == 0:
+        try:
+            while first < end:
+                while first < end and vectors[2 * first + 1] == 0:
                     first += 1
-        self._held.append((self._sent, pieces))
+                if first == end:
+                    break
+                done = vmsplice(self.fd, address + 16 * first, min(end - first, IOV_MAX), 0)
+                if done < 0:
+                    code = ctypes.get_errno()
+                    if code == errno.EINTR:
+                        continue
+                    raise OSError(code, os.strerror(code))
+                self._sent += done
+                while done:  # past what went in, part of a vector perhaps
+                    taken = min(done, vectors[2 * first + 1])
+                    vectors[2 * first] += taken
+                    vectors[2 * first + 1] -= taken
+                    done -= taken
+                    if vectors[2 * first + 1] == 0:
+                        first += 1
+        finally:  # (what went in before an error is held all the same)
+            self._held.append((self._sent, pieces))
         self.release()
 
     def release(self) -> None:
