@@ -9,6 +9,9 @@ import json
 import os
 import platform
 import stat
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -255,6 +258,77 @@ async def test_threads_come_and_go_and_a_zombie_leader_stays(short_tmp: Path) ->
         assert status_of(view, "500/status")["State"] == "Z (zombie)"
         assert status_of(view, "500/status")["Threads"] == "2"
         assert not (view / ".tid/501").exists() and (view / ".tid/520").is_symlink()
+
+
+def test_a_zombies_files_round_trip(tmp_path: Path) -> None:
+    """A zombie's status has no Umask line (its fs_struct is gone) and no memory lines: the
+    printers reproduce it too (a zombie among the host's tasks made the test above fail now
+    and then)."""
+    profile = PROFILES[host_profile()]
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 10
+        while procfs.parse_stat(Path(f"/proc/{child.pid}/stat").read_text())["state"] != "Z":
+            assert time.monotonic() < deadline, "the child never became a zombie"
+            time.sleep(0.01)
+        status_text = Path(f"/proc/{child.pid}/status").read_text()
+        stat_text = Path(f"/proc/{child.pid}/stat").read_text()
+    finally:
+        child.wait()
+    assert "\nUmask:" not in status_text and "\nVmRSS:" not in status_text
+    assert procfs.status(procfs.parse_status(status_text), profile) == status_text
+    assert procfs.stat(procfs.parse_stat(stat_text)) == stat_text
+
+
+def _labels(text: str) -> list[str]:
+    return [line.split(":\t", 1)[0] for line in text.splitlines()]
+
+
+async def test_a_zombie_leader_shows_what_the_kernel_shows_of_one(short_tmp: Path) -> None:
+    """A leader that exited while its threads live on has let go of its memory, files and
+    fs_struct: the view shows what the kernel shows of one, file by file; and, where the
+    host runs the view's kernel generation, the same status lines as the host's own zombie
+    leader (tests/clients/zombieleader.c)."""
+    async with running(short_tmp) as emu:
+        view = proc_view_dir(emu.socket_path)
+        emu.table.exit_task(500)
+        emu._show()
+        status_text = read(view, "500/status")
+        status = status_of(view, "500/status")
+        assert status["State"] == "Z (zombie)" and status["Threads"] == "2"
+        assert status["FDSize"] == "0" and status["Kthread"] == "0"
+        assert "Umask" not in status and not any(k.startswith(("Vm", "Rss")) for k in status)
+        stat = procfs.parse_stat(read(view, "500/stat"))
+        assert stat["state"] == "Z" and stat["num_threads"] == 2
+        assert stat["vsize"] == stat["rss"] == stat["startcode"] == stat["arg_start"] == 0
+        assert stat["flags"] & 0x4  # PF_EXITING
+        assert read(view, "500/statm") == "0 0 0 0 0 0 0\n"
+        assert read(view, "500/cmdline") == ""
+        assert read(view, "500/task/500/status") == status_text
+        assert "VmRSS" in status_of(view, "500/task/501/status")  # its threads' memory stays
+        profile = emu.scenario.machine.profile
+    if ".".join(platform.release().split(".")[:2]) != profile.generation:
+        pytest.skip(f"the host runs {platform.release()}, the view {profile.release}: the "
+                    "zombie leader's status lines are compared only on the same kernel")
+    from tests.clients.harness import compile_client
+
+    binary = compile_client(Path(__file__).parent / "clients" / "zombieleader.c", short_tmp)
+    leader = subprocess.Popen([str(binary)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert leader.stdout is not None
+        pid = int(leader.stdout.readline())
+        deadline = time.monotonic() + 10
+        while (real := Path(f"/proc/{pid}/status").read_text()).find("State:\tZ") < 0:
+            assert time.monotonic() < deadline, "the leader never became a zombie"
+            time.sleep(0.01)
+        real_statm = Path(f"/proc/{pid}/statm").read_text()
+        real_cmdline = Path(f"/proc/{pid}/cmdline").read_text()
+    finally:
+        leader.kill()
+        leader.wait()
+    assert _labels(status_text) == [label for label in _labels(real)
+                                    if label != "untag_mask"]
+    assert (real_statm, real_cmdline) == ("0 0 0 0 0 0 0\n", "")
 
 
 async def test_machine_files(short_tmp: Path) -> None:

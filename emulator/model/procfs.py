@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .profiles import KernelProfile, release_numbers
+from .tasks import TaskState
 
 #: Clock ticks per second as /proc counts them (USER_HZ), and the page size.
 USER_HZ = 100
@@ -152,6 +153,8 @@ def status(view: TaskView, profile: KernelProfile) -> str:
             continue
         if name == "untag_mask" and not view.get("untag_mask"):
             continue  # (x86 with LAM support only)
+        if name == "umask" and view.get("umask") is None:
+            continue  # (a task without its fs_struct: a zombie)
         value = view[name]
         if label in _KB_LINES:
             lines.append(f"{label}:\t{value:8d} kB")
@@ -251,6 +254,9 @@ def proc_stat(cpus: Sequence[tuple[int, ...]], boot_seconds: int, processes: int
 #: PF_FORKNOEXEC for a kernel thread; PF_FORKNOEXEC and PF_SUPERPRIV as the task says.
 _PF_RANDOMIZE, _PF_KTHREAD_FLAGS = 0x00400000, 0x00208040
 _PF_FORKNOEXEC, _PF_SUPERPRIV = 0x40, 0x100
+#: What do_exit leaves in a zombie's flags: PF_EXITING, PF_POSTCOREDUMP and PF_NOFREEZE (6.18
+#: measured: a process's zombie and a leader's that called pthread_exit both have them).
+_PF_EXITED = 0x4 | 0x8 | 0x8000
 #: Where a user task's segments are, as a plausible x86_64 address space (only ever read by
 #: tools that print them).
 _SEGMENTS = {"startcode": 94607591677952, "endcode": 94607591697833,
@@ -304,8 +310,13 @@ def task_view(task: Any, *, threads: int, whole: Iterable[Any] | None, nr_cpus: 
             stime += got("stime_ns", 0)
             minflt += got("ac_minflt", 0)
             majflt += got("ac_majflt", 0)
-    vm = 0 if kthread else (get("vm", 0) or get("hiwater_vm", 0) or DEFAULT_VM_KIB)
-    rss = 0 if kthread else (get("rss", 0) or get("hiwater_rss", 0) or DEFAULT_RSS_KIB)
+    # A zombie (a leader that exited while its threads live on) has let go of its memory,
+    # files and fs_struct: no mm lines, no Umask, FDSize 0, an empty cmdline and statm, as a
+    # kernel thread has no memory either.
+    zombie = task.state is TaskState.ZOMBIE
+    has_mm = not (kthread or zombie)
+    vm = 0 if not has_mm else (get("vm", 0) or get("hiwater_vm", 0) or DEFAULT_VM_KIB)
+    rss = 0 if not has_mm else (get("rss", 0) or get("hiwater_rss", 0) or DEFAULT_RSS_KIB)
     rss_file = rss // 2
     rt = task.policy in (1, 2)
     flags = _PF_KTHREAD_FLAGS if kthread else _PF_RANDOMIZE
@@ -313,6 +324,8 @@ def task_view(task: Any, *, threads: int, whole: Iterable[Any] | None, nr_cpus: 
         flags |= _PF_FORKNOEXEC
     if task.superuser:
         flags |= _PF_SUPERPRIV
+    if zombie:
+        flags |= _PF_EXITED
     state_text = STATE_TEXT[task.state.value]
     comm_text = task.comm.decode("utf-8", "replace")
     pgrp = 0 if kthread else task.tgid
@@ -327,7 +340,7 @@ def task_view(task: Any, *, threads: int, whole: Iterable[Any] | None, nr_cpus: 
         "nice": task.nice, "num_threads": threads, "itrealvalue": 0,
         "starttime": task.start_ns // NSEC_PER_TICK, "vsize": vm * 1024,
         "rss": rss // PAGE_KIB, "rsslim": 2**64 - 1,
-        **(_NO_SEGMENTS if kthread else _SEGMENTS),
+        **(_SEGMENTS if has_mm else _NO_SEGMENTS),
         "kstkesp": 0, "kstkeip": 0, "signal": 0, "blocked": 0,
         "sigignore": 2147483647 if kthread else 0, "sigcatch": 0, "wchan": 0, "nswap": 0,
         "cnswap": 0, "exit_signal": 0 if kthread else 17, "processor": task.cpu,
@@ -335,10 +348,10 @@ def task_view(task: Any, *, threads: int, whole: Iterable[Any] | None, nr_cpus: 
         "delayacct_blkio_ticks": get("blkio_delay_total", 0) // NSEC_PER_TICK,
         "guest_time": 0, "cguest_time": 0, "exit_code": 0,
         # status
-        "has_mm": not kthread, "name": escape_name(task.comm), "umask": "0022",
+        "has_mm": has_mm, "name": escape_name(task.comm), "umask": None if zombie else "0022",
         "state_text": state_text, "tgid": task.tgid, "ngid": 0, "tracer_pid": 0,
         "uids": "\t".join([str(task.uid)] * 4), "gids": "\t".join([str(task.gid)] * 4),
-        "fdsize": 64, "groups": " ", "nstgid": task.tgid, "nspid": task.tid,
+        "fdsize": 0 if zombie else 64, "groups": " ", "nstgid": task.tgid, "nspid": task.tid,
         "nspgid": pgrp, "nssid": pgrp, "kthread": int(kthread),
         "vm_peak": max(vm, get("hiwater_vm", 0)), "vm_size": vm, "vm_lck": 0, "vm_pin": 0,
         "vm_hwm": max(rss, get("hiwater_rss", 0)), "vm_rss": rss,
@@ -358,14 +371,14 @@ def task_view(task: Any, *, threads: int, whole: Iterable[Any] | None, nr_cpus: 
         "nonvoluntary_ctxt_switches": get("nivcsw", 0),
         # statm (pages)
         "statm_size": vm // PAGE_KIB, "statm_resident": rss // PAGE_KIB,
-        "statm_shared": rss_file // PAGE_KIB, "statm_text": 20 // PAGE_KIB,
+        "statm_shared": rss_file // PAGE_KIB, "statm_text": 20 // PAGE_KIB if has_mm else 0,
         "statm_data": vm // 8 // PAGE_KIB,
         # schedstat
         "sum_exec_runtime": get("cpu_run_virtual_total", 0),
         "run_delay": get("cpu_delay_total", 0), "pcount": get("cpu_count", 0),
         # cmdline
-        "cmdline": () if kthread else (proc.cmdline if proc.cmdline is not None
-                                       else (task.comm,)),
+        "cmdline": () if not has_mm else (proc.cmdline if proc.cmdline is not None
+                                          else (task.comm,)),
     }
     for _label, name in IO_LINES:
         view[name] = get(name, 0)
@@ -391,7 +404,7 @@ def parse_stat(text: str) -> TaskView:
 
 def parse_status(text: str) -> TaskView:
     """The fields of /proc/<pid>/status, by `STATUS_LINES` name; sizes in kB as ints."""
-    view: TaskView = {"has_mm": False}
+    view: TaskView = {"has_mm": False, "umask": None}
     for line in text.splitlines():
         label, _, value = line.partition(":\t")
         name = _STATUS_NAMES.get(label)
