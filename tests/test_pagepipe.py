@@ -164,3 +164,34 @@ def test_a_refused_vmsplice_falls_back_to_writing(pipe: tuple[int, int]) -> None
     while len(got) < 14_001:
         got += os.read(read, 14_001 - len(got))
     assert bytes(got) == b"r" * 9000 + b"s" + b"t" * 5000
+
+
+def test_what_went_in_before_an_error_is_held_all_the_same(pipe: tuple[int, int]) -> None:
+    import ctypes
+    import errno
+
+    read, write = pipe
+    sender = PagePipe(write)
+    if not sender.by_reference:
+        pytest.skip("vmsplice is refused here: pieces are copied and nothing is held")
+    real = sender._vmsplice
+    assert real is not None
+    calls: list[int] = []
+
+    def fails_second(fd: int, vectors: int, count: int, flags: int) -> int:
+        calls.append(count)
+        if len(calls) == 1:
+            return int(real(fd, vectors, 1, flags))  # the first piece goes in
+        ctypes.set_errno(errno.EIO)
+        return -1
+
+    sender._vmsplice = fails_second
+    with pytest.raises(OSError):
+        sender.send([(b"a" * 9000, 0, 5000), (b"b" * 6000, 0, 6000)])
+    assert sender.held == 2
+    got = bytearray()
+    while len(got) < 5000:
+        got += os.read(read, 5000 - len(got))
+    assert bytes(got) == b"a" * 5000
+    sender.release()
+    assert sender.held == 0

@@ -141,6 +141,7 @@ class PagePipe:
         assert vmsplice is not None
         address = vectors.buffer_info()[0]
         first, end = 0, len(pieces)
+        before = self._sent
         try:
             while first < end:
                 while first < end and vectors[2 * first + 1] == 0:
@@ -162,7 +163,8 @@ class PagePipe:
                     if vectors[2 * first + 1] == 0:
                         first += 1
         finally:  # (what went in before an error is held all the same)
-            self._held.append((self._sent, pieces))
+            if self._sent != before:
+                self._held.append((self._sent, pieces))
         self.release()
 
     def release(self) -> None:
