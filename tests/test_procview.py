@@ -260,6 +260,14 @@ async def test_threads_come_and_go_and_a_zombie_leader_stays(short_tmp: Path) ->
         assert not (view / ".tid/501").exists() and (view / ".tid/520").is_symlink()
 
 
+def _wait_for_zombie(pid: int) -> None:
+    """Until host task `pid` is a zombie (State: Z), ten seconds at most."""
+    deadline = time.monotonic() + 10
+    while procfs.parse_stat(Path(f"/proc/{pid}/stat").read_text())["state"] != "Z":
+        assert time.monotonic() < deadline, f"task {pid} never became a zombie"
+        time.sleep(0.01)
+
+
 def test_a_zombies_files_round_trip(tmp_path: Path) -> None:
     """A zombie's status has no Umask line (its fs_struct is gone) and no memory lines: the
     printers reproduce it too (a zombie among the host's tasks made the test above fail now
@@ -267,10 +275,7 @@ def test_a_zombies_files_round_trip(tmp_path: Path) -> None:
     profile = PROFILES[host_profile()]
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
-        deadline = time.monotonic() + 10
-        while procfs.parse_stat(Path(f"/proc/{child.pid}/stat").read_text())["state"] != "Z":
-            assert time.monotonic() < deadline, "the child never became a zombie"
-            time.sleep(0.01)
+        _wait_for_zombie(child.pid)
         status_text = Path(f"/proc/{child.pid}/status").read_text()
         stat_text = Path(f"/proc/{child.pid}/stat").read_text()
     finally:
@@ -317,10 +322,8 @@ async def test_a_zombie_leader_shows_what_the_kernel_shows_of_one(short_tmp: Pat
     try:
         assert leader.stdout is not None
         pid = int(leader.stdout.readline())
-        deadline = time.monotonic() + 10
-        while (real := Path(f"/proc/{pid}/status").read_text()).find("State:\tZ") < 0:
-            assert time.monotonic() < deadline, "the leader never became a zombie"
-            time.sleep(0.01)
+        _wait_for_zombie(pid)
+        real = Path(f"/proc/{pid}/status").read_text()
         real_statm = Path(f"/proc/{pid}/statm").read_text()
         real_cmdline = Path(f"/proc/{pid}/cmdline").read_text()
     finally:
