@@ -198,30 +198,45 @@ static int64_t send_msghdr(const struct caller_mem *cm, struct emu_sock *es, int
     return n < 0 ? -err : n;
 }
 
+typedef int64_t (*msghdr_call)(const struct caller_mem *cm, struct emu_sock *es, int fd,
+                               uint64_t umsg, int flags);
+
+/* sendmmsg's and recvmmsg's loop: the caller's mmsghdrs at args[1] (args[2] of them, at most
+ * UIO_MAXIOV) through `one` in turn, each one's length written back to its msg_len, until one
+ * fails. Returns how many went; *err is what stopped them (0: nothing did). */
+static unsigned int each_mmsghdr(const struct caller_mem *cm, struct emu_sock *es, int fd,
+                                 const struct seccomp_data *d, int flags, msghdr_call one,
+                                 int64_t *err)
+{
+    unsigned int vlen = (unsigned int)d->args[2], done = 0;
+    if (vlen > UIO_MAXIOV)
+        vlen = UIO_MAXIOV;
+    *err = 0;
+    for (; done < vlen; done++) {
+        uint64_t entry = d->args[1] + (uint64_t)done * sizeof(struct mmsghdr);
+        int64_t n = one(cm, es, fd, entry, flags);
+        if (n < 0) {
+            *err = n;
+            break;
+        }
+        unsigned int len = (unsigned int)n;
+        if (um_write(cm, (void *)(uintptr_t)(entry + offsetof(struct mmsghdr, msg_len)), &len,
+                     sizeof len)) {
+            *err = -EFAULT;
+            break;
+        }
+    }
+    return done;
+}
+
 static int64_t do_sendmmsg(const struct caller_mem *cm, struct emu_sock *es, int fd,
                            const struct seccomp_data *d)
 {
     int flags = (int)d->args[3];
     if (flags & MSG_CMSG_COMPAT)
         return -EINVAL;
-    unsigned int vlen = (unsigned int)d->args[2], sent = 0;
-    if (vlen > UIO_MAXIOV)
-        vlen = UIO_MAXIOV;
-    int64_t err = 0;
-    for (; sent < vlen; sent++) {
-        uint64_t entry = d->args[1] + (uint64_t)sent * sizeof(struct mmsghdr);
-        int64_t n = send_msghdr(cm, es, fd, entry, flags);
-        if (n < 0) {
-            err = n;
-            break;
-        }
-        unsigned int len = (unsigned int)n;
-        if (um_write(cm, (void *)(uintptr_t)(entry + offsetof(struct mmsghdr, msg_len)), &len,
-                     sizeof len)) {
-            err = -EFAULT;
-            break;
-        }
-    }
+    int64_t err;
+    unsigned int sent = each_mmsghdr(cm, es, fd, d, flags, send_msghdr, &err);
     return sent ? sent : err;
 }
 
@@ -289,26 +304,8 @@ static int64_t do_recvmmsg(const struct caller_mem *cm, struct emu_sock *es, int
 {
     if (flags & MSG_CMSG_COMPAT)
         return -EINVAL;
-    unsigned int vlen = (unsigned int)d->args[2], got = 0;
-    if (vlen > UIO_MAXIOV)
-        vlen = UIO_MAXIOV;
-    int each = flags & ~MSG_WAITFORONE;
-    int64_t err = 0;
-    while (got < vlen) {
-        uint64_t entry = d->args[1] + (uint64_t)got * sizeof(struct mmsghdr);
-        int64_t n = recv_msghdr(cm, es, fd, entry, each);
-        if (n < 0) {
-            err = n;
-            break;
-        }
-        unsigned int len = (unsigned int)n;
-        if (um_write(cm, (void *)(uintptr_t)(entry + offsetof(struct mmsghdr, msg_len)), &len,
-                     sizeof len)) {
-            err = -EFAULT;
-            break;
-        }
-        got++;
-    }
+    int64_t err;
+    unsigned int got = each_mmsghdr(cm, es, fd, d, flags & ~MSG_WAITFORONE, recv_msghdr, &err);
     if (!got)
         return err;
     if (err && err != -EAGAIN)
