@@ -64,15 +64,25 @@ int emu_give_address(const struct caller_mem *who, const void *kaddr, int klen, 
     return um_writev(who, local, 2, remote, 2) == (ssize_t)(len + sizeof klen) ? 0 : EFAULT;
 }
 
+/* The caller's address, copied as the kernel copies it (move_addr_to_kernel), read as a
+ * sockaddr_nl: what bind and connect start from. */
+static int take_nl_address(const struct caller_mem *who, const void *uaddr, socklen_t len,
+                           struct sockaddr_nl *nl)
+{
+    struct sockaddr_storage ss;
+    int err = emu_take_address(who, uaddr, len, &ss);
+    if (!err)
+        memcpy(nl, &ss, sizeof *nl);
+    return err;
+}
+
 int emu_bind(const struct caller_mem *who, struct emu_sock *es, int fd, const void *uaddr,
              socklen_t len)
 {
-    struct sockaddr_storage ss;
     struct sockaddr_nl nl;
-    int err = emu_take_address(who, uaddr, len, &ss);
+    int err = take_nl_address(who, uaddr, len, &nl);
     if (err)
         return err;
-    memcpy(&nl, &ss, sizeof nl);
     if (len < sizeof nl || nl.nl_family != AF_NETLINK)
         return EINVAL;
     pthread_mutex_lock(&es->lock);
@@ -101,12 +111,10 @@ int emu_bind(const struct caller_mem *who, struct emu_sock *es, int fd, const vo
 int emu_connect(const struct caller_mem *who, struct emu_sock *es, int fd, const void *uaddr,
                 socklen_t len)
 {
-    struct sockaddr_storage ss;
     struct sockaddr_nl nl;
-    int err = emu_take_address(who, uaddr, len, &ss);
+    int err = take_nl_address(who, uaddr, len, &nl);
     if (err)
         return err;
-    memcpy(&nl, &ss, sizeof nl);
     if (len < sizeof(sa_family_t))
         return EINVAL;
     if (nl.nl_family == AF_UNSPEC) { /* disconnect: sends go to the kernel again */
