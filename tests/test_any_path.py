@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.clients.harness import stop_process
+
 ROOT = Path(__file__).parent.parent
 TSEMU = [sys.executable, "-m", "tsemu"]
 NOBODY = 65534
@@ -63,13 +65,7 @@ class Served:
         return out
 
     def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         assert self.proc.stderr is not None
         try:
             os.set_blocking(self.proc.stderr.fileno(), True)

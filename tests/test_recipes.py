@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.clients.harness import stop_process
+
 ROOT = Path(__file__).parent.parent
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"(?:<!-- recipe: (?P<kind>[^\n]*?) -->\n)?^```(?P<lang>sh|python)\n"
@@ -98,13 +100,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield socket_path
     finally:
         for running in (storm, proc):
-            if running is not None and running.poll() is None:
-                running.terminate()
-                try:
-                    running.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    running.kill()
-                    running.wait()
+            if running is not None:
+                stop_process(running)
         if proc.stderr is not None:
             proc.stderr.close()
         shutil.rmtree(directory, ignore_errors=True)

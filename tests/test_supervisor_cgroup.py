@@ -13,7 +13,6 @@ The server serves a scenario with cgroups on a directory standing for the cgroup
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients.harness import compile_client
+from tests.clients.harness import compile_client, stop_process
 from tests.test_supervisor import CLIENTS, needs_supervisor
 
 #: The scenario: /jobs holds one task in each state (a running one with two threads: the
@@ -99,12 +98,7 @@ def cgroup_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pa
         assert "listening on" in line, line + server.stderr.read()
         yield socket_path, root
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server, timeout=20)
         if server.stderr is not None:
             server.stderr.close()
         import shutil

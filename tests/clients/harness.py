@@ -72,6 +72,18 @@ def compile_static(source: Path, outdir: Path, *flags: str) -> Path:
     return binary
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10) -> None:
+    """End `proc` if it runs still: SIGTERM, then SIGKILL when it has not ended within
+    `timeout` seconds; reaped either way."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def host_env() -> dict[str, str]:
     """This environment without anything that would load the shim or name a server."""
     return {k: v for k, v in os.environ.items()
