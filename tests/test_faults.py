@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import errno
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,8 @@ from tsemu.emulator.scenario import ScenarioError, parse_scenario
 from tsemu.emulator.shell.control import answer
 from tsemu.emulator.shell.runner import Emulator
 
+from .emulating import emulator as served
+
 SCENARIO = """
 [machine]
 cpus = 2
@@ -28,13 +29,9 @@ comm = "app"
 """
 
 
-@asynccontextmanager
-async def running(short_tmp: Path, text: str = SCENARIO) -> AsyncIterator[Emulator]:
-    emulator = Emulator(parse_scenario(text), short_tmp / "genl.sock")
-    async with trio.open_nursery() as nursery:
-        await nursery.start(emulator.run)
-        yield emulator
-        nursery.cancel_scope.cancel()
+def running(short_tmp: Path, text: str = SCENARIO) -> AbstractAsyncContextManager[Emulator]:
+    """This file's scenario (or `text`) served until the block ends."""
+    return served(short_tmp, text)
 
 
 async def fault(emulator: Emulator, **keys: Any) -> dict[str, Any]:

@@ -12,8 +12,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
@@ -21,11 +20,12 @@ import trio
 
 from tsemu.emulator.model import procfs
 from tsemu.emulator.model.profiles import PROFILES
-from tsemu.emulator.scenario import parse_scenario
 from tsemu.emulator.shell.addressing import proc_view_dir
 from tsemu.emulator.shell.control import answer
 from tsemu.emulator.shell.runner import Emulator
 from tsemu.emulator.shell.sockdir import DirectoryRefused
+
+from .emulating import emulator as served
 
 SCENARIO = """
 [machine]
@@ -80,13 +80,9 @@ delays.blkio = { count = "10/s", total = "300ms/s" }
 """
 
 
-@asynccontextmanager
-async def running(short_tmp: Path, text: str = SCENARIO) -> AsyncIterator[Emulator]:
-    emulator = Emulator(parse_scenario(text), short_tmp / "genl.sock")
-    async with trio.open_nursery() as nursery:
-        await nursery.start(emulator.run)
-        yield emulator
-        nursery.cancel_scope.cancel()
+def running(short_tmp: Path, text: str = SCENARIO) -> AbstractAsyncContextManager[Emulator]:
+    """This file's scenario (or `text`) served until the block ends."""
+    return served(short_tmp, text)
 
 
 def read(view: Path, name: str) -> str:
