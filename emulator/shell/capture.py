@@ -52,7 +52,7 @@ from tsemu.wire.derive import FastCodec
 from tsemu.wire.pcap import TO_KERNEL, TO_USER, file_header, record_header
 from tsemu.wire.runs import MessageRun
 
-from .pagepipe import IOV_MAX, PagePipe, Piece, view_of
+from .pagepipe import IOV_MAX, PagePipe, Piece, view_of, writev_all
 
 #: Bytes gathered before they are handed to the writer (a quarter of a MiB: the pipe holds
 #: four such batches).
@@ -175,7 +175,7 @@ class PcapWriter:
                     room = (limit - size) // need
                     if room < 1 and size > len(file_header()):
                         # this file is full: the next one
-                        _write_records(self._fd, parts, parts_bytes)
+                        writev_all(self._fd, parts, parts_bytes)
                         parts, parts_bytes = [], 0
                         self._rotate()
                         size = self._written
@@ -183,7 +183,7 @@ class PcapWriter:
                     take = min(count, max(room, 1))  # (a new file takes one whatever its size)
                 room = (IOV_MAX - len(parts)) // pieces
                 if room < 1:
-                    _write_records(self._fd, parts, parts_bytes)
+                    writev_all(self._fd, parts, parts_bytes)
                     parts, parts_bytes = [], 0
                     continue
                 take = min(take, room)
@@ -192,7 +192,7 @@ class PcapWriter:
                 size += take * need
                 parts_bytes += take * need
                 count -= take
-        _write_records(self._fd, parts, parts_bytes)
+        writev_all(self._fd, parts, parts_bytes)
         self._written = size
 
     def _rotate(self) -> None:
@@ -372,17 +372,6 @@ class Capture:
         if self._pipe is not None:
             self._pipe.forget()  # the writer has read all it will
             self._pipe = None
-
-
-def _write_records(fd: int, parts: list[bytes | memoryview], size: int) -> None:
-    """Write `parts` (at most IOV_MAX of them, `size` bytes in all) in one writev, or more
-    where the kernel writes less: their size is known, so that what was written is checked
-    without summing the parts' lengths (which cost the writer a tenth of its time)."""
-    if not parts:
-        return
-    written = os.writev(fd, parts)
-    if written != size:  # a short write: the rest by hand
-        _write_all(fd, b"".join(parts)[written:])
 
 
 def _write_all(fd: int, data: bytes) -> None:
